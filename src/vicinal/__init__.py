@@ -1,0 +1,1 @@
+"""vicinal: MixUp-family data augmentation."""
