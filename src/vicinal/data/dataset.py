@@ -1,0 +1,120 @@
+"""The in-memory dataset container returned by every loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DatasetError
+
+__all__ = ["ArrayDataset"]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ArrayDataset:
+    """A classification dataset held as NumPy arrays.
+
+    Attributes:
+        name: short name, e.g. ``"fashion-mnist"`` or the folder/file stem.
+        x_train: ``uint8`` array of shape ``(N, C, H, W)``.
+        y_train: ``int64`` array of shape ``(N,)``, class ids in
+            ``[0, num_classes)``.
+        x_test: ``uint8`` array of shape ``(M, C, H, W)``, same ``C, H, W``
+            as ``x_train``; ``M`` may be 0 (e.g. ``test_fraction=0``).
+        y_test: ``int64`` array of shape ``(M,)``.
+        class_names: one non-empty, unique name per class.
+        source: where the data came from (a path, or a URL for downloads),
+            suitable for recording in a run's configuration.
+
+    Everything is checked in ``__post_init__``; a violation raises
+    :class:`~vicinal.data.DatasetError`.  The arrays are not copied or made
+    read-only.  Equality is identity (comparing arrays element-wise is never
+    what ``==`` on datasets should silently do), and ``repr`` shows shapes
+    only.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        where = f"ArrayDataset {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise DatasetError(f"ArrayDataset name must be a non-empty str, got {self.name!r}")
+        if not isinstance(self.source, str):
+            raise DatasetError(f"{where}: source must be a str, got {type(self.source).__name__}")
+        names = self.class_names
+        if isinstance(names, str) or not all(isinstance(c, str) for c in names):
+            raise DatasetError(f"{where}: class_names must be a sequence of str, got {names!r}")
+        names = tuple(names)
+        object.__setattr__(self, "class_names", names)
+        if not names:
+            raise DatasetError(f"{where}: class_names is empty")
+        if any(not c for c in names):
+            raise DatasetError(f"{where}: class_names contains an empty name")
+        if len(set(names)) != len(names):
+            dupes = sorted({c for c in names if names.count(c) > 1})
+            raise DatasetError(f"{where}: duplicate class names {dupes}")
+
+        for split in ("train", "test"):
+            x = getattr(self, f"x_{split}")
+            y = getattr(self, f"y_{split}")
+            if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+                raise DatasetError(f"{where}: x_{split} and y_{split} must be numpy arrays")
+            if x.dtype != np.uint8:
+                raise DatasetError(f"{where}: x_{split} must be uint8, got {x.dtype}")
+            if x.ndim != 4:
+                raise DatasetError(
+                    f"{where}: x_{split} must have shape (N, C, H, W), got {x.shape}"
+                )
+            if y.dtype != np.int64:
+                raise DatasetError(
+                    f"{where}: y_{split} must be int64 class ids, got {y.dtype} "
+                    "(convert with .astype(np.int64))"
+                )
+            if y.ndim != 1:
+                raise DatasetError(f"{where}: y_{split} must have shape (N,), got {y.shape}")
+            if len(x) != len(y):
+                raise DatasetError(
+                    f"{where}: x_{split} has {len(x)} samples but y_{split} has {len(y)}"
+                )
+            if y.size:
+                lo, hi = int(y.min()), int(y.max())
+                if lo < 0 or hi >= len(names):
+                    bad = lo if lo < 0 else hi
+                    raise DatasetError(
+                        f"{where}: y_{split} contains label {bad}, outside 0..{len(names) - 1} "
+                        f"({len(names)} classes)"
+                    )
+        if len(self.x_train) == 0:
+            raise DatasetError(f"{where}: the training set is empty")
+        if min(self.x_train.shape[1:]) == 0:
+            raise DatasetError(f"{where}: x_train has an empty dimension: {self.x_train.shape}")
+        if self.x_test.shape[1:] != self.x_train.shape[1:]:
+            raise DatasetError(
+                f"{where}: train samples have shape {self.x_train.shape[1:]} but test "
+                f"samples have {self.x_test.shape[1:]}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, ``len(class_names)``."""
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one sample, ``(C, H, W)``."""
+        c, h, w = self.x_train.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayDataset(name={self.name!r}, train={len(self.x_train)}, "
+            f"test={len(self.x_test)}, input_shape={self.input_shape}, "
+            f"num_classes={self.num_classes}, source={self.source!r})"
+        )

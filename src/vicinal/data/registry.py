@@ -1,0 +1,159 @@
+"""Known datasets: file names, checksums, class names and download mirrors.
+
+Two checksums are kept per file:
+
+* ``sha256``: SHA-256 of the *decompressed* IDX content.  This is what the
+  loader verifies, because redistributors (Debian's ``dataset-fashion-mnist``
+  package, for one) rewrite gzip headers, which changes the ``.gz`` bytes
+  but not the content.
+* ``gz_sha256`` / ``gz_size``: the official ``.gz`` file as served by the
+  canonical mirrors; used only to verify downloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DatasetError
+
+__all__ = ["REGISTRY", "DatasetSpec", "IdxFile", "available_datasets", "get_spec"]
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    """One IDX file of a dataset.
+
+    Attributes:
+        name: file name without ``.gz``, e.g. ``"train-images-idx3-ubyte"``.
+        sha256: SHA-256 (hex) of the decompressed content.
+        gz_sha256: SHA-256 (hex) of the official gzipped file.
+        gz_size: size in bytes of the official gzipped file.
+    """
+
+    name: str
+    sha256: str
+    gz_sha256: str
+    gz_size: int
+
+    @property
+    def gz_name(self) -> str:
+        """The official (gzipped) file name."""
+        return self.name + ".gz"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything needed to find, download and verify one IDX dataset."""
+
+    name: str
+    title: str
+    train_images: IdxFile
+    train_labels: IdxFile
+    test_images: IdxFile
+    test_labels: IdxFile
+    class_names: tuple[str, ...]
+    mirrors: tuple[str, ...]
+    debian_package: str | None = None
+
+    @property
+    def files(self) -> tuple[IdxFile, ...]:
+        """The four files, small ones first (so a wrong copy is caught cheaply)."""
+        return (self.train_labels, self.test_labels, self.test_images, self.train_images)
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        title="Fashion-MNIST",
+        train_images=IdxFile(
+            "train-images-idx3-ubyte",
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            26421880,
+        ),
+        train_labels=IdxFile(
+            "train-labels-idx1-ubyte",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            29515,
+        ),
+        test_images=IdxFile(
+            "t10k-images-idx3-ubyte",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            4422102,
+        ),
+        test_labels=IdxFile(
+            "t10k-labels-idx1-ubyte",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            5148,
+        ),
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        debian_package="dataset-fashion-mnist",
+    ),
+    "mnist": DatasetSpec(
+        name="mnist",
+        title="MNIST",
+        train_images=IdxFile(
+            "train-images-idx3-ubyte",
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            9912422,
+        ),
+        train_labels=IdxFile(
+            "train-labels-idx1-ubyte",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            28881,
+        ),
+        test_images=IdxFile(
+            "t10k-images-idx3-ubyte",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            1648877,
+        ),
+        test_labels=IdxFile(
+            "t10k-labels-idx1-ubyte",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            4542,
+        ),
+        class_names=tuple(str(i) for i in range(10)),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        debian_package=None,
+    ),
+}
+
+
+def available_datasets() -> tuple[str, ...]:
+    """Names accepted by :func:`vicinal.data.load_dataset`, sorted."""
+    return tuple(sorted(REGISTRY))
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """Look a dataset up by name (case-insensitive; ``_`` and ``-`` are equivalent)."""
+    key = str(name).strip().lower().replace("_", "-")
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        known = ", ".join(available_datasets())
+        raise DatasetError(
+            f"unknown dataset {name!r}; known datasets: {known}. "
+            "For your own data use load_image_folder() or load_npz()."
+        ) from None

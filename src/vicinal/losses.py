@@ -1,0 +1,51 @@
+"""Losses for mixed targets (PyTorch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from vicinal.mixing import MixedTargets
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy against soft targets: ``-sum_c target_c · log_softmax(logits)_c``.
+
+    Args:
+        logits: (B, C) unnormalised scores (any float dtype; computed in float32).
+        target: (B, C) float, rows summing to 1 (e.g. mixed labels).
+        reduction: ``"mean"`` over the batch, ``"sum"`` or ``"none"`` (per sample, (B,)).
+    """
+    if logits.ndim != 2 or tuple(target.shape) != tuple(logits.shape):
+        raise ValueError(f"logits and target must both be (B, C), got {tuple(logits.shape)} and {tuple(target.shape)}")
+    per_sample = -(target.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def mixed_loss(
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    logits: torch.Tensor,
+    targets: MixedTargets,
+) -> torch.Tensor:
+    """``mean_i [lam_i · L(logits_i, y_a_i) + (1 - lam_i) · L(logits_i, y_b_i)]``.
+
+    ``criterion`` must return per-sample losses (B,), e.g.
+    ``functools.partial(torch.nn.functional.cross_entropy, reduction="none")``. For a
+    loss linear in its target (cross-entropy) this equals the loss on dense mixed targets.
+    """
+    if not isinstance(targets, MixedTargets):
+        raise TypeError(f"targets must be MixedTargets, got {type(targets).__name__}")
+    la = criterion(logits, targets.y_a)
+    lb = criterion(logits, targets.y_b)
+    if la.ndim != 1:
+        raise ValueError("criterion must return per-sample losses of shape (B,) (use reduction='none')")
+    lam = targets.lam.to(la.dtype)
+    return (lam * la + (1.0 - lam) * lb).mean()

@@ -1,0 +1,367 @@
+"""Applying a :class:`~vicinal.sampling.MixPlan` to a batch of inputs and labels.
+
+Inputs are any ``(B, ...)`` array: images NCHW or NHWC, or features such as
+``(B, T, F)``. NumPy (and any array-API library) goes through a generic path that
+evaluates the textbook formula ``x·λ + x_partner·(1-λ)``; PyTorch tensors take fast
+paths that stay on the input's device and dtype:
+
+* floating tensors are mixed with one fused ``lerp`` pass. With ``pairing="roll"`` or a
+  second stream the partner is read as a view, so no gather is needed; in place
+  (``out=x``) costs at most one scratch batch. ``lerp`` rounds once, so it can differ
+  from the two-product formula by about one float ulp.
+* ``uint8`` tensors (for a DataLoader ``collate_fn``) are mixed in float32 with the
+  very same ops, a few samples at a time to stay in cache, then rounded half-to-even
+  and stored as ``uint8``: the result equals the float path rounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from array_api_compat import array_namespace, is_torch_array
+
+from vicinal._checks import check_choice
+from vicinal.labels import batch_size_of, check_labels, is_class_ids, to_soft
+from vicinal.sampling import MixPlan
+
+TargetFormat = Literal["dense", "pair"]
+
+# uint8 batches are mixed this many bytes of input at a time: the float32 temporaries
+# (4x larger) then stay in L2.
+_UINT8_CHUNK_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class MixedTargets:
+    """The ``(y_a, y_b, lam)`` form of two-source mixed targets.
+
+    For a loss ``L`` that is not linear in its target, train on
+    ``lam·L(out, y_a) + (1-lam)·L(out, y_b)`` per sample
+    (see :func:`vicinal.losses.mixed_loss`).
+
+    Attributes:
+        y_a: the samples' own targets: int class ids (B,) when the input labels were
+            ids and no smoothing was asked for, else float32 (B, C).
+        y_b: the partners' targets, same form as ``y_a``.
+        lam: float32 (B,), the weight of ``y_a``.
+    """
+
+    y_a: Any
+    y_b: Any
+    lam: Any
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, int]:
+    if channels_last:
+        if ndim < 4:
+            raise ValueError(f"channels_last=True needs x of shape (B, H, W, C), got {ndim} dims")
+        return ndim - 3, ndim - 2
+    return ndim - 2, ndim - 1
+
+
+def _validate(
+    plan: MixPlan, x: Any, y: Any, x_partner: Any, y_partner: Any, channels_last: bool
+) -> None:
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
+    b = batch_size_of("x", x)
+    if b != plan.batch_size:
+        raise ValueError(f"x has batch size {b} but the plan was drawn for batch_size={plan.batch_size}")
+    if y is not None and batch_size_of("y", y) != b:
+        raise ValueError(f"x and y must have the same batch size, got {b} and {y.shape[0]}")
+    if plan.source == "stream":
+        if x_partner is None:
+            raise ValueError("x_partner is required: the plan pairs with a second stream (pairing='stream')")
+        if tuple(x_partner.shape) != tuple(x.shape) or x_partner.dtype != x.dtype:
+            raise ValueError(
+                f"x_partner must match x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                f"got {tuple(x_partner.shape)} and {x_partner.dtype}"
+            )
+        if y is not None and y_partner is None:
+            raise ValueError("y_partner is required with y when the plan pairs with a second stream")
+        if y_partner is not None and (y is None or tuple(y_partner.shape) != tuple(y.shape)):
+            raise ValueError("y_partner must have the same shape as y")
+    elif x_partner is not None or y_partner is not None:
+        raise ValueError("x_partner/y_partner are only used by plans with pairing='stream'")
+    if plan.cut is not None:
+        if x.ndim < 3:
+            raise ValueError(
+                f"CutMix needs x with at least 2 spatial dims (B, H, W[, ...]), got shape {tuple(x.shape)}"
+            )
+        ah, aw = _spatial_axes(x.ndim, channels_last)
+        size = (int(x.shape[ah]), int(x.shape[aw]))
+        if size != plan.image_size:
+            raise ValueError(f"x has spatial size {size} but the plan was drawn for image_size={plan.image_size}")
+
+
+def _box_mask_np(plan: MixPlan, ndim: int, channels_last: bool) -> np.ndarray:
+    """bool mask, broadcastable to x, True where the partner's box is pasted."""
+    assert plan.boxes is not None and plan.image_size is not None
+    h, w = plan.image_size
+    top, left, bottom, right = (plan.boxes[:, i, None] for i in range(4))
+    rows = (np.arange(h) >= top) & (np.arange(h) < bottom)  # (B, H)
+    cols = (np.arange(w) >= left) & (np.arange(w) < right)  # (B, W)
+    mask = rows[:, :, None] & cols[:, None, :]  # (B, H, W)
+    ah, _ = _spatial_axes(ndim, channels_last)
+    shape = [plan.batch_size] + [1] * (ndim - 1)
+    shape[ah], shape[ah + 1] = h, w
+    return mask.reshape(shape)
+
+
+# --------------------------------------------------------------------------- torch paths
+
+
+def _torch_weights(plan: MixPlan, x: Any, column: int, *, zero_cut: bool) -> Any:
+    import torch
+
+    w = plan.weights[:, column]
+    if zero_cut and plan.cut is not None:
+        w = np.where(plan.cut, 1.0 if column == 0 else 0.0, w)
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64)).to(dtype=dtype)
+    return t.to(x.device, non_blocking=True).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _partner_rows_torch(plan: MixPlan, x: Any, x_partner: Any, j: int, rows: slice) -> Any:
+    """Partner ``j`` (0-based) of rows ``rows``, gathered."""
+    import torch
+
+    if plan.source == "stream":
+        return x_partner[rows]
+    idx = torch.from_numpy(plan.partners[rows, j]).to(x.device)
+    return x.index_select(0, idx)
+
+
+def _mix_float_torch(plan: MixPlan, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
+    """Mix a floating tensor; ``out`` may be ``x`` itself (in place) or another buffer."""
+    import torch
+
+    b = plan.batch_size
+    aliased = out.data_ptr() == x.data_ptr()
+    if plan.num_sources == 2:
+        w = _torch_weights(plan, x, 1, zero_cut=True)
+        if plan.source == "stream":
+            torch.lerp(x, x_partner, w, out=out)
+            partner = x_partner
+        elif plan.shift is not None and not plan.has_cut:
+            s = plan.shift[0] % b
+            src = x.clone() if aliased else x  # in place would read rows it already wrote
+            if s == 0:
+                out.copy_(src)
+            else:
+                torch.lerp(src[s:], src[:-s], w[s:], out=out[s:])
+                torch.lerp(src[:s], src[b - s :], w[:s], out=out[:s])
+            return out
+        else:
+            partner = _partner_rows_torch(plan, x, x_partner, 0, slice(None))
+            torch.lerp(x, partner, w, out=out)
+        if plan.has_cut:
+            mask = torch.from_numpy(_box_mask_np(plan, x.ndim, channels_last) & plan.cut.reshape((-1,) + (1,) * (x.ndim - 1)))
+            torch.where(mask.to(x.device), partner, out, out=out)
+        return out
+    # k-way: sum of K weighted sources.
+    partners = [_partner_rows_torch(plan, x, x_partner, j, slice(None)) for j in range(plan.num_sources - 1)]
+    torch.mul(x, _torch_weights(plan, x, 0, zero_cut=False), out=out)
+    for j, partner in enumerate(partners):
+        out.addcmul_(partner, _torch_weights(plan, x, j + 1, zero_cut=False))
+    return out
+
+
+def _mix_uint8_torch(plan: MixPlan, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
+    import torch
+
+    b = plan.batch_size
+    per_sample = max(1, x[0].numel())
+    rows_per_chunk = max(1, _UINT8_CHUNK_BYTES // per_sample)
+    src = x.clone() if out.data_ptr() == x.data_ptr() else x
+    for start in range(0, b, rows_per_chunk):
+        rows = slice(start, min(b, start + rows_per_chunk))
+        sub = _row_plan(plan, rows)
+        xf = src[rows].to(torch.float32)
+        pf = None
+        if sub.source == "stream":
+            pf = x_partner[rows].to(torch.float32)
+        else:
+            # Partner indices refer to the whole batch: gather them (cheap in uint8).
+            idx = torch.from_numpy(plan.partners[rows]).to(x.device)
+            gathered = [src.index_select(0, idx[:, j]).to(torch.float32) for j in range(idx.shape[1])]
+            sub = _as_stream_plan(sub)
+            pf = gathered
+        mixed = _mix_float_chunk(sub, xf, pf, channels_last)
+        out[rows] = mixed.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _row_plan(plan: MixPlan, rows: slice) -> MixPlan:
+    return MixPlan(
+        weights=plan.weights[rows],
+        partners=plan.partners[rows],
+        source=plan.source,
+        shift=None,
+        cut=None if plan.cut is None else plan.cut[rows],
+        boxes=None if plan.boxes is None else plan.boxes[rows],
+        image_size=plan.image_size,
+        key=plan.key,
+    )
+
+
+def _as_stream_plan(plan: MixPlan) -> MixPlan:
+    from dataclasses import replace
+
+    return replace(plan, source="stream", shift=None)
+
+
+def _mix_float_chunk(plan: MixPlan, xf: Any, partners: Any, channels_last: bool) -> Any:
+    """Float mixing of a chunk whose partners are given as tensors (same ops as the float path)."""
+    if not isinstance(partners, list):
+        partners = [partners]
+    if plan.num_sources == 2:
+        return _mix_float_torch(plan, xf, partners[0], xf, channels_last)
+    import torch
+
+    out = torch.mul(xf, _torch_weights(plan, xf, 0, zero_cut=False))
+    for j, p in enumerate(partners):
+        out.addcmul_(p, _torch_weights(plan, xf, j + 1, zero_cut=False))
+    return out
+
+
+# --------------------------------------------------------------------------- generic path
+
+
+def _mix_generic(plan: MixPlan, x: Any, x_partner: Any, channels_last: bool) -> Any:
+    xp = array_namespace(x)
+    integral = xp.isdtype(x.dtype, "integral")
+    work = xp.astype(x, xp.float64) if integral else x
+    shape = (-1,) + (1,) * (x.ndim - 1)
+
+    def partner(j: int) -> Any:
+        p = x_partner if plan.source == "stream" else xp.take(x, xp.asarray(plan.partners[:, j]), axis=0)
+        return xp.astype(p, work.dtype) if integral else p
+
+    w = plan.weights
+    if plan.cut is not None:
+        w = w.copy()
+        w[plan.cut] = [1.0, 0.0]
+    out = work * xp.astype(xp.reshape(xp.asarray(w[:, 0]), shape), work.dtype)
+    for j in range(plan.num_sources - 1):
+        out = out + partner(j) * xp.astype(xp.reshape(xp.asarray(w[:, j + 1]), shape), work.dtype)
+    if plan.has_cut:
+        mask = _box_mask_np(plan, x.ndim, channels_last) & plan.cut.reshape(shape)
+        out = xp.where(xp.asarray(mask), partner(0), out)
+    if integral:
+        info = xp.iinfo(x.dtype)
+        out = xp.astype(xp.clip(xp.round(out), info.min, info.max), x.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _mix_labels(
+    plan: MixPlan, y: Any, y_partner: Any, num_classes: int | None, label_smoothing: float, targets: str
+) -> Any:
+    xp = array_namespace(y)
+    check_labels(y, num_classes)
+    if y_partner is not None:
+        check_labels(y_partner, num_classes)
+
+    def partner(form: Any, form_partner: Any, j: int) -> Any:
+        if plan.source == "stream":
+            return form_partner
+        return xp.take(form, xp.asarray(plan.partners[:, j], device=_device(y)), axis=0)
+
+    if targets == "pair":
+        if plan.num_sources != 2:
+            raise ValueError("targets='pair' needs a two-source plan (not method='kway')")
+        if is_class_ids(y) and label_smoothing == 0:
+            ya, yp = y, y_partner
+        else:
+            ya = to_soft(y, num_classes, label_smoothing=label_smoothing)
+            yp = None if y_partner is None else to_soft(y_partner, num_classes, label_smoothing=label_smoothing)
+        lam = xp.asarray(plan.weights[:, 0].astype(np.float32), device=_device(y))
+        return MixedTargets(y_a=ya, y_b=partner(ya, yp, 0), lam=lam)
+
+    soft = to_soft(y, num_classes, label_smoothing=label_smoothing)
+    soft_p = None if y_partner is None else to_soft(y_partner, num_classes, label_smoothing=label_smoothing)
+    w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
+    mixed = soft * w[:, 0:1]
+    for j in range(plan.num_sources - 1):
+        mixed = mixed + partner(soft, soft_p, j) * w[:, j + 1 : j + 2]
+    return mixed
+
+
+def _device(a: Any) -> Any:
+    from array_api_compat import device
+
+    return device(a)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def apply_plan(
+    plan: MixPlan,
+    x: Any,
+    y: Any = None,
+    *,
+    num_classes: int | None = None,
+    label_smoothing: float = 0.0,
+    x_partner: Any = None,
+    y_partner: Any = None,
+    out: Any = None,
+    channels_last: bool = False,
+    targets: TargetFormat = "dense",
+) -> tuple[Any, Any]:
+    """Mix a batch according to ``plan``.
+
+    Args:
+        plan: from :func:`vicinal.sampling.sample_plan`, for this batch size.
+        x: (B, ...) inputs: NumPy array or torch tensor, floating or integer (uint8
+            images are mixed in float and rounded half-to-even back to uint8).
+        y: optional labels: int class ids (B,) with ``num_classes``, or floating soft
+            labels (B, C).
+        label_smoothing: ε applied to the labels before mixing (see :mod:`vicinal.labels`).
+        x_partner, y_partner: the second batch, for plans drawn with ``pairing="stream"``.
+        out: torch only: a preallocated tensor like ``x`` to write into; pass ``x``
+            itself to mix in place. Reusing a buffer avoids page-faulting a fresh batch
+            every step.
+        channels_last: images are (B, H, W, C) rather than (B, C, H, W); matters for CutMix.
+        targets: ``"dense"`` returns float32 (B, C) soft targets; ``"pair"`` returns
+            :class:`MixedTargets` ``(y_a, y_b, lam)``.
+
+    Returns:
+        ``(x_mixed, y_mixed)``; ``x_mixed`` has ``x``'s shape, dtype and device;
+        ``y_mixed`` is None when ``y`` is None. The inputs are not modified unless
+        ``out`` aliases them.
+    """
+    check_choice("targets", targets, ("dense", "pair"))
+    _validate(plan, x, y, x_partner, y_partner, channels_last)
+    y_mixed = None if y is None else _mix_labels(plan, y, y_partner, num_classes, label_smoothing, targets)
+
+    if is_torch_array(x):
+        import torch
+
+        if out is None:
+            out = torch.empty_like(x)
+        elif tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(
+                f"out must match x's shape, dtype and device {tuple(x.shape)}/{x.dtype}/{x.device}, "
+                f"got {tuple(out.shape)}/{out.dtype}/{out.device}"
+            )
+        if plan.is_identity:
+            if out.data_ptr() != x.data_ptr():
+                out.copy_(x)
+            return out, y_mixed
+        if x.is_floating_point():
+            return _mix_float_torch(plan, x, x_partner, out, channels_last), y_mixed
+        if x.dtype == torch.uint8:
+            return _mix_uint8_torch(plan, x, x_partner, out, channels_last), y_mixed
+        raise TypeError(f"x must be a floating-point or uint8 tensor, got dtype {x.dtype}")
+    if out is not None:
+        raise ValueError("out is only supported for torch tensors")
+    return _mix_generic(plan, x, x_partner, channels_last), y_mixed
