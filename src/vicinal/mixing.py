@@ -247,9 +247,12 @@ def _mix_generic(plan: MixPlan, x: Any, x_partner: Any, channels_last: bool) -> 
     if plan.cut is not None:
         w = w.copy()
         w[plan.cut] = [1.0, 0.0]
-    out = work * xp.astype(xp.reshape(xp.asarray(w[:, 0]), shape), work.dtype)
+    cols = [xp.astype(xp.reshape(xp.asarray(w[:, j]), shape), work.dtype) for j in range(plan.num_sources)]
+    if plan.num_sources == 2:
+        cols[1] = 1 - cols[0]  # as the reference writes it: x1·λ + x2·(1-λ), 1-λ in x's dtype
+    out = work * cols[0]
     for j in range(plan.num_sources - 1):
-        out = out + partner(j) * xp.astype(xp.reshape(xp.asarray(w[:, j + 1]), shape), work.dtype)
+        out = out + partner(j) * cols[j + 1]
     if plan.has_cut:
         mask = _box_mask_np(plan, x.ndim, channels_last) & plan.cut.reshape(shape)
         out = xp.where(xp.asarray(mask), partner(0), out)
@@ -289,9 +292,12 @@ def _mix_labels(
     soft = to_soft(y, num_classes, label_smoothing=label_smoothing)
     soft_p = None if y_partner is None else to_soft(y_partner, num_classes, label_smoothing=label_smoothing)
     w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
-    mixed = soft * w[:, 0:1]
+    cols = [w[:, j : j + 1] for j in range(plan.num_sources)]
+    if plan.num_sources == 2:
+        cols[1] = 1 - cols[0]
+    mixed = soft * cols[0]
     for j in range(plan.num_sources - 1):
-        mixed = mixed + partner(soft, soft_p, j) * w[:, j + 1 : j + 2]
+        mixed = mixed + partner(soft, soft_p, j) * cols[j + 1]
     return mixed
 
 

@@ -59,7 +59,11 @@ class Mixer:
     def plan(self, x: Any, *, step: int, epoch: int | None = None, dataset_size: int | None = None) -> MixPlan:
         """The plan this mixer uses for batch ``x`` at ``step``."""
         image_size = None
-        if self.config.needs_image_size and getattr(x, "ndim", 0) >= 3:
+        if self.config.needs_image_size:
+            if getattr(x, "ndim", 0) < 3:
+                raise ValueError(
+                    f"CutMix needs x with at least 2 spatial dims (B, H, W[, ...]), got shape {tuple(x.shape)}"
+                )
             shape = tuple(x.shape)
             image_size = shape[-3:-1] if self.channels_last else shape[-2:]
         return sample_plan(

@@ -57,8 +57,8 @@ class DatasetSpec:
 
     @property
     def files(self) -> tuple[IdxFile, ...]:
-        """The four files, small ones first (so a wrong copy is caught cheaply)."""
-        return (self.train_labels, self.test_labels, self.test_images, self.train_images)
+        """The four files: train images, train labels, test images, test labels."""
+        return (self.train_images, self.train_labels, self.test_images, self.test_labels)
 
 
 REGISTRY: dict[str, DatasetSpec] = {

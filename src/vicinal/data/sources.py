@@ -69,6 +69,7 @@ DEBIAN_DATASETS_DIR = Path("/usr/share/datasets")
 #: Per-request timeout (seconds) for downloads.
 DOWNLOAD_TIMEOUT_S = 60.0
 
+# Load order: small files first, so a wrong or swapped copy is caught cheaply.
 _ROLES = ("train_labels", "test_labels", "test_images", "train_images")
 
 
