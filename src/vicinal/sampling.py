@@ -250,12 +250,8 @@ def _log_gamma(rng: np.random.Generator, shape: float, size: int) -> np.ndarray:
 
 
 def _sigmoid(d: np.ndarray) -> np.ndarray:
-    out = np.empty_like(d)
-    pos = d >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-d[pos]))
-    e = np.exp(d[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
+    # 1 / (1 + e^-d) without overflow, and without cancellation for very negative d.
+    return np.exp(-np.logaddexp(0.0, -d))
 
 
 def sample_beta(rng: np.random.Generator, alpha: float, beta: float, size: int) -> np.ndarray:
@@ -268,6 +264,9 @@ def sample_beta(rng: np.random.Generator, alpha: float, beta: float, size: int) 
     Returns:
         float64 (size,) in [0, 1].
     """
+    if alpha == beta:
+        lg = _log_gamma(rng, alpha, 2 * size)  # one call for both: half the overhead
+        return _sigmoid(lg[:size] - lg[size:])
     lg1 = _log_gamma(rng, alpha, size)
     lg2 = _log_gamma(rng, beta, size)
     return _sigmoid(lg1 - lg2)

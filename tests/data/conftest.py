@@ -48,7 +48,9 @@ def gz(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
-def rewrite_gzip_header(blob: bytes, *, mtime: int = 1234567890, fname: bytes | None = None) -> bytes:
+def rewrite_gzip_header(
+    blob: bytes, *, mtime: int = 1234567890, fname: bytes | None = None
+) -> bytes:
     """Replace a gzip member's header, keeping the deflate data and trailer (like Debian)."""
     assert blob[:3] == b"\x1f\x8b\x08"
     flags = blob[3]
@@ -191,7 +193,9 @@ def http_server():
         handler = functools.partial(_QuietHandler, directory=str(directory))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         thread.start()
         servers.append((server, thread))
         return f"http://127.0.0.1:{server.server_address[1]}/"

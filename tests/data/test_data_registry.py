@@ -81,5 +81,6 @@ def test_name_normalisation(name):
 
 
 def test_unknown_name():
-    with pytest.raises(DatasetError, match=r"unknown dataset 'cifar10'; known datasets: fashion-mnist, mnist"):
+    pattern = r"unknown dataset 'cifar10'; known datasets: fashion-mnist, mnist"
+    with pytest.raises(DatasetError, match=pattern):
         get_spec("cifar10")

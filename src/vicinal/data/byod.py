@@ -5,8 +5,9 @@ shape ``(N, C, H, W)``, ``int64`` labels).  When the data has no predefined
 test set, it is split with :func:`_stratified_split`: seeded, stratified
 per class (each class contributes ``test_fraction`` of its samples, the total
 being ``round(N * test_fraction)`` distributed by largest remainder), every
-class keeps at least one training sample, and both resulting index lists are
-shuffled with the same seeded generator.
+class keeps at least one training sample, and both parts keep the original
+order of the samples (for image folders: class by class, files sorted), so
+shuffle when training.
 """
 
 from __future__ import annotations
@@ -68,14 +69,11 @@ def _stratified_split(
             "samples; add data, raise test_fraction, or pass test_fraction=0 for no test set"
         )
     rng = np.random.default_rng(seed)
-    train_parts, test_parts = [], []
+    is_test = np.zeros(len(y), dtype=bool)
     for c in range(num_classes):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        test_parts.append(idx[: n_test[c]])
-        train_parts.append(idx[n_test[c] :])
-    train = rng.permutation(np.concatenate(train_parts))
-    test = rng.permutation(np.concatenate(test_parts))
-    return train.astype(np.int64), test.astype(np.int64)
+        members = np.flatnonzero(y == c)
+        is_test[rng.choice(members, size=int(n_test[c]), replace=False)] = True
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
 def _split_dataset(
@@ -94,12 +92,13 @@ def _split_dataset(
 # --------------------------------------------------------------------------- image folders
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted((p for p in root.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
+    dirs = (p for p in root.iterdir() if p.is_dir() and _visible(p.name))
+    return sorted(dirs, key=lambda p: p.name)
 
 
 def _image_files(class_dir: Path) -> list[Path]:
@@ -113,7 +112,9 @@ def _image_files(class_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(class_dir).as_posix())
 
 
-def _collect(root: Path, class_names: Sequence[str] | None) -> tuple[list[str], list[Path], list[int]]:
+def _collect(
+    root: Path, class_names: Sequence[str] | None
+) -> tuple[list[str], list[Path], list[int]]:
     """Return (class names, image paths, label ids) for one folder of class folders."""
     dirs = _class_dirs(root)
     if not dirs:
@@ -465,7 +466,9 @@ def load_npz(
                 f"have {x_test.shape[1:]}"
             )
         if width is not None and width_test is not None and width != width_test:
-            raise DatasetError(f"{p}: one-hot 'y' has {width} classes but 'y_test' has {width_test}")
+            raise DatasetError(
+                f"{p}: one-hot 'y' has {width} classes but 'y_test' has {width_test}"
+            )
         width = width if width is not None else width_test
         all_ids = np.concatenate([y, y_test])
     else:

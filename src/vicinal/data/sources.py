@@ -159,14 +159,15 @@ def _load_verified(spec: DatasetSpec, files: dict[str, Path], source: str) -> Ar
         f: IdxFile = getattr(spec, role)
         path = files[f.name]
         data = read_idx_bytes(path)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != f.sha256:
-            raise DatasetError(_mismatch_message(spec, f, path, digest))
+        # Structure first (its errors say more, e.g. "truncated"), then the checksum.
         if role.endswith("images"):
             images = parse_idx_images(data, str(path))
             parsed[role] = images.reshape(len(images), 1, *images.shape[1:])
         else:
             parsed[role] = parse_idx_labels(data, str(path), len(spec.class_names))
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != f.sha256:
+            raise DatasetError(_mismatch_message(spec, f, path, digest))
         del data
     for split in ("train", "test"):
         check_pair(
@@ -251,7 +252,9 @@ def _download(
     return paths, list(dict.fromkeys(used))
 
 
-def _not_found_message(spec: DatasetSpec, searched: list[str], cache: Path) -> str:
+def _not_found_message(
+    spec: DatasetSpec, searched: list[str], cache: Path, download: bool
+) -> str:
     lines = [f"Could not find the {spec.title} dataset ({spec.name!r}). Searched, in order:"]
     for i, entry in enumerate(searched, 1):
         lines.append(f"  {i}. " + entry.replace("\n", "\n       "))
@@ -265,7 +268,10 @@ def _not_found_message(spec: DatasetSpec, searched: list[str], cache: Path) -> s
     if spec.debian_package:
         lines.append(f"  - on Debian/Ubuntu: sudo apt-get install {spec.debian_package};")
     lines.append(f"  - copy them into the cache folder {cache}/;")
-    lines.append("  - or go online and call again with download=True (the default).")
+    if download:
+        lines.append("  - or retry when the mirrors above can be reached (check network/proxy).")
+    else:
+        lines.append("  - or call again with download=True (the default) to download them.")
     return "\n".join(lines)
 
 
@@ -370,4 +376,4 @@ def load_dataset(
             return _load_verified(spec, paths, source)
         searched.append(f"download into {cache}:\n" + "\n".join(info))
 
-    raise DatasetError(_not_found_message(spec, searched, cache))
+    raise DatasetError(_not_found_message(spec, searched, cache, download))

@@ -1,0 +1,156 @@
+"""Throughput of mixing one batch, side by side with the memory floor and peers.
+
+Prints, for each batch shape, dtype and thread count: median time, images/s, GB/s
+(bytes of input read + output written) and the ratio of each path's speed to the
+"floor" (one 3-stream elementwise pass over the same bytes: ``torch.add(a, b, out=c)``).
+Peers (timm, torchvision, kornia, keras) get rows when they import; they are not
+dependencies. Nothing is asserted: this machine is shared and noisy, so compare rows
+of one run only.
+
+    python benchmarks/mix_throughput.py [--repeats 30] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from vicinal import MixConfig, apply_plan, sample_plan
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _peer_rows(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], object]]:
+    rows: dict[str, Callable[[], object]] = {}
+    try:
+        from timm.data import Mixup  # type: ignore[import-not-found]
+
+        for mode in ("batch", "elem"):
+            m = Mixup(mixup_alpha=0.2, cutmix_alpha=0.0, mode=mode, num_classes=10)
+            rows[f"timm Mixup ({mode})"] = lambda m=m: m(x.clone(), y)
+    except Exception:
+        pass
+    try:
+        from torchvision.transforms import v2  # type: ignore[import-not-found]
+
+        tv = v2.MixUp(alpha=0.2, num_classes=10)
+        rows["torchvision v2.MixUp"] = lambda: tv(x, y)
+    except Exception:
+        pass
+    try:
+        import kornia.augmentation as K  # type: ignore[import-not-found]
+
+        ko = K.RandomMixUpV2(p=1.0)
+        rows["kornia RandomMixUpV2"] = lambda: ko(x, y)
+    except Exception:
+        pass
+    return rows
+
+
+def bench(batch: int, shape: tuple[int, int, int], dtype: torch.dtype, threads: int, repeats: int) -> list[tuple]:
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    if dtype == torch.uint8:
+        x = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=gen)
+    else:
+        x = torch.rand((batch, *shape), generator=gen)
+    x2 = x.roll(3, 0).clone()
+    y = torch.randint(0, 10, (batch,), generator=gen)
+    buf = torch.empty_like(x)
+    c = torch.empty_like(x)
+    image_size = shape[-2:]
+    nbytes = 2 * x.numel() * x.element_size()  # one batch read + one written
+
+    elem_roll = sample_plan(MixConfig(alpha=0.2), batch, seed=0)
+    elem_perm = sample_plan(MixConfig(alpha=0.2, pairing="permute"), batch, seed=0)
+    batch_roll = sample_plan(MixConfig(alpha=0.2, granularity="batch"), batch, seed=0)
+    stream = sample_plan(MixConfig(alpha=0.2, pairing="stream"), batch, seed=0)
+    cut = sample_plan(MixConfig("cutmix"), batch, seed=0, image_size=image_size)
+    lam = torch.from_numpy(elem_roll.lam).float().view(-1, 1, 1, 1)
+    perm = torch.randperm(batch)
+
+    rows: dict[str, Callable[[], object]] = {
+        "floor: torch.add(a, b, out=c)": lambda: torch.add(x, x2, out=c),
+    }
+    if dtype == torch.uint8:
+        rows["naive float: (x*l + x[perm]*(1-l)).round().to(uint8)"] = lambda: (
+            (x.float() * lam + x[perm].float() * (1 - lam)).round().to(torch.uint8)
+        )
+    else:
+        rows["naive: x*l + x[perm]*(1-l)"] = lambda: x * lam + x[perm] * (1 - lam)
+    rows.update(
+        {
+            "vicinal elem, roll, out=buf": lambda: apply_plan(elem_roll, x, y, num_classes=10, out=buf),
+            "vicinal elem, roll, fresh output": lambda: apply_plan(elem_roll, x, y, num_classes=10),
+            "vicinal batch, roll, out=buf": lambda: apply_plan(batch_roll, x, y, num_classes=10, out=buf),
+            "vicinal elem, permute, out=buf": lambda: apply_plan(elem_perm, x, y, num_classes=10, out=buf),
+            "vicinal elem, 2nd stream, out=buf": lambda: apply_plan(
+                stream, x, y, num_classes=10, x_partner=x2, y_partner=y, out=buf
+            ),
+            "vicinal cutmix elem, out=buf": lambda: apply_plan(cut, x, y, num_classes=10, out=buf),
+        }
+    )
+    if dtype != torch.uint8:
+        rows.update(_peer_rows(x, y))
+    results = []
+    for name, fn in rows.items():
+        t = _median_seconds(fn, repeats)
+        results.append((name, t))
+    floor = results[0][1]
+    return [(name, t, batch / t, nbytes / t / 1e9, floor / t) for name, t in results]
+
+
+def bench_plans(repeats: int) -> None:
+    for cfg_name, cfg, size in [
+        ("mixup elem roll", MixConfig(alpha=0.2), None),
+        ("mixup elem permute", MixConfig(alpha=0.2, pairing="permute"), None),
+        ("switch elem", MixConfig("switch"), (224, 224)),
+    ]:
+        step = iter(range(10**9))
+        t = _median_seconds(lambda: sample_plan(cfg, 256, seed=0, step=next(step), image_size=size), repeats * 10)
+        print(f"sample_plan B=256 {cfg_name:<22} {t * 1e6:8.1f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="only the small shape, 1 repeat set")
+    args = parser.parse_args()
+    shapes = [(256, (1, 28, 28))] if args.quick else [(256, (1, 28, 28)), (64, (3, 224, 224))]
+    summary = {}
+    for batch, shape in shapes:
+        for threads in (1, 2):
+            for dtype in (torch.float32, torch.uint8):
+                print(f"\n== {batch} x {'x'.join(map(str, shape))} {str(dtype).split('.')[-1]}, {threads} thread(s)")
+                print(f"{'path':<56} {'median':>10} {'img/s':>11} {'GB/s':>7} {'vs floor':>9}")
+                for name, t, ips, gbs, ratio in bench(batch, shape, dtype, threads, args.repeats):
+                    print(f"{name:<56} {t * 1e3:8.3f}ms {ips:11.0f} {gbs:7.2f} {ratio:8.2f}x")
+                    summary[(batch, shape, threads, str(dtype), name)] = ips
+    print()
+    bench_plans(args.repeats)
+    print("\n== uint8 vs float32 (vicinal elem, roll, out=buf): images/s ratio")
+    for batch, shape in shapes:
+        for threads in (1, 2):
+            key = "vicinal elem, roll, out=buf"
+            f = summary[(batch, shape, threads, "float32", key)]
+            u = summary[(batch, shape, threads, "uint8", key)]
+            print(f"{batch} x {'x'.join(map(str, shape))}, {threads} thread(s): uint8/float32 = {u / f:.2f}x")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
