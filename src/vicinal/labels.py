@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace, device
+from array_api_compat import array_namespace, device, is_torch_array
 
 from vicinal._checks import check_int, check_probability
 
@@ -42,7 +42,11 @@ def check_labels(y: Any, num_classes: int | None) -> int:
         if num_classes is None:
             raise ValueError("num_classes is required when y holds integer class ids")
         c = check_int("num_classes", num_classes, minimum=1)
-        lo, hi = int(xp.min(y)), int(xp.max(y))
+        if is_torch_array(y):
+            lo_t, hi_t = y.aminmax()  # one reduction (and one device sync) instead of two
+            lo, hi = int(lo_t), int(hi_t)
+        else:
+            lo, hi = int(xp.min(y)), int(xp.max(y))
         if lo < 0 or hi >= c:
             raise ValueError(f"y holds class ids in [{lo}, {hi}], expected ids in [0, num_classes={c})")
         return c
@@ -70,7 +74,12 @@ def to_soft(y: Any, num_classes: int | None = None, *, label_smoothing: float = 
     eps = check_probability("label_smoothing", label_smoothing)
     c = check_labels(y, num_classes)
     xp = array_namespace(y)
-    if xp.isdtype(y.dtype, "integral"):
+    if is_torch_array(y) and not y.is_floating_point():
+        import torch
+        import torch.nn.functional as F
+
+        soft = F.one_hot(y.long(), c).to(torch.float32)
+    elif xp.isdtype(y.dtype, "integral"):
         classes = xp.arange(c, dtype=y.dtype, device=device(y))
         soft = xp.astype(y[:, None] == classes[None, :], xp.float32)
     else:
@@ -78,3 +87,4 @@ def to_soft(y: Any, num_classes: int | None = None, *, label_smoothing: float = 
     if eps > 0:
         soft = soft * (1.0 - eps) + eps / c
     return soft
+

@@ -30,7 +30,7 @@ TargetFormat = Literal["dense", "pair"]
 
 # uint8 batches are mixed about this many bytes of input at a time, so the float32
 # temporaries (4x larger) stay in cache; allocating whole-batch float copies costs ~10x.
-_UINT8_CHUNK_BYTES = 1 << 19
+_UINT8_CHUNK_BYTES = 1 << 17
 
 
 @dataclass(frozen=True)
