@@ -1,0 +1,160 @@
+"""Command line: ``vicinal compare``, ``vicinal preview``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from vicinal.sampling import GRANULARITIES, PAIRINGS
+
+METHOD_CHOICES = ("mixup", "cutmix", "switch", "kway")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="fashion-mnist",
+                   help="'fashion-mnist', 'mnist', a .npz file with x and y arrays, or a folder with one "
+                        "sub-folder of images per class (default: %(default)s)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset's four IDX files (.gz or not). Searched otherwise, in order: "
+                        "$VICINAL_DATA_DIR, /usr/share/datasets/<name>/ (Debian's dataset-fashion-mnist), the user "
+                        "cache, then a download from the official mirrors into the cache")
+    g.add_argument("--val-size", type=int, default=2000,
+                   help="the first N training images are held out for validation (default: %(default)s)")
+    g.add_argument("--train-limit", type=int, default=None,
+                   help="use only the first N remaining training images (quick runs)")
+    g.add_argument("--test-limit", type=int, default=None, help="use only the first N test images (quick runs)")
+
+
+def _add_mix_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mixing (the mixed arm)")
+    g.add_argument("--method", choices=METHOD_CHOICES, default="mixup",
+                   help="mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
+                        "--switch-prob else mixup; kway: Dirichlet mix of --k samples (default: %(default)s)")
+    g.add_argument("--alpha", type=float, default=0.2,
+                   help="Beta(alpha, alpha) concentration of mixup's lambda, or the Dirichlet's for kway; "
+                        "0 disables mixing (default: %(default)s)")
+    g.add_argument("--cutmix-alpha", type=float, default=1.0, help="Beta concentration of CutMix's area (default: %(default)s)")
+    g.add_argument("--switch-prob", type=float, default=0.5, help="probability of CutMix under --method switch")
+    g.add_argument("--k", type=int, default=3, help="samples per mix under --method kway (default: %(default)s)")
+    g.add_argument("--granularity", choices=GRANULARITIES, default="elem",
+                   help="one lambda per batch, per sample (elem, the reference) or per pair (default: %(default)s)")
+    g.add_argument("--pairing", choices=PAIRINGS, default="stream",
+                   help="stream: partners from a second, independently shuffled pass (the reference); roll, flip, "
+                        "permute, derange: partners within the batch (default: %(default)s)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon, both arms (default: 0)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--epochs", type=int, default=10, help="epochs per arm (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=64, help="training batch size (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed of initial weights, shuffling and mixing (default: 0)")
+    g.add_argument("--model", default="reference-cnn", help="registered model name (default: %(default)s)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads in all (default: torch's default); split between arms trained in parallel")
+    g.add_argument("--sequential", action="store_true",
+                   help="train the arms one after another instead of in parallel processes")
+    g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format (slower on CPU)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/compare-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vicinal",
+        description="MixUp-family data augmentation: train with and without mixing and compare.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compare = sub.add_parser(
+        "compare",
+        help="train the reference CNN with and without mixup from the same initial weights",
+        description="Train the keras.io reference CNN on the dataset twice from the same initial weights, once "
+                    "on mixed batches and once on plain ones, then print a table and write a run folder "
+                    "(config.json, metrics, preview.png, curves.png, summary.md). With no options this is the "
+                    "reference experiment: Fashion-MNIST, batch 64, 10 epochs, alpha 0.2, one lambda per sample, "
+                    "two shuffled streams.",
+    )
+    _add_data_options(compare)
+    _add_mix_options(compare)
+    _add_run_options(compare)
+    compare.set_defaults(func=_cmd_compare)
+
+    preview = sub.add_parser("preview", help="write a 3x3 grid of mixed training images with their soft labels",
+                             description="Write preview.png: nine images of the first mixed training batch, each "
+                                         "titled with its soft label as class names and weights.")
+    _add_data_options(preview)
+    _add_mix_options(preview)
+    preview.add_argument("--seed", type=int, default=0, help="seed of the shuffling and mixing (default: 0)")
+    preview.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
+    preview.add_argument("--out", default="preview.png", help="output PNG (default: %(default)s)")
+    preview.set_defaults(func=_cmd_preview)
+    return parser
+
+
+def _config_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from vicinal.compare import CompareConfig
+
+    values = {
+        "dataset": args.dataset, "data_dir": args.data_dir, "val_size": args.val_size,
+        "train_limit": args.train_limit, "test_limit": args.test_limit, "method": args.method,
+        "alpha": args.alpha, "cutmix_alpha": args.cutmix_alpha, "switch_prob": args.switch_prob, "k": args.k,
+        "granularity": args.granularity, "pairing": args.pairing, "label_smoothing": args.label_smoothing,
+        "seed": args.seed, "batch_size": args.batch_size,
+    }
+    for name in ("epochs", "model", "device", "threads"):
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    if hasattr(args, "sequential"):
+        values["parallel"] = not args.sequential
+        values["channels_last"] = not args.no_channels_last
+    known = {f.name for f in fields(CompareConfig)}
+    return CompareConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from vicinal.compare import run_compare, summary_table
+
+    cfg = _config_from(args).validate()
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out RUN_FOLDER (the run to continue)")
+    out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    t0 = time.perf_counter()
+    results = run_compare(cfg, out, resume=args.resume, progress=not args.no_progress)
+    print()
+    print(summary_table(results))
+    print(f"\ntotal wall time {time.perf_counter() - t0:.1f} s; run folder: {out}")
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from vicinal.compare import load_any, make_splits, write_preview
+
+    cfg = _config_from(args).validate()
+    splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
+    path = write_preview(cfg, splits, Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileExistsError) as exc:
+        # Bad options and bad data end with one clear line, not a traceback.
+        from vicinal.data import DatasetError
+
+        kind = "data error" if isinstance(exc, DatasetError) else "error"
+        print(f"vicinal: {kind}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

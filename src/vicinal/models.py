@@ -1,0 +1,88 @@
+"""Model registry and the keras.io reference CNN (PyTorch).
+
+Models return logits; the softmax of the reference lives in the loss
+(:func:`vicinal.losses.soft_target_cross_entropy`), which is the numerically stable
+form of Keras' ``softmax`` + ``categorical_crossentropy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+ModelFactory = Callable[[tuple[int, int, int], int], nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make ``factory(input_shape, num_classes) -> nn.Module`` available by name."""
+
+    def wrap(factory: ModelFactory) -> ModelFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"a model named {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def available_models() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Instantiate a registered model for (C, H, W) inputs and ``num_classes`` outputs."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model must be one of {list(available_models())}, got {name!r}")
+    return _REGISTRY[name](input_shape, num_classes)
+
+
+def keras_init_(module: nn.Module) -> nn.Module:
+    """Keras' default initialisation: Glorot-uniform kernels, zero biases.
+
+    PyTorch's ``xavier_uniform_`` uses the same fans as Keras for conv kernels
+    (fan_in = in_ch·kh·kw, fan_out = out_ch·kh·kw) and dense kernels.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+class ReferenceCNN(nn.Module):
+    """The keras.io mixup example's network.
+
+    Conv 16@5×5 relu → MaxPool 2 → Conv 32@5×5 relu → MaxPool 2 → Dropout 0.2 →
+    global average pool → Dense 128 relu → Dense ``num_classes`` (logits).
+
+    Input: float (B, C, H, W) in [0, 1]; output: (B, num_classes) logits.
+    ReLU is applied after max-pooling: ``relu`` is monotonic, so this equals the
+    reference exactly and does the elementwise work on 4x fewer values.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 5)
+        self.conv2 = nn.Conv2d(16, 32, 5)
+        self.dropout = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(32, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+        keras_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(torch.max_pool2d(self.conv1(x), 2))
+        x = torch.relu(torch.max_pool2d(self.conv2(x), 2))
+        x = self.dropout(x).mean(dim=(2, 3))
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@register_model("reference-cnn")
+def _reference_cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    c, h, w = input_shape
+    if h < 12 or w < 12:
+        raise ValueError(f"reference-cnn needs inputs of at least 12x12 pixels, got {h}x{w}")
+    return ReferenceCNN(c, num_classes)

@@ -1,0 +1,100 @@
+"""Figures of a run, drawn with matplotlib (Agg: no display needed).
+
+Every function writes a PNG atomically and returns its path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def describe_target(target: np.ndarray, class_names: Sequence[str], *, min_weight: float = 0.005) -> str:
+    """'0.76 Shirt + 0.24 Ankle boot': the classes of a soft target, heaviest first."""
+    order = np.argsort(-target, kind="stable")
+    parts = [f"{target[i]:.2f} {class_names[i]}" for i in order if target[i] >= min_weight]
+    return "\n+ ".join(parts) if parts else "(empty)"
+
+
+def preview_grid(
+    images: np.ndarray, targets: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, *, title: str = ""
+) -> Path:
+    """A 3×3 grid of mixed images, each titled with its soft label in words.
+
+    Args:
+        images: float (N, C, H, W) in [0, 1], N >= 1 (the first 9 are shown).
+        targets: float (N, num_classes) soft labels.
+    """
+    plt = _pyplot()
+    n = min(9, len(images))
+    fig, axes = plt.subplots(3, 3, figsize=(8, 9))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = np.asarray(images[i], dtype=np.float32)
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(np.clip(np.transpose(img[:3], (1, 2, 0)), 0, 1))
+        ax.set_title(describe_target(np.asarray(targets[i]), class_names), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike) -> Path:
+    """Train/val accuracy and loss per epoch, one line style per arm.
+
+    Args:
+        histories: arm name -> list of per-epoch records with keys ``epoch``,
+            ``train_acc``, ``train_loss``, ``val_acc``, ``val_loss``.
+    """
+    plt = _pyplot()
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (arm, hist) in enumerate(histories.items()):
+        if not hist:
+            continue
+        c = colors[k % len(colors)]
+        ep = [h["epoch"] + 1 for h in hist]
+        ax_acc.plot(ep, [h["train_acc"] for h in hist], "--", color=c, label=f"{arm} train")
+        ax_acc.plot(ep, [h["val_acc"] for h in hist], "-o", color=c, label=f"{arm} val", markersize=3)
+        ax_loss.plot(ep, [h["train_loss"] for h in hist], "--", color=c, label=f"{arm} train")
+        ax_loss.plot(ep, [h["val_loss"] for h in hist], "-o", color=c, label=f"{arm} val", markersize=3)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.text(0.5, -0.02, "Train metrics are on the (mixed) training batches; mixup's train loss is on soft targets.",
+             ha="center", fontsize=8)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

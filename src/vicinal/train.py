@@ -1,0 +1,210 @@
+"""Training one arm: epochs, validation, test, metrics, atomic checkpoints, resume.
+
+An arm's folder holds:
+
+* ``checkpoint.pt`` — model, optimizer, epoch and history; replaced atomically after
+  every epoch;
+* ``metrics.jsonl`` — one JSON record per finished epoch (rewritten from the
+  checkpoint on resume, so it never holds an epoch the checkpoint does not);
+* ``result.json`` — written atomically once the arm is finished and tested.
+
+Reproducibility: the batches of epoch ``e`` depend on ``(seed, e)`` only and dropout is
+reseeded from ``(seed, e)`` at the start of each epoch, so a run resumed after epoch
+``e`` continues exactly as an uninterrupted one (bit for bit on CPU with the same
+thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vicinal.loader import InMemoryLoader
+from vicinal.losses import soft_target_cross_entropy
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+RESULT = "result.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam as Keras configures it by default."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-7
+
+
+@dataclass
+class ArmResult:
+    name: str
+    test_acc: float
+    test_loss: float
+    best_val_acc: float
+    best_epoch: int
+    wall_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000, channels_last: bool = False
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on uint8 images (N, C, H, W) and int labels."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    n = int(images.shape[0])
+    for start in range(0, n, batch_size):
+        x = images[start : start + batch_size].to(torch.float32).div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[start : start + batch_size]
+        logits = model(x).float()
+        total_loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / n, correct / n
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, 0x64726F70]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def train_arm(
+    name: str,
+    model: nn.Module,
+    loader: InMemoryLoader,
+    *,
+    val: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    epochs: int,
+    out_dir: str | os.PathLike,
+    optim: OptimConfig = OptimConfig(),
+    resume: bool = False,
+    channels_last: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> ArmResult:
+    """Train ``model`` (already holding the initial weights) for ``epochs`` epochs.
+
+    Args:
+        loader: the training batches (mixed or plain).
+        val, test: uint8 images (N, C, H, W) and int64 labels.
+        out_dir: the arm's folder (created).
+        resume: continue from ``out_dir/checkpoint.pt`` if present; a finished arm
+            (``result.json``) is returned as it is.
+        progress: ``progress(epoch, steps)`` returns an object with ``update(n)``,
+            ``set_postfix(dict)`` and ``close()`` (a tqdm bar), or None for silence.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / RESULT).exists():
+        data = json.loads((out / RESULT).read_text())
+        return ArmResult(**data)
+
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=True)
+    history: list[dict[str, float]] = []
+    start_epoch, elapsed = 0, 0.0
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history = state["history"]
+        start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
+        _rewrite_metrics(out, history)
+    elif (out / METRICS).exists():
+        (out / METRICS).unlink()
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(loader.seed, epoch))
+        model.train()
+        bar = progress(epoch, len(loader)) if progress else None
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        seen = 0
+        for step, (x, target) in enumerate(loader.epoch(epoch)):
+            logits = model(x)
+            loss = soft_target_cross_entropy(logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                b = x.shape[0]
+                loss_sum += loss.detach().double() * b
+                correct += (logits.argmax(1) == target.argmax(1)).sum()
+                seen += b
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
+        train_loss, train_acc = float(loss_sum) / seen, int(correct) / seen
+        val_loss, val_acc = evaluate(model, *val, channels_last=channels_last)
+        elapsed += time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "elapsed_s": elapsed,
+        }
+        if bar is not None:
+            bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.4f}", val_acc=f"{val_acc:.4f}")
+            bar.close()
+        history.append(record)
+        # Checkpoint first: metrics.jsonl is rebuilt from it on resume.
+        atomic_torch_save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
+             "elapsed": elapsed},
+            ckpt_path,
+        )
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if on_epoch is not None:
+            on_epoch(record)
+
+    test_loss, test_acc = evaluate(model, *test, channels_last=channels_last)
+    best = max(history, key=lambda h: h["val_acc"]) if history else {"val_acc": math.nan, "epoch": -1}
+    result = ArmResult(
+        name=name, test_acc=test_acc, test_loss=test_loss, best_val_acc=best["val_acc"],
+        best_epoch=int(best["epoch"]), wall_s=elapsed, history=history,
+    )
+    atomic_write_json(out / RESULT, asdict(result))
+    return result
+
+
+def _rewrite_metrics(out: Path, history: list[dict[str, float]]) -> None:
+    atomic_write_bytes(out / METRICS, "".join(json.dumps(h) + "\n" for h in history).encode())
