@@ -94,7 +94,60 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
     preview.add_argument("--out", default="preview.png", help="output PNG (default: %(default)s)")
     preview.set_defaults(func=_cmd_preview)
+
+    study = sub.add_parser(
+        "study", help="run a grid of arms x seeds (a preset or a TOML file), then render its report",
+        description="Run a study: every arm of the grid for every seed, each cell a training run in its own "
+                    "folder. Finished cells are skipped and interrupted ones resumed when the command is run "
+                    "again. Presets: reference (5 seeds, paired test), alpha, methods, noise, long.",
+    )
+    study.add_argument("study", help="preset name (reference, alpha, methods, noise, long) or a TOML file")
+    study.add_argument("--out", default=None, help="study folder (default: runs/study-<name>)")
+    study.add_argument("--jobs", type=int, default=1, help="cells trained at once, one process each (default: 1)")
+    study.add_argument("--seeds", type=int, default=None, help="use seeds 0..N-1 instead of the study's")
+    study.add_argument("--epochs", type=int, default=None, help="override every arm's epochs")
+    study.add_argument("--data-dir", default=None, help="folder holding the dataset's IDX files (see compare)")
+    study.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    study.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    study.add_argument("--val-size", type=int, default=None, help="override the validation hold-out size")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
+    study.set_defaults(func=_cmd_study)
+
+    report = sub.add_parser("report", help="render report.md/report.html from a study or compare folder",
+                            description="Render a self-contained HTML report, a Markdown summary and PNG figures "
+                                        "from saved results only (nothing is retrained).")
+    report.add_argument("folder", help="a study folder (study.json) or a compare run folder (results.json)")
+    report.add_argument("--no-preview", action="store_true", help="skip the preview grid (it needs the data)")
+    report.set_defaults(func=_cmd_report)
     return parser
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from vicinal.report import render_report
+    from vicinal.study import load_study, run_study
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("data_dir", args.data_dir),
+                                    ("train_limit", args.train_limit), ("test_limit", args.test_limit),
+                                    ("val_size", args.val_size)) if v is not None}
+    spec = load_study(args.study, overrides=overrides, seeds=args.seeds)
+    out = Path(args.out or f"runs/study-{spec.name}")
+    t0 = time.perf_counter()
+    run_study(spec, out, jobs=args.jobs, progress=not args.no_progress)
+    paths = render_report(out)
+    text = Path(paths["markdown"]).read_text()
+    print(text[: text.find("\n## ", text.find("## Paired") + 1)])  # the two tables, not the figure sections
+    print(f"study {spec.name}: {len(spec.cells())} cells, {time.perf_counter() - t0:.1f} s; report: {paths['html']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vicinal.report import render_report
+
+    paths = render_report(args.folder, preview=not args.no_preview)
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+    return 0
 
 
 def _config_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -1,0 +1,1 @@
+"""Study presets shipped with vicinal (TOML files; see vicinal.study)."""

@@ -1,0 +1,302 @@
+"""Studies: a grid of arms × seeds, each cell one training run, resumable and parallel.
+
+A study is described in TOML (a file of your own, or a preset shipped in
+``vicinal/presets/``)::
+
+    name = "alpha"
+    seeds = 3                       # or a list: [0, 1, 2]
+    [defaults]                      # CellSpec fields shared by every arm
+    epochs = 10
+    pairing = "stream"
+    [[arms]]                        # explicit arms; "method" = "none" trains on plain batches
+    name = "none"
+    method = "none"
+    [[arms]]
+    name = "mixup"
+    method = "mixup"
+    [grid]                          # optional: every arm with a "grid" key set to true is
+    alpha = [0.1, 0.2, 0.4]         # expanded over the cartesian product of these values
+
+Every cell trains with :func:`vicinal.train.train_arm` into ``<study>/cells/<arm>/seed<k>/``.
+Running a study again skips finished cells (``result.json``) and resumes interrupted
+ones from their checkpoint, so a killed study loses no finished work. All arms of one
+seed start from the same initial weights (``<study>/init/``) and see the same data
+order, which makes per-seed differences paired.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vicinal.sampling import MixConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESETS = ("reference", "alpha", "methods", "noise", "long")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything one training run of a study depends on."""
+
+    arm: str = "mixup"
+    method: str = "mixup"  # "none" or a MixConfig method
+    alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    switch_prob: float = 0.5
+    k: int = 3
+    granularity: str = "elem"
+    pairing: str = "stream"
+    label_smoothing: float = 0.0
+    noise: float = 0.0
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    model: str = "reference-cnn"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    schedule: str = "constant"
+    val_size: int = 2000
+    train_limit: int | None = None
+    test_limit: int | None = None
+    channels_last: bool = True
+    seed: int = 0
+    baseline: str | None = None  # arm this one is compared with (default: chosen in the report)
+
+    def mix_config(self) -> MixConfig | None:
+        if self.method == "none":
+            return None
+        pairing = self.pairing
+        if self.method == "kway" and pairing == "stream":
+            pairing = "permute"  # k-way needs k-1 partners: in-batch
+        return MixConfig(
+            self.method,  # type: ignore[arg-type]
+            alpha=self.alpha, cutmix_alpha=self.cutmix_alpha, switch_prob=self.switch_prob,
+            k=self.k if self.method == "kway" else 2, granularity=self.granularity,  # type: ignore[arg-type]
+            pairing=pairing,  # type: ignore[arg-type]
+        )
+
+    def validate(self) -> CellSpec:
+        if not self.arm or "/" in self.arm or self.arm.startswith("."):
+            raise ValueError(f"arm must be a plain folder name, got {self.arm!r}")
+        if self.method != "none":
+            self.mix_config()
+        if not 0 <= self.noise < 1:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    seeds: tuple[int, ...]
+    arms: tuple[CellSpec, ...]  # one per arm, seed unset
+    description: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[CellSpec]:
+        return [replace(arm, seed=s) for s in self.seeds for arm in self.arms]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def parse_study(text: str, *, overrides: dict[str, Any] | None = None, seeds: int | None = None) -> StudySpec:
+    """A :class:`StudySpec` from TOML text; ``overrides`` replace CellSpec fields in every arm."""
+    data = tomllib.loads(text)
+    known = {f.name for f in fields(CellSpec)} - {"seed"}
+    unknown_top = set(data) - {"name", "description", "seeds", "defaults", "arms", "grid"}
+    if unknown_top:
+        raise ValueError(f"study: unknown top-level keys {sorted(unknown_top)}")
+    defaults = data.get("defaults", {})
+    bad = set(defaults) - known
+    if bad:
+        raise ValueError(f"study [defaults]: unknown keys {sorted(bad)}; expected some of {sorted(known)}")
+    raw_seeds = data.get("seeds", 3) if seeds is None else seeds
+    seed_list = tuple(range(raw_seeds)) if isinstance(raw_seeds, int) else tuple(int(s) for s in raw_seeds)
+    if not seed_list:
+        raise ValueError("study: seeds must name at least one seed")
+    grid = data.get("grid", {})
+    bad = set(grid) - known
+    if bad:
+        raise ValueError(f"study [grid]: unknown keys {sorted(bad)}")
+    arms: list[CellSpec] = []
+    for entry in data.get("arms", []) or [{}]:
+        entry = dict(entry)
+        expand = entry.pop("grid", False)
+        name = entry.pop("name", None) or entry.get("method", "arm")
+        bad = set(entry) - known
+        if bad:
+            raise ValueError(f"study arm {name!r}: unknown keys {sorted(bad)}")
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if expand and grid else [{}]
+        for combo in combos:
+            arm_name = name + "".join(f"-{k}{_fmt(v)}" for k, v in combo.items())
+            values = {**defaults, **entry, **combo, "arm": arm_name, **(overrides or {})}
+            arms.append(CellSpec(**values).validate())
+    names = [a.arm for a in arms]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"study: arm names must be unique, repeated: {sorted(dupes)}")
+    return StudySpec(name=data.get("name", "study"), seeds=seed_list, arms=tuple(arms),
+                     description=data.get("description", ""), overrides=dict(overrides or {}))
+
+
+def load_study(preset_or_path: str, *, overrides: dict[str, Any] | None = None, seeds: int | None = None) -> StudySpec:
+    """A preset name (see :data:`PRESETS`) or the path of a TOML file."""
+    if preset_or_path in PRESETS:
+        text = resources.files("vicinal.presets").joinpath(f"{preset_or_path}.toml").read_text()
+    else:
+        path = Path(preset_or_path)
+        if not path.is_file():
+            raise ValueError(f"study must be one of {list(PRESETS)} or a TOML file, got {preset_or_path!r}")
+        text = path.read_text()
+    return parse_study(text, overrides=overrides, seeds=seeds)
+
+
+# --------------------------------------------------------------------------- running
+
+_DATA_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _splits_for(cell: CellSpec):  # type: ignore[no-untyped-def]
+    from vicinal.compare import CompareConfig, load_any, make_splits
+
+    key = (cell.dataset, cell.data_dir, cell.val_size, cell.train_limit, cell.test_limit)
+    if key not in _DATA_CACHE:
+        cfg = CompareConfig(dataset=cell.dataset, data_dir=cell.data_dir, val_size=cell.val_size,
+                            train_limit=cell.train_limit, test_limit=cell.test_limit)
+        _DATA_CACHE[key] = make_splits(load_any(cell.dataset, cell.data_dir), cfg)
+    return _DATA_CACHE[key]
+
+
+def cell_dir(study_dir: Path, cell: CellSpec) -> Path:
+    return study_dir / "cells" / cell.arm / f"seed{cell.seed}"
+
+
+def init_path(study_dir: Path, cell: CellSpec) -> Path:
+    return study_dir / "init" / f"{cell.model}-seed{cell.seed}.pt"
+
+
+def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
+    from vicinal.models import build_model
+    from vicinal.train import atomic_torch_save
+
+    path = init_path(study_dir, cell)
+    if path.exists():
+        return
+    splits = _splits_for(cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cell.seed)
+    atomic_torch_save(build_model(cell.model, splits.input_shape, len(splits.class_names)).state_dict(), path)
+
+
+def run_cell(study_dir: str, cell: CellSpec, threads: int) -> dict[str, Any]:
+    """Train (or resume, or just read) one cell; returns its result record."""
+    from vicinal.loader import InMemoryLoader
+    from vicinal.models import build_model
+    from vicinal.noise import symmetric_label_noise
+    from vicinal.train import RESULT, OptimConfig, atomic_write_json, train_arm
+
+    torch.set_num_threads(threads)
+    root = Path(study_dir)
+    out = cell_dir(root, cell)
+    if (out / RESULT).exists():
+        return json.loads((out / RESULT).read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "cell.json", asdict(cell))
+    splits = _splits_for(cell)
+    x_train, y_train = splits.train
+    num_classes = len(splits.class_names)
+    if cell.noise > 0:
+        y_train = torch.from_numpy(symmetric_label_noise(y_train.numpy(), cell.noise, num_classes, seed=cell.seed))
+    loader = InMemoryLoader(x_train, y_train, num_classes=num_classes, batch_size=cell.batch_size, seed=cell.seed,
+                            mix=cell.mix_config(), label_smoothing=cell.label_smoothing,
+                            channels_last=cell.channels_last)
+    model = build_model(cell.model, splits.input_shape, num_classes)
+    model.load_state_dict(torch.load(init_path(root, cell), map_location="cpu", weights_only=True))
+    result = train_arm(cell.arm, model, loader, val=splits.val, test=splits.test, epochs=cell.epochs, out_dir=out,
+                       optim=OptimConfig(lr=cell.lr, schedule=cell.schedule), resume=True,
+                       channels_last=cell.channels_last, track_test=True, full_metrics=True)
+    return asdict(result)
+
+
+def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, jobs: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every unfinished cell of ``spec`` with ``jobs`` worker processes."""
+    from vicinal.train import RESULT, atomic_write_json
+
+    root = Path(study_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    saved = root / "study.json"
+    record = {"name": spec.name, "description": spec.description, "seeds": list(spec.seeds),
+              "arms": [asdict(a) for a in spec.arms]}
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        if old["arms"] != record["arms"]:
+            raise ValueError(f"{root} holds a different study; use another --out or the same options")
+        record["seeds"] = sorted(set(old["seeds"]) | set(spec.seeds))  # adding seeds extends a study
+    atomic_write_json(saved, record)
+    cells = spec.cells()
+    for cell in cells:
+        _ensure_init(root, cell)
+    todo = [c for c in cells if not (cell_dir(root, c) / RESULT).exists()]
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"study {spec.name}", unit="cell")
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else torch.get_num_threads()
+    if jobs > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(run_cell, str(root), c, threads) for c in todo]
+            for f in cf.as_completed(futures):
+                f.result()
+                if bar:
+                    bar.update(1)
+    else:
+        for c in todo:
+            run_cell(str(root), c, threads)
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    timing = {"cells": len(cells), "trained": len(todo), "jobs": jobs, "wall_s": time.perf_counter() - t0}
+    atomic_write_json(root / f"timing-{int(time.time())}.json", timing)
+    return [json.loads((cell_dir(root, c) / RESULT).read_text()) for c in cells]
+
+
+def load_results(study_dir: str | os.PathLike) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
+    """The study record and every finished cell's (spec, result)."""
+    root = Path(study_dir)
+    record = json.loads((root / "study.json").read_text())
+    out = []
+    for arm in record["arms"]:
+        for seed in record["seeds"]:
+            cell = CellSpec(**{**arm, "seed": seed})
+            path = cell_dir(root, cell) / "result.json"
+            if path.exists():
+                out.append((cell, json.loads(path.read_text())))
+    return record, out
+
