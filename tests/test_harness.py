@@ -47,7 +47,7 @@ def _tiny(toy: Path, **kw: object) -> CompareConfig:
 
 def test_loader_visits_every_sample_once_per_epoch() -> None:
     n = 203
-    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 12, 12).contiguous()
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 16, 16).contiguous()
     labels = torch.arange(n) % 5
     loader = InMemoryLoader(images, labels, num_classes=5, batch_size=16, seed=3)
     assert len(loader) == 13

@@ -89,8 +89,8 @@ class ReferenceCNN(nn.Module):
 @register_model("reference-cnn")
 def _reference_cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     c, h, w = input_shape
-    if h < 12 or w < 12:
-        raise ValueError(f"reference-cnn needs inputs of at least 12x12 pixels, got {h}x{w}")
+    if h < 16 or w < 16:
+        raise ValueError(f"reference-cnn needs inputs of at least 16x16 pixels, got {h}x{w}")
     return ReferenceCNN(c, num_classes)
 
 

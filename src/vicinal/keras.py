@@ -1,0 +1,611 @@
+"""Keras 3 front end: vicinal's mixing in a Keras training pipeline, on any backend.
+
+A thin adapter over the core. Every random decision is drawn on the host by
+:func:`vicinal.sampling.sample_plan` (NumPy, a pure function of
+``(seed, epoch, step, rank)``), so the same seed gives the same plans here as on the
+PyTorch path; only the arithmetic is done here, with ``keras.ops``.
+
+* :class:`MixLayer`: a Keras layer that mixes a batch ``{"images": x, "labels": y}``
+  (or ``(x, y)``); it counts its calls to know which plan to draw. Call it eagerly:
+  on batches in a Python loop, inside a ``PyDataset`` or a grain ``map``. Saved with a
+  model in the ``.keras`` format, config and counters included.
+* :class:`MixedBatches`: a ``keras.utils.PyDataset`` of shuffled, mixed batches of
+  in-memory NumPy arrays for ``model.fit``; batch ``i`` of epoch ``e`` is the same
+  whichever worker makes it, in whatever order (the core loader's batches, NHWC).
+* :func:`mix_with_plan` and :func:`plan_tensors`: the mixing as a pure ``keras.ops``
+  function of the batch and a plan given as arrays, for use inside a traced function
+  (``jax.jit``, ``tf.function``, ``torch.compile``) where no host plan can be drawn.
+
+Keras is an optional dependency (``pip install 'vicinal[keras]'``); this module
+imports it at import time and works with the torch, JAX and TensorFlow backends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.labels import batch_size_of, check_labels, to_soft
+from vicinal.mixing import _validate, apply_plan
+from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
+
+__all__ = ["MixLayer", "MixedBatches", "mix_with_plan", "plan_tensors"]
+
+DATA_FORMATS: tuple[str, ...] = ("channels_last", "channels_first")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_mix_config(name: str, value: Any, *, allow_none: bool) -> MixConfig | None:
+    if value is None:
+        if allow_none:
+            return None
+        return MixConfig()
+    if isinstance(value, MixConfig):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(MixConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{name} has unknown MixConfig fields {unknown}; known: {sorted(known)}")
+        return MixConfig(**value)
+    expected = "a MixConfig, a dict of its fields, or None"
+    raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+
+
+def _data_format(value: str | None) -> str:
+    if value is None:
+        return keras.config.image_data_format()
+    return check_choice("data_format", value, DATA_FORMATS)
+
+
+def _image_size(shape: tuple[Any, ...], channels_last: bool) -> tuple[int, int]:
+    if len(shape) < 3 or (channels_last and len(shape) < 4):
+        want = "(B, H, W, C)" if channels_last else "(B, [C,] H, W)"
+        raise ValueError(f"CutMix needs images of shape {want}, got shape {tuple(shape)}")
+    h, w = (shape[-3], shape[-2]) if channels_last else (shape[-2], shape[-1])
+    if h is None or w is None:
+        raise ValueError(f"CutMix needs images with a known height and width, got shape {tuple(shape)}")
+    return int(h), int(w)
+
+
+def _concrete(name: str, x: Any) -> np.ndarray:
+    """``x`` as a NumPy array, or a TypeError saying why a traced value cannot be used."""
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception as err:  # a tracer or a symbolic tensor: no values to check
+        raise TypeError(
+            f"{name} has no concrete value (a traced or symbolic tensor?): a MixPlan is drawn on the "
+            "host for concrete batches; inside a traced function pass plan_tensors(plan) to mix_with_plan"
+        ) from err
+
+
+def _is_integer_dtype(x: Any) -> bool:
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    return dtype.startswith(("int", "uint")) or dtype == "bool"
+
+
+# --------------------------------------------------------------------------- pure mixing
+
+
+def plan_tensors(plan: MixPlan) -> dict[str, np.ndarray]:
+    """A :class:`~vicinal.sampling.MixPlan` as plain arrays for :func:`mix_with_plan`.
+
+    Returns:
+        ``"weights"``: float32 (B, K), the weight of each sample (column 0) and its
+        partners in the mixed label; rows sum to 1.
+        ``"image_weights"``: float32 (B, K), the same for the image, except that CutMix'ed
+        rows are ``(1, 0, ...)`` (their box is pasted instead).
+        ``"partners"``: int32 (B, K-1), partner rows in the batch (for a stream plan,
+        ``arange(B)``: row ``i`` of the partner batch).
+        ``"boxes"``: int32 (B, 4) ``(top, left, bottom, right)`` (bottom/right exclusive),
+        empty (all 0) where nothing is pasted; present only for CutMix and switch plans.
+
+    The key set and the shapes depend only on the config and the batch size, so the
+    arrays can be fed to a traced function without retracing.
+    """
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
+    image_weights = plan.weights
+    if plan.cut is not None and plan.cut.any():
+        image_weights = image_weights.copy()
+        image_weights[plan.cut] = 0.0
+        image_weights[plan.cut, 0] = 1.0
+    out = {
+        "weights": plan.weights.astype(np.float32),
+        "image_weights": image_weights.astype(np.float32),
+        "partners": plan.partners.astype(np.int32),
+    }
+    if plan.boxes is not None:
+        out["boxes"] = plan.boxes.astype(np.int32)
+    return out
+
+
+def _soft_labels(labels: Any, num_classes: int | None, label_smoothing: float) -> Any:
+    """float32 (B, C) targets from int ids (B,) or soft labels (B, C), in keras.ops."""
+    if _is_integer_dtype(labels):
+        if num_classes is None:
+            raise ValueError("num_classes is required when labels are integer class ids")
+        soft = ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+        c = num_classes
+    else:
+        soft = ops.cast(labels, "float32")
+        c = soft.shape[-1]
+    if label_smoothing > 0:
+        soft = soft * (1.0 - label_smoothing) + label_smoothing / c
+    return soft
+
+
+def _combine(weights: Any, own: Any, partners: list[Any]) -> Any:
+    """Σ_j w[:, j]·source_j with w broadcast over the trailing axes (K=2: x·λ + x'·(1-λ))."""
+    shape = (-1,) + (1,) * (len(own.shape) - 1)
+    w = ops.cast(weights, own.dtype)
+    cols = [ops.reshape(w[:, j], shape) for j in range(len(partners) + 1)]
+    if len(partners) == 1:
+        cols[1] = 1 - cols[0]  # as the core writes it: 1-λ in the data's dtype
+    out = own * cols[0]
+    for p, c in zip(partners, cols[1:]):
+        out = out + p * c
+    return out
+
+
+def _box_mask(boxes: Any, height: int, width: int, ndim: int, channels_last: bool) -> Any:
+    """bool (B, H, W) mask from (B, 4) boxes, reshaped to broadcast against the images."""
+    boxes = ops.cast(boxes, "int32")
+    rows = ops.arange(height, dtype="int32")[None, :]
+    cols = ops.arange(width, dtype="int32")[None, :]
+    in_rows = ops.logical_and(rows >= boxes[:, 0:1], rows < boxes[:, 2:3])  # (B, H)
+    in_cols = ops.logical_and(cols >= boxes[:, 1:2], cols < boxes[:, 3:4])  # (B, W)
+    mask = ops.logical_and(in_rows[:, :, None], in_cols[:, None, :])  # (B, H, W)
+    if channels_last:
+        shape = (-1,) + (1,) * (ndim - 4) + (height, width, 1)  # spatial axes -3, -2
+    else:
+        shape = (-1,) + (1,) * (ndim - 3) + (height, width)
+    return ops.reshape(mask, shape)
+
+
+def mix_with_plan(
+    plan: MixPlan | Mapping[str, Any],
+    images: Any,
+    labels: Any = None,
+    *,
+    num_classes: int | None = None,
+    label_smoothing: float = 0.0,
+    data_format: str | None = None,
+    partner_images: Any = None,
+    partner_labels: Any = None,
+    dtype: str = "float32",
+) -> tuple[Any, Any]:
+    """Mix a batch by a plan with ``keras.ops`` (the Keras counterpart of
+    :func:`vicinal.apply_plan`, same formula: ``x·λ + x_partner·(1-λ)``).
+
+    Args:
+        plan: a :class:`~vicinal.sampling.MixPlan` drawn for this batch (checked against
+            the inputs, eager only), or :func:`plan_tensors` of one (arrays or backend
+            tensors; no value checks, so it can be traced).
+        images: (B, H, W, C) for ``"channels_last"`` (the Keras default), or
+            (B, [C,] H, W) for ``"channels_first"``; any (B, ...) array when the plan
+            pastes no CutMix boxes. Floating images keep their dtype; integer images
+            (uint8) are mixed and returned in ``dtype``, not rescaled or rounded.
+        labels: optional int class ids (B,) in [0, num_classes) or float soft labels
+            (B, C); returned as float32 (B, C) mixed targets.
+        label_smoothing: ε in [0, 1], applied before mixing: ``y·(1-ε) + ε/C``.
+        data_format: ``"channels_last"`` or ``"channels_first"``; default
+            ``keras.config.image_data_format()``.
+        partner_images, partner_labels: the second batch of a ``pairing="stream"``
+            plan (same shapes as images/labels).
+        dtype: the float dtype integer images are mixed in.
+
+    Returns:
+        ``(mixed_images, mixed_labels)`` as backend tensors; ``mixed_labels`` is None
+        when ``labels`` is None.
+    """
+    channels_last = _data_format(data_format) == "channels_last"
+    eps = check_probability("label_smoothing", label_smoothing)
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+    if isinstance(plan, MixPlan):
+        _validate(plan, images, labels, partner_images, partner_labels, channels_last)
+        if labels is not None:
+            check_labels(_concrete("labels", labels), num_classes)
+            if partner_labels is not None:
+                check_labels(_concrete("partner_labels", partner_labels), num_classes)
+        tensors: Mapping[str, Any] = plan_tensors(plan)
+    elif isinstance(plan, Mapping):
+        missing = sorted({"weights", "image_weights", "partners"} - set(plan))
+        if missing:
+            raise ValueError(f"plan is missing {missing}: pass a MixPlan or plan_tensors(plan)")
+        tensors = plan
+    else:
+        raise TypeError(f"plan must be a MixPlan or plan_tensors(plan), got {type(plan).__name__}")
+    if (partner_images is None) != (partner_labels is None) and labels is not None:
+        raise ValueError("partner_images and partner_labels must be given together")
+
+    images = ops.convert_to_tensor(images)
+    if _is_integer_dtype(images):
+        images = ops.cast(images, dtype)
+    k1 = tensors["partners"].shape[-1]
+    partners = ops.convert_to_tensor(tensors["partners"], "int32")
+
+    def sources(x: Any, x_partner: Any) -> list[Any]:
+        if x_partner is not None:
+            return [x_partner]
+        return [ops.take(x, partners[:, j], axis=0) for j in range(k1)]
+
+    if partner_images is not None:
+        partner_images = ops.cast(ops.convert_to_tensor(partner_images), images.dtype)
+    image_sources = sources(images, partner_images)
+    mixed = _combine(ops.convert_to_tensor(tensors["image_weights"]), images, image_sources)
+    if "boxes" in tensors:
+        ndim = len(images.shape)
+        h, w = _image_size(tuple(images.shape), channels_last)
+        mask = _box_mask(ops.convert_to_tensor(tensors["boxes"]), h, w, ndim, channels_last)
+        mixed = ops.where(mask, image_sources[0], mixed)
+
+    mixed_labels = None
+    if labels is not None:
+        soft = _soft_labels(ops.convert_to_tensor(labels), num_classes, eps)
+        soft_partner = None
+        if partner_labels is not None:
+            soft_partner = _soft_labels(ops.convert_to_tensor(partner_labels), num_classes, eps)
+        mixed_labels = _combine(ops.convert_to_tensor(tensors["weights"]), soft, sources(soft, soft_partner))
+    return mixed, mixed_labels
+
+
+# --------------------------------------------------------------------------- layer
+
+
+@keras.saving.register_keras_serializable(package="vicinal")
+class MixLayer(keras.layers.Layer):
+    """Mixes a batch of images and labels: MixUp, CutMix, their switch or k-way mixing.
+
+    Call it on ``{"images": x, "labels": y}`` (or ``(x, y)``; for a
+    ``pairing="stream"`` config also ``"partner_images"`` and ``"partner_labels"``).
+    It returns the same structure (dict or tuple) with:
+
+    * ``images``: ``x``'s shape; floating ``x`` keeps its dtype, integer ``x`` comes
+      back in the layer's compute dtype (float32 by default), values not rescaled.
+    * ``labels``: float32 (B, C) targets, from int class ids (B,) in
+      ``[0, num_classes)`` or float soft labels (B, C).
+
+    The ``n``-th call since :meth:`set_epoch` mixes by
+    ``sample_plan(config, B, seed=seed, epoch=epoch, step=n, rank=rank,
+    image_size=(H, W))``, drawn on the host: exactly the plan the PyTorch path
+    (:class:`vicinal.Mixer`) draws at that step. ``training=False`` only converts the
+    labels to float32 (B, C) one-hot (and integer images to float), so the output
+    has the same structure either way.
+
+    The plan is drawn eagerly from the batch's concrete shape and the call counter,
+    so call this layer on concrete batches (a Python loop, a ``PyDataset``, a grain
+    ``map``), not inside a traced function or a ``tf.data`` graph; there, draw plans
+    yourself and use :func:`mix_with_plan` on :func:`plan_tensors`. Put inside a
+    model, it needs the labels as a model input: without labels it raises rather
+    than mix the images alone.
+
+    Args:
+        config: a :class:`~vicinal.sampling.MixConfig` or a dict of its fields;
+            default ``MixConfig()`` (MixUp, α = 0.2, one λ per sample).
+        num_classes: number of classes; required for int class ids.
+        label_smoothing: ε in [0, 1] applied to the labels before mixing.
+        seed: the plan stream's seed (int in [0, 2**63)).
+        rank: the process index in a distributed run (a separate plan stream).
+        data_format: ``"channels_last"`` (B, H, W, C) or ``"channels_first"``
+            (B, C, H, W); default ``keras.config.image_data_format()``.
+        **kwargs: :class:`keras.layers.Layer` arguments (``name``, ``dtype``...).
+    """
+
+    def __init__(
+        self,
+        config: MixConfig | Mapping[str, Any] | None = None,
+        *,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        seed: int = 0,
+        rank: int = 0,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.mix_config: MixConfig = _as_mix_config("config", config, allow_none=False)  # type: ignore[assignment]
+        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, minimum=1)
+        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
+        self.seed = check_int("seed", seed, minimum=0)
+        if self.seed >= 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+        self.rank = check_int("rank", rank, minimum=0)
+        self.data_format = _data_format(data_format)
+        self._epoch = 0
+        self._step = 0
+        self.built = True
+
+    # -- plan stream ------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next plan (set by :meth:`set_epoch`)."""
+        return self._epoch
+
+    @property
+    def step(self) -> int:
+        """The step of the next plan: calls in training mode since :meth:`set_epoch`."""
+        return self._step
+
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
+        """Move the plan stream to ``(epoch, step)``; call before each epoch (or to resume)."""
+        self._epoch = check_int("epoch", epoch, minimum=0)
+        self._step = check_int("step", step, minimum=0)
+
+    def plan_for(self, images: Any, *, step: int | None = None, epoch: int | None = None) -> MixPlan:
+        """The plan for a batch ``images`` at ``(epoch, step)`` (default: the next one),
+        without advancing the counter."""
+        shape = tuple(images.shape)
+        batch = batch_size_of("images", images)
+        image_size = None
+        if self.mix_config.needs_image_size:
+            image_size = _image_size(shape, self.data_format == "channels_last")
+        return sample_plan(
+            self.mix_config,
+            batch,
+            seed=self.seed,
+            epoch=self._epoch if epoch is None else epoch,
+            step=self._step if step is None else step,
+            rank=self.rank,
+            image_size=image_size,
+        )
+
+    # -- calling ------------------------------------------------------------------------
+
+    def _unpack(self, inputs: Any) -> tuple[dict[str, Any], bool]:
+        if isinstance(inputs, Mapping):
+            allowed = {"images", "labels", "partner_images", "partner_labels"}
+            unknown = sorted(set(inputs) - allowed)
+            if unknown:
+                raise ValueError(f"inputs has unknown keys {unknown}; expected keys among {sorted(allowed)}")
+            if "images" not in inputs:
+                raise ValueError("inputs must have an 'images' entry")
+            return dict(inputs), True
+        if isinstance(inputs, (tuple, list)):
+            if len(inputs) == 2:
+                return {"images": inputs[0], "labels": inputs[1]}, False
+            if len(inputs) == 4:
+                keys = ("images", "labels", "partner_images", "partner_labels")
+                return dict(zip(keys, inputs)), False
+            raise ValueError(
+                "inputs as a tuple must be (images, labels) or "
+                f"(images, labels, partner_images, partner_labels), got {len(inputs)} items"
+            )
+        return {"images": inputs}, True
+
+    def call(self, inputs: Any, training: bool = True) -> Any:
+        parts, as_dict = self._unpack(inputs)
+        images, labels = parts["images"], parts.get("labels")
+        if labels is None:
+            if not training:
+                return inputs
+            raise ValueError(
+                "inputs must include the labels ({'images': x, 'labels': y} or (x, y)): "
+                "mixing the images alone would leave their targets unmixed"
+            )
+        if not training:
+            if _is_integer_dtype(images):
+                images = ops.cast(images, self.compute_dtype)
+            out = (images, _soft_labels(labels, self.num_classes, 0.0))
+        else:
+            plan = self.plan_for(images)
+            out = mix_with_plan(
+                plan,
+                images,
+                labels,
+                num_classes=self.num_classes,
+                label_smoothing=self.label_smoothing,
+                data_format=self.data_format,
+                partner_images=parts.get("partner_images"),
+                partner_labels=parts.get("partner_labels"),
+                dtype=self.compute_dtype,
+            )
+            self._step += 1
+        return {"images": out[0], "labels": out[1]} if as_dict else out
+
+    def compute_output_spec(self, inputs: Any, training: bool = True) -> Any:
+        parts, as_dict = self._unpack(inputs)
+        images, labels = parts["images"], parts.get("labels")
+        dtype = self.compute_dtype if _is_integer_dtype(images) else images.dtype
+        images_spec = keras.KerasTensor(images.shape, dtype=dtype)
+        if labels is None:
+            return images_spec if not as_dict else {"images": images_spec}
+        if _is_integer_dtype(labels):
+            classes = self.num_classes
+        else:
+            classes = labels.shape[-1]
+        labels_spec = keras.KerasTensor((labels.shape[0], classes), dtype="float32")
+        if as_dict:
+            return {"images": images_spec, "labels": labels_spec}
+        return images_spec, labels_spec
+
+    # -- saving -------------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            config=dataclasses.asdict(self.mix_config),
+            num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing,
+            seed=self.seed,
+            rank=self.rank,
+            data_format=self.data_format,
+        )
+        return config
+
+    def save_own_variables(self, store: Any) -> None:
+        # The plan counter (not a Keras variable: reading one would sync the device).
+        store["epoch_step"] = np.array([self._epoch, self._step], dtype=np.int64)
+
+    def load_own_variables(self, store: Any) -> None:
+        if "epoch_step" in store:
+            epoch, step = (int(v) for v in np.asarray(store["epoch_step"]))
+            self.set_epoch(epoch, step)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class MixedBatches(keras.utils.PyDataset):
+    """Shuffled, mixed batches of in-memory arrays, for ``model.fit``.
+
+    Batch ``i`` of epoch ``e`` holds the rows ``epoch_order(seed, e, N)[i·B:(i+1)·B]``
+    mixed by ``sample_plan(mix, len, seed=seed, epoch=e, step=i, image_size=(H, W),
+    dataset_size=N, stream_offset=i·B)``: the batches of the PyTorch path
+    (:class:`vicinal.loader.InMemoryLoader`) with the same seed, whichever worker
+    makes them and in whatever order Keras asks for them. The epoch advances in
+    :meth:`on_epoch_end` (``model.fit`` calls it); :meth:`set_epoch` moves it (e.g.
+    to ``initial_epoch`` when resuming).
+
+    Mixing runs on the host in NumPy (:func:`vicinal.apply_plan`), so batches are
+    NumPy arrays that any backend accepts and workers can make in parallel.
+
+    Args:
+        x: (N, ...) images, NHWC for ``"channels_last"`` (e.g. uint8 (N, 28, 28, 1)).
+        y: int class ids (N,) in [0, num_classes) or float soft labels (N, C).
+        batch_size: samples per batch B.
+        mix: what to mix (:class:`~vicinal.sampling.MixConfig` or a dict of its
+            fields), or None for plain batches (same order, one-hot targets).
+            ``pairing="stream"`` is the keras.io reference: partners come from a
+            second, independently shuffled pass over the data.
+        num_classes: required for int class ids.
+        label_smoothing: ε in [0, 1] applied to the targets.
+        seed: the run's seed (epoch orders and plans).
+        shuffle: a new order every epoch (else dataset order).
+        drop_remainder: drop the last, smaller batch.
+        rescale: if given, images are cast to float32 and multiplied by it before
+            mixing (``1/255`` maps uint8 to [0, 1]); else integer images are mixed in
+            float and rounded back to their dtype.
+        data_format: layout of ``x`` (matters for CutMix); default
+            ``keras.config.image_data_format()``.
+        workers, use_multiprocessing, max_queue_size: :class:`keras.utils.PyDataset`'s.
+
+    Each item is ``(images, targets)``: (B, ...) images (float32 when ``rescale`` is
+    given) and float32 (B, C) targets.
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        batch_size: int = 64,
+        mix: MixConfig | Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_remainder: bool = False,
+        rescale: float | None = None,
+        data_format: str | None = None,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        self.x = np.asarray(x)
+        self.y = np.asarray(y)
+        n = batch_size_of("x", self.x)
+        if batch_size_of("y", self.y) != n:
+            raise ValueError(f"x and y must have the same number of samples, got {n} and {self.y.shape[0]}")
+        self.num_classes = check_labels(self.y, num_classes)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.mix = _as_mix_config("mix", mix, allow_none=True)
+        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.shuffle = bool(shuffle)
+        self.drop_remainder = bool(drop_remainder)
+        if drop_remainder and n < self.batch_size:
+            raise ValueError(f"drop_remainder=True with batch_size={batch_size} > {n} samples leaves no batch")
+        if rescale is not None:
+            if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not math.isfinite(rescale):
+                raise TypeError(f"rescale must be a finite real number or None, got {rescale!r}")
+            rescale = float(rescale)
+        self.rescale = rescale
+        self.data_format = _data_format(data_format)
+        self._channels_last = self.data_format == "channels_last"
+        self.image_size = None
+        if self.mix is not None and self.mix.needs_image_size:
+            self.image_size = _image_size(self.x.shape, self._channels_last)
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_batches(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_remainder else -(-n // b)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next batches those of ``epoch``."""
+        self.epoch = check_int("epoch", epoch, minimum=0)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Dataset indices, in the order epoch ``epoch`` visits them (int64 (N,))."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        return epoch_order(self.seed, epoch, self.num_samples)
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        x = self.x[idx]
+        if self.rescale is not None:
+            x = x.astype(np.float32) * np.float32(self.rescale)
+        return x
+
+    def batch(self, index: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of ``epoch`` (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
+        index = check_int("index", index, minimum=0)
+        if index >= self.num_batches:
+            raise IndexError(f"index {index} is out of range for {self.num_batches} batches")
+        b = self.batch_size
+        idx = self.order(epoch)[index * b : (index + 1) * b]
+        x, y = self._rows(idx), self.y[idx]
+        if self.mix is None:
+            return x, np.asarray(to_soft(y, self.num_classes, label_smoothing=self.label_smoothing))
+        plan = sample_plan(
+            self.mix,
+            len(idx),
+            seed=self.seed,
+            epoch=epoch,
+            step=index,
+            image_size=self.image_size,
+            dataset_size=self.num_samples,
+            stream_offset=index * b,
+        )
+        x_partner = y_partner = None
+        if plan.stream_indices is not None:
+            x_partner, y_partner = self._rows(plan.stream_indices), self.y[plan.stream_indices]
+        x_mixed, targets = apply_plan(
+            plan,
+            x,
+            y,
+            num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing,
+            x_partner=x_partner,
+            y_partner=y_partner,
+            channels_last=self._channels_last,
+        )
+        return x_mixed, targets
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.batch(index)
