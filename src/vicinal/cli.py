@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import fields
@@ -63,6 +64,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=None, help="run folder (default: runs/compare-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--mix-policy", choices=("independent", "shared", "global"), default="independent",
+                   help="under torchrun: independent plans per rank, the same plans on every rank (shared), or "
+                        "one plan over the global batch (global: results independent of the world size)")
+    g.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="under torchrun: seconds a collective waits for a dead or stuck rank before failing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +172,8 @@ def _config_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if hasattr(args, "sequential"):
         values["parallel"] = not args.sequential
         values["channels_last"] = not args.no_channels_last
+        values["mix_policy"] = args.mix_policy
+        values["dist_timeout_s"] = args.dist_timeout
     known = {f.name for f in fields(CompareConfig)}
     return CompareConfig(**{k: v for k, v in values.items() if k in known})
 
@@ -179,6 +187,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     results = run_compare(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
     print()
     print(summary_table(results))
     print(f"\ntotal wall time {time.perf_counter() - t0:.1f} s; run folder: {out}")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vicinal.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
+from vicinal.distributed import POLICIES, SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
 from vicinal.loader import InMemoryLoader
 from vicinal.models import build_model
 from vicinal.sampling import MixConfig
@@ -64,6 +65,8 @@ class CompareConfig:
     parallel: bool = True
     channels_last: bool = True
     arms: tuple[str, ...] = ARMS
+    mix_policy: str = "independent"
+    dist_timeout_s: float = 300.0
 
     def mix_config(self) -> MixConfig:
         """The mixing of the mixed arm (validated)."""
@@ -93,6 +96,10 @@ class CompareConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} was asked for but torch sees no CUDA device")
+        if self.mix_policy not in POLICIES:
+            raise ValueError(f"mix_policy must be one of {list(POLICIES)}, got {self.mix_policy!r}")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         bad = [a for a in self.arms if a not in ARMS]
         if bad or not self.arms:
             raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {self.arms}")
@@ -155,7 +162,7 @@ def make_splits(ds: ArrayDataset, cfg: CompareConfig) -> Splits:
     return Splits((as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys)), tuple(ds.class_names))
 
 
-def make_loader(cfg: CompareConfig, splits: Splits, arm: str) -> InMemoryLoader:
+def make_loader(cfg: CompareConfig, splits: Splits, arm: str, dist: DistContext = SINGLE) -> InMemoryLoader:
     return InMemoryLoader(
         *splits.train,
         num_classes=len(splits.class_names),
@@ -165,6 +172,8 @@ def make_loader(cfg: CompareConfig, splits: Splits, arm: str) -> InMemoryLoader:
         label_smoothing=cfg.label_smoothing,
         channels_last=cfg.channels_last,
         device=cfg.device,
+        dist=dist,
+        policy=cfg.mix_policy,
     )
 
 
@@ -192,7 +201,7 @@ def _progress_factory(position: int, arm: str, enabled: bool):  # type: ignore[n
 
 
 def _train_one(cfg: CompareConfig, splits: Splits, run_dir: str, arm: str, position: int, threads: int,
-               resume: bool, progress: bool) -> ArmResult:
+               resume: bool, progress: bool, dist: DistContext = SINGLE) -> ArmResult:
     torch.set_num_threads(threads)
     state = initial_weights(cfg, splits, Path(run_dir))
     model = build_model(cfg.model, splits.input_shape, len(splits.class_names))
@@ -201,9 +210,9 @@ def _train_one(cfg: CompareConfig, splits: Splits, run_dir: str, arm: str, posit
     val = tuple(t.to(cfg.device) for t in splits.val)
     test = tuple(t.to(cfg.device) for t in splits.test)
     return train_arm(
-        arm, model, make_loader(cfg, splits, arm), val=val, test=test, epochs=cfg.epochs,  # type: ignore[arg-type]
+        arm, model, make_loader(cfg, splits, arm, dist), val=val, test=test, epochs=cfg.epochs,  # type: ignore[arg-type]
         out_dir=Path(run_dir) / arm, optim=OptimConfig(), resume=resume, channels_last=cfg.channels_last,
-        progress=_progress_factory(position, arm, progress),
+        progress=_progress_factory(position, arm, progress and dist.is_main), dist=dist,
     )
 
 
@@ -228,25 +237,34 @@ def summary_table(results: list[ArmResult]) -> str:
 
 def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
                 splits: Splits | None = None) -> list[ArmResult]:
-    """Run (or resume) the comparison into ``run_dir``; returns one result per arm."""
+    """Run (or resume) the comparison into ``run_dir``; returns one result per arm.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every arm trains with DistributedDataParallel
+    across the ranks, one arm after the other, and only rank 0 writes files.
+    """
     cfg.validate()
+    dist = init_from_env(cfg.device, cfg.dist_timeout_s) if launched_by_torchrun() else SINGLE
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
     cfg_path = run / "config.json"
     if resume and cfg_path.exists():
         saved = CompareConfig.from_json(json.loads(cfg_path.read_text()))
-        if saved != cfg:
+        if replace(saved, parallel=cfg.parallel, threads=cfg.threads) != cfg:
             raise ValueError(f"--resume: {cfg_path} holds a different configuration; resume with the same options")
     elif cfg_path.exists() and not resume:
         raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    barrier(dist)  # every rank has checked the folder before rank 0 writes into it
     if splits is None:
         splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
-    atomic_write_json(cfg_path, asdict(cfg))
-    initial_weights(cfg, splits, run)
+    if dist.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg_path, asdict(cfg))
+        initial_weights(cfg, splits, run)
+    barrier(dist)
 
     t0 = time.perf_counter()
     total_threads = cfg.threads or torch.get_num_threads()
-    parallel = cfg.parallel and len(cfg.arms) > 1 and cfg.device == "cpu" and (os.cpu_count() or 1) > 1
+    parallel = (cfg.parallel and not dist.enabled and len(cfg.arms) > 1 and cfg.device == "cpu"
+                and (os.cpu_count() or 1) > 1)
     if parallel:
         per_arm = max(1, total_threads // len(cfg.arms))
         ctx = multiprocessing.get_context("spawn")
@@ -255,8 +273,11 @@ def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool 
                        for i, arm in enumerate(cfg.arms)]
             results = [f.result() for f in futures]
     else:
-        results = [_train_one(cfg, splits, str(run), arm, 0, total_threads, resume, progress) for arm in cfg.arms]
+        results = [_train_one(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist)
+                   for arm in cfg.arms]
     wall = time.perf_counter() - t0
+    if not dist.is_main:
+        return results
 
     from vicinal.plots import learning_curves
 
@@ -264,12 +285,14 @@ def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool 
         write_preview(cfg, splits, run / "preview.png")
     learning_curves({r.name: r.history for r in results}, run / "curves.png")
     table = summary_table(results)
+    mode = (f"DDP over {dist.world_size} processes, mix policy {cfg.mix_policy}" if dist.enabled
+            else "arms in parallel" if parallel else "arms one after another")
     summary = [
         f"# vicinal compare: {cfg.dataset}, {cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size}",
         "",
         table,
         "",
-        f"Total wall time: {wall:.1f} s ({'arms in parallel' if parallel else 'arms one after another'}).",
+        f"Total wall time: {wall:.1f} s ({mode}).",
         f"Mixed arm: {cfg.method}, alpha={cfg.alpha}, {cfg.granularity} lambda, pairing={cfg.pairing}"
         + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else "") + ".",
         f"Training images: {len(splits.train[1])}, validation: {len(splits.val[1])}, test: {len(splits.test[1])}; "
@@ -282,6 +305,6 @@ def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool 
         "",
     ]
     atomic_write_bytes(run / "summary.md", "\n".join(summary).encode())
-    atomic_write_json(run / "results.json", {"wall_s": wall, "parallel": parallel,
+    atomic_write_json(run / "results.json", {"wall_s": wall, "parallel": parallel, "world_size": dist.world_size,
                                              "arms": [asdict(r) for r in results]})
     return results

@@ -29,6 +29,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from array_api_compat import array_namespace
 from keras import ops
 
 from vicinal._checks import check_choice, check_int, check_probability
@@ -36,7 +37,7 @@ from vicinal.labels import batch_size_of, check_labels, to_soft
 from vicinal.mixing import _validate, apply_plan
 from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
 
-__all__ = ["MixLayer", "MixedBatches", "mix_with_plan", "plan_tensors"]
+__all__ = ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_tensors"]
 
 DATA_FORMATS: tuple[str, ...] = ("channels_last", "channels_first")
 
@@ -77,15 +78,32 @@ def _image_size(shape: tuple[Any, ...], channels_last: bool) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _concrete(name: str, x: Any) -> np.ndarray:
-    """``x`` as a NumPy array, or a TypeError saying why a traced value cannot be used."""
-    try:
-        return np.asarray(ops.convert_to_numpy(x))
-    except Exception as err:  # a tracer or a symbolic tensor: no values to check
+def _is_traced(x: Any) -> bool:
+    """True for a JAX tracer or a symbolic TensorFlow tensor: values unknown until run."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return isinstance(x, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(x, tf.Tensor) and not hasattr(x, "numpy")
+    return False
+
+
+def _check_label_values(name: str, y: Any, num_classes: int | None) -> int:
+    """The core's label checks (shape, dtype, class-id range) on a concrete batch."""
+    if _is_traced(y):
         raise TypeError(
-            f"{name} has no concrete value (a traced or symbolic tensor?): a MixPlan is drawn on the "
-            "host for concrete batches; inside a traced function pass plan_tensors(plan) to mix_with_plan"
-        ) from err
+            f"{name} is a traced tensor: a MixPlan is drawn on the host for concrete batches; "
+            "inside a traced function pass plan_tensors(plan) to mix_with_plan instead"
+        )
+    try:
+        array_namespace(y)
+    except TypeError:  # not an array-API array (a TensorFlow tensor): check a NumPy copy
+        y = np.asarray(y)
+    return check_labels(y, num_classes)
 
 
 def _is_integer_dtype(x: Any) -> bool:
@@ -215,9 +233,9 @@ def mix_with_plan(
     if isinstance(plan, MixPlan):
         _validate(plan, images, labels, partner_images, partner_labels, channels_last)
         if labels is not None:
-            check_labels(_concrete("labels", labels), num_classes)
+            _check_label_values("labels", labels, num_classes)
             if partner_labels is not None:
-                check_labels(_concrete("partner_labels", partner_labels), num_classes)
+                _check_label_values("partner_labels", partner_labels, num_classes)
         tensors: Mapping[str, Any] = plan_tensors(plan)
     elif isinstance(plan, Mapping):
         missing = sorted({"weights", "image_weights", "partners"} - set(plan))
@@ -363,7 +381,8 @@ class MixLayer(keras.layers.Layer):
 
     # -- calling ------------------------------------------------------------------------
 
-    def _unpack(self, inputs: Any) -> tuple[dict[str, Any], bool]:
+    def _unpack(self, inputs: Any) -> tuple[dict[str, Any], str]:
+        """The parts of ``inputs`` and its form: ``"dict"``, ``"tuple"`` or ``"bare"``."""
         if isinstance(inputs, Mapping):
             allowed = {"images", "labels", "partner_images", "partner_labels"}
             unknown = sorted(set(inputs) - allowed)
@@ -371,21 +390,21 @@ class MixLayer(keras.layers.Layer):
                 raise ValueError(f"inputs has unknown keys {unknown}; expected keys among {sorted(allowed)}")
             if "images" not in inputs:
                 raise ValueError("inputs must have an 'images' entry")
-            return dict(inputs), True
+            return dict(inputs), "dict"
         if isinstance(inputs, (tuple, list)):
             if len(inputs) == 2:
-                return {"images": inputs[0], "labels": inputs[1]}, False
+                return {"images": inputs[0], "labels": inputs[1]}, "tuple"
             if len(inputs) == 4:
                 keys = ("images", "labels", "partner_images", "partner_labels")
-                return dict(zip(keys, inputs)), False
+                return dict(zip(keys, inputs)), "tuple"
             raise ValueError(
                 "inputs as a tuple must be (images, labels) or "
                 f"(images, labels, partner_images, partner_labels), got {len(inputs)} items"
             )
-        return {"images": inputs}, True
+        return {"images": inputs}, "bare"
 
     def call(self, inputs: Any, training: bool = True) -> Any:
-        parts, as_dict = self._unpack(inputs)
+        parts, form = self._unpack(inputs)
         images, labels = parts["images"], parts.get("labels")
         if labels is None:
             if not training:
@@ -412,21 +431,22 @@ class MixLayer(keras.layers.Layer):
                 dtype=self.compute_dtype,
             )
             self._step += 1
-        return {"images": out[0], "labels": out[1]} if as_dict else out
+        return {"images": out[0], "labels": out[1]} if form == "dict" else out
 
     def compute_output_spec(self, inputs: Any, training: bool = True) -> Any:
-        parts, as_dict = self._unpack(inputs)
+        parts, form = self._unpack(inputs)
         images, labels = parts["images"], parts.get("labels")
-        dtype = self.compute_dtype if _is_integer_dtype(images) else images.dtype
-        images_spec = keras.KerasTensor(images.shape, dtype=dtype)
-        if labels is None:
-            return images_spec if not as_dict else {"images": images_spec}
+        if labels is None:  # images pass through at inference (training raises)
+            spec = keras.KerasTensor(images.shape, dtype=images.dtype)  # a new node, not the input
+            return {"images": spec} if form == "dict" else spec
         if _is_integer_dtype(labels):
             classes = self.num_classes
         else:
             classes = labels.shape[-1]
+        dtype = self.compute_dtype if _is_integer_dtype(images) else images.dtype
+        images_spec = keras.KerasTensor(images.shape, dtype=dtype)
         labels_spec = keras.KerasTensor((labels.shape[0], classes), dtype="float32")
-        if as_dict:
+        if form == "dict":
             return {"images": images_spec, "labels": labels_spec}
         return images_spec, labels_spec
 
@@ -464,9 +484,14 @@ class MixedBatches(keras.utils.PyDataset):
     mixed by ``sample_plan(mix, len, seed=seed, epoch=e, step=i, image_size=(H, W),
     dataset_size=N, stream_offset=i·B)``: the batches of the PyTorch path
     (:class:`vicinal.loader.InMemoryLoader`) with the same seed, whichever worker
-    makes them and in whatever order Keras asks for them. The epoch advances in
-    :meth:`on_epoch_end` (``model.fit`` calls it); :meth:`set_epoch` moves it (e.g.
-    to ``initial_epoch`` when resuming).
+    makes them and in whatever order Keras asks for them.
+
+    For a reproducible ``model.fit``, pass ``callbacks=[SetEpoch(dataset)]`` (it tells
+    the dataset fit's epoch number, ``initial_epoch`` included) and ``shuffle=False``
+    (the batches are shuffled here; Keras would also permute their order, unseeded),
+    and leave ``steps_per_epoch`` unset. Without the callback the epoch still moves
+    on after each epoch, but Keras may also start and end an extra "epoch" to build
+    the model, so the numbering can start at 1.
 
     Mixing runs on the host in NumPy (:func:`vicinal.apply_plan`), so batches are
     NumPy arrays that any backend accepts and workers can make in parallel.
@@ -539,6 +564,7 @@ class MixedBatches(keras.utils.PyDataset):
         if self.mix is not None and self.mix.needs_image_size:
             self.image_size = _image_size(self.x.shape, self._channels_last)
         self.epoch = 0
+        self._in_epoch = False
 
     @property
     def num_samples(self) -> int:
@@ -556,8 +582,16 @@ class MixedBatches(keras.utils.PyDataset):
         """Make the next batches those of ``epoch``."""
         self.epoch = check_int("epoch", epoch, minimum=0)
 
+    def on_epoch_begin(self) -> None:
+        self._in_epoch = True
+
     def on_epoch_end(self) -> None:
-        self.epoch += 1
+        # Keras also calls this once before the first epoch (when it resets its
+        # iterator): only an epoch that began moves the counter on. SetEpoch, if
+        # used, then sets the exact number before the next epoch begins.
+        if self._in_epoch:
+            self.epoch += 1
+        self._in_epoch = False
 
     def order(self, epoch: int) -> np.ndarray:
         """Dataset indices, in the order epoch ``epoch`` visits them (int64 (N,))."""
@@ -609,3 +643,29 @@ class MixedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.batch(index)
+
+
+# --------------------------------------------------------------------------- callback
+
+
+class SetEpoch(keras.callbacks.Callback):
+    """Tells :class:`MixedBatches` and :class:`MixLayer` objects fit's epoch number.
+
+    At the start of each epoch of ``model.fit`` (``initial_epoch`` included) it calls
+    ``target.set_epoch(epoch)`` on every target, before Keras asks for a batch, so
+    batch ``i`` of epoch ``e`` is mixed by the plan of ``(seed, e, i)``.
+
+    Args:
+        *targets: objects with a ``set_epoch(epoch: int)`` method.
+    """
+
+    def __init__(self, *targets: Any) -> None:
+        super().__init__()
+        for t in targets:
+            if not callable(getattr(t, "set_epoch", None)):
+                raise TypeError(f"targets must have a set_epoch(epoch) method, got {type(t).__name__}")
+        self.targets = targets
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        for t in self.targets:
+            t.set_epoch(epoch)

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from vicinal._checks import check_int
+from vicinal._checks import check_choice, check_int
+from vicinal.distributed import POLICIES, SINGLE, DistContext, shard_positions
 from vicinal.labels import to_soft
 from vicinal.mixing import apply_plan
 from vicinal.sampling import MixConfig, epoch_order, sample_plan
@@ -38,6 +39,13 @@ class InMemoryLoader:
         shuffle: reshuffle every epoch (else dataset order).
         channels_last: hand out batches in channels-last memory format.
         device: where the images live and batches are made (``"cpu"``, ``"cuda"``).
+        dist: this process's place in a distributed job. ``batch_size`` is then the
+            per-rank batch: step ``s`` covers positions ``[s·B·W, (s+1)·B·W)`` of the
+            epoch order (padded by wrapping to a multiple of the world size ``W``, as a
+            ``DistributedSampler`` pads), and rank ``r`` takes the ``r``-th of ``W``
+            equal parts; every sample is seen once per epoch (a few twice when ``W``
+            does not divide N).
+        policy: cross-rank mixing, see :mod:`vicinal.distributed`.
 
     Iterating ``loader.epoch(e)`` yields ``(x, targets)``: float32 (B, C, H, W) in
     [0, 1] and float32 (B, C) soft targets.
@@ -57,7 +65,11 @@ class InMemoryLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         device: str | torch.device = "cpu",
+        dist: DistContext = SINGLE,
+        policy: str = "independent",
     ) -> None:
+        self.dist = dist
+        self.policy = check_choice("policy", policy, POLICIES)
         self.device = torch.device(device)
         self.images = torch.as_tensor(images).to(self.device)
         self.labels = torch.as_tensor(labels).long().to(self.device)
@@ -87,15 +99,21 @@ class InMemoryLoader:
     def num_samples(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def _padded_size(self) -> int:
+        w = self.dist.world_size
+        return -(-self.num_samples // w) * w
+
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        n, bg = self._padded_size, self.batch_size * self.dist.world_size
+        return n // bg if self.drop_last else -(-n // bg)
 
     def order(self, epoch: int) -> np.ndarray:
-        """Dataset indices in the order epoch ``epoch`` visits them."""
-        if not self.shuffle:
-            return np.arange(self.num_samples)
-        return epoch_order(self.seed, epoch, self.num_samples)
+        """Dataset indices in the order epoch ``epoch`` visits them (all ranks together)."""
+        base = epoch_order(self.seed, epoch, self.num_samples) if self.shuffle else np.arange(self.num_samples)
+        if self._padded_size != self.num_samples:
+            base = base[np.arange(self._padded_size) % self.num_samples]
+        return base
 
     def _index(self, idx: np.ndarray) -> torch.Tensor:
         # A copy: epoch orders are read-only arrays, which torch.from_numpy warns about.
@@ -108,33 +126,40 @@ class InMemoryLoader:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _mixed(self, idx: np.ndarray, epoch: int, step: int, rank: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.mix is not None
+        x = self._rows(idx)
+        y = self.labels[self._index(idx)]
+        plan = sample_plan(
+            self.mix, len(idx), seed=self.seed, epoch=epoch, step=step, rank=rank,
+            image_size=tuple(x.shape[-2:]), dataset_size=self.num_samples, stream_offset=offset,
+        )
+        x_partner = y_partner = None
+        if plan.stream_indices is not None:
+            x_partner = self._rows(plan.stream_indices)
+            y_partner = self.labels[self._index(plan.stream_indices)]
+        return apply_plan(
+            plan, x, y, num_classes=self.num_classes, label_smoothing=self.label_smoothing,
+            x_partner=x_partner, y_partner=y_partner, out=x,
+        )
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         check_int("epoch", epoch, minimum=0)
         order = self.order(epoch)
-        b = self.batch_size
+        bg = self.batch_size * self.dist.world_size
         for step in range(len(self)):
-            idx = order[step * b : (step + 1) * b]
-            x = self._rows(idx)
-            y = self.labels[self._index(idx)]
+            global_idx = order[step * bg : (step + 1) * bg]
+            local = shard_positions(len(global_idx), self.dist)
+            offset = step * bg
             if self.mix is None:
-                yield x, to_soft(y, self.num_classes, label_smoothing=self.label_smoothing)
-                continue
-            plan = sample_plan(
-                self.mix,
-                len(idx),
-                seed=self.seed,
-                epoch=epoch,
-                step=step,
-                image_size=tuple(x.shape[-2:]),
-                dataset_size=self.num_samples,
-                stream_offset=step * b,
-            )
-            x_partner = y_partner = None
-            if plan.stream_indices is not None:
-                x_partner = self._rows(plan.stream_indices)
-                y_partner = self.labels[self._index(plan.stream_indices)]
-            x, targets = apply_plan(
-                plan, x, y, num_classes=self.num_classes, label_smoothing=self.label_smoothing,
-                x_partner=x_partner, y_partner=y_partner, out=x,
-            )
-            yield x, targets
+                idx = global_idx[local]
+                y = self.labels[self._index(idx)]
+                yield self._rows(idx), to_soft(y, self.num_classes, label_smoothing=self.label_smoothing)
+            elif self.policy == "global":
+                # One plan for the global batch; this rank keeps its rows of the result.
+                x, targets = self._mixed(global_idx, epoch, step, 0, offset)
+                yield x[local], targets[local]
+            elif self.policy == "shared":
+                yield self._mixed(global_idx[local], epoch, step, 0, offset)
+            else:
+                yield self._mixed(global_idx[local], epoch, step, self.dist.rank, offset + local.start)

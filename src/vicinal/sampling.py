@@ -377,7 +377,7 @@ def sample_plan(
         dataset_size: for ``pairing="stream"``, the number of training samples; the
             plan then carries ``stream_indices``, the partner batch's dataset indices,
             taken from :func:`epoch_order` stream 1 at ``stream_offset`` (default
-            ``step * batch_size``).
+            ``step * batch_size``; positions past ``dataset_size`` wrap around).
 
     Returns:
         A :class:`MixPlan` with K = ``config.num_sources`` columns.
@@ -445,9 +445,8 @@ def sample_plan(
     if config.pairing == "stream" and dataset_size is not None:
         n = check_int("dataset_size", dataset_size, minimum=1)
         offset = step * b if stream_offset is None else check_int("stream_offset", stream_offset, minimum=0)
-        if offset + b > n:
-            raise ValueError(f"stream_offset + batch_size must be <= dataset_size={n}, got {offset} + {b}")
-        stream_indices = np.array(epoch_order(seed, epoch, n, stream=1)[offset : offset + b])
+        # Positions past the end wrap around, as a distributed sampler pads its last shard.
+        stream_indices = epoch_order(seed, epoch, n, stream=1)[(offset + np.arange(b)) % n]
 
     return MixPlan(
         weights=weights,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vicinal.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
 from vicinal.loader import InMemoryLoader
 from vicinal.losses import soft_target_cross_entropy
 
@@ -88,24 +89,32 @@ class ArmResult:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 256, channels_last: bool = False
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 256,
+    channels_last: bool = False, dist: DistContext = SINGLE,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on uint8 images (N, C, H, W) and int labels.
 
-    Batches of 256 stay in cache on CPU and measured faster than 1024 here.
+    Batches of 256 stay in cache on CPU and measured faster than 1024 here. In a
+    distributed job each rank evaluates its share of the rows and the sums are reduced.
     """
     model.eval()
-    total_loss, correct = 0.0, 0
-    n = int(images.shape[0])
-    for start in range(0, n, batch_size):
+    n_total = int(images.shape[0])
+    rows = shard_positions(n_total - n_total % dist.world_size, dist) if dist.enabled else slice(0, n_total)
+    if dist.enabled and dist.rank == dist.world_size - 1:
+        rows = slice(rows.start, n_total)  # the last rank takes the remainder
+    images, labels = images[rows], labels[rows]
+    sums = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, int(images.shape[0]), batch_size):
         x = images[start : start + batch_size].to(torch.float32).div_(255.0)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[start : start + batch_size]
         logits = model(x).float()
-        total_loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    return total_loss / n, correct / n
+        sums[0] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        sums[1] += int((logits.argmax(1) == y).sum())
+    sums[2] = int(images.shape[0])
+    all_reduce_sum(dist, sums)
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -128,6 +137,7 @@ def train_arm(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     track_test: bool = False,
     full_metrics: bool = False,
+    dist: DistContext = SINGLE,
 ) -> ArmResult:
     """Train ``model`` (already holding the initial weights) for ``epochs`` epochs.
 
@@ -143,9 +153,14 @@ def train_arm(
             the history: the mixup paper's "best" test accuracy is its maximum).
         full_metrics: at the end, compute :func:`vicinal.metrics.evaluate_all` on the test
             set for the last epoch's weights and for the best validation epoch's weights.
+        dist: in a distributed job the model is wrapped in DistributedDataParallel,
+            training and evaluation sums are reduced across ranks (every rank returns the
+            same result), and only rank 0 writes files.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    writer = dist.is_main
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     if resume and (out / RESULT).exists():
         data = json.loads((out / RESULT).read_text())
         return ArmResult(**data)
@@ -173,20 +188,26 @@ def train_arm(
         best_state = state.get("best_model")
         history = state["history"]
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
-        _rewrite_metrics(out, history)
-    elif (out / METRICS).exists():
+        if writer:
+            _rewrite_metrics(out, history)
+    elif writer and (out / METRICS).exists():
         (out / METRICS).unlink()
+    net: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
 
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        torch.manual_seed(_epoch_seed(loader.seed, epoch))
-        model.train()
+        torch.manual_seed(_epoch_seed(loader.seed, epoch) + dist.rank)  # each rank its own dropout masks
+        net.train()
         bar = progress(epoch, len(loader)) if progress else None
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         seen = 0
         for step, (x, target) in enumerate(loader.epoch(epoch)):
-            logits = model(x)
+            logits = net(x)
             loss = soft_target_cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -202,8 +223,9 @@ def train_arm(
                 bar.update(1)
                 if step % 50 == 0:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
-        train_loss, train_acc = float(loss_sum) / seen, int(correct) / seen
-        val_loss, val_acc = evaluate(model, *val, channels_last=channels_last)
+        sums = all_reduce_sum(dist, torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)]))
+        train_loss, train_acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+        val_loss, val_acc = evaluate(model, *val, channels_last=channels_last, dist=dist)
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -212,7 +234,7 @@ def train_arm(
             "val_acc": val_acc,
         }
         if track_test:
-            record["test_loss"], record["test_acc"] = evaluate(model, *test, channels_last=channels_last)
+            record["test_loss"], record["test_acc"] = evaluate(model, *test, channels_last=channels_last, dist=dist)
         elapsed += time.perf_counter() - t0
         record["elapsed_s"] = elapsed
         if full_metrics and (not history or val_acc > max(h["val_acc"] for h in history)):
@@ -221,19 +243,20 @@ def train_arm(
             bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.4f}", val_acc=f"{val_acc:.4f}")
             bar.close()
         history.append(record)
-        # Checkpoint first: metrics.jsonl is rebuilt from it on resume.
-        atomic_torch_save(
-            {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
-             "elapsed": elapsed, "scheduler": None if sched is None else sched.state_dict(),
-             "best_model": best_state},
-            ckpt_path,
-        )
-        with open(out / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if writer:
+            # Checkpoint first: metrics.jsonl is rebuilt from it on resume.
+            atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
+                 "elapsed": elapsed, "scheduler": None if sched is None else sched.state_dict(),
+                 "best_model": best_state},
+                ckpt_path,
+            )
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
         if on_epoch is not None:
             on_epoch(record)
 
-    test_loss, test_acc = evaluate(model, *test, channels_last=channels_last)
+    test_loss, test_acc = evaluate(model, *test, channels_last=channels_last, dist=dist)
     best = max(history, key=lambda h: h["val_acc"]) if history else {"val_acc": math.nan, "epoch": -1}
     metrics = None
     if full_metrics:
@@ -250,7 +273,9 @@ def train_arm(
         name=name, test_acc=test_acc, test_loss=test_loss, best_val_acc=best["val_acc"],
         best_epoch=int(best["epoch"]), wall_s=elapsed, history=history, metrics=metrics,
     )
-    atomic_write_json(out / RESULT, asdict(result))
+    if writer:
+        atomic_write_json(out / RESULT, asdict(result))
+    barrier(dist)  # no rank moves on (e.g. to the next arm) before the result is on disk
     return result
 
 
