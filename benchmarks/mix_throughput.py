@@ -139,7 +139,7 @@ def main() -> None:
                 print(f"{'path':<56} {'median':>10} {'img/s':>11} {'GB/s':>7} {'vs floor':>9}")
                 for name, t, ips, gbs, ratio in bench(batch, shape, dtype, threads, args.repeats):
                     print(f"{name:<56} {t * 1e3:8.3f}ms {ips:11.0f} {gbs:7.2f} {ratio:8.2f}x")
-                    summary[(batch, shape, threads, str(dtype), name)] = ips
+                    summary[(batch, shape, threads, str(dtype).split(".")[-1], name)] = ips
     print()
     bench_plans(args.repeats)
     print("\n== uint8 vs float32 (vicinal elem, roll, out=buf): images/s ratio")

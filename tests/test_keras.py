@@ -288,3 +288,35 @@ def test_bad_label_values_and_plan(batch):
         mix_with_plan("plan", x)
     with pytest.raises(ValueError, match="missing"):
         mix_with_plan({"weights": np.ones((B, 2))}, x)
+
+
+def test_mix_with_plan_traces_and_the_layer_refuses_tracers(batch):
+    """jax.jit / tf.function (when that is the backend); torch.compile is too slow for CI."""
+    x, y = batch
+    backend = keras.backend.backend()
+    config = MixConfig("switch", alpha=1.0)
+    plan = sample_plan(config, B, seed=2, image_size=(H, W))
+    tensors = plan_tensors(plan)
+
+    def mixed(t, xs, ys):
+        return mix_with_plan(t, xs, ys, num_classes=NUM_CLASSES, label_smoothing=0.1)
+
+    def layer_call(xs, ys):
+        return MixLayer(config, num_classes=NUM_CLASSES)((xs, ys))
+
+    if backend == "jax":
+        import jax
+
+        traced, traced_layer = jax.jit(mixed), jax.jit(layer_call)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        traced, traced_layer = tf.function(mixed), tf.function(layer_call)
+    else:
+        pytest.skip(f"no cheap tracer for the {backend} backend")
+    got = traced(tensors, x, y)
+    want = apply_plan(plan, x, y, num_classes=NUM_CLASSES, label_smoothing=0.1, channels_last=True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(_np(g), w, rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match="traced"):
+        traced_layer(x, y)

@@ -1,0 +1,52 @@
+"""Speed of the reference experiment (`vicinal compare`): seconds per epoch, images/s, wall time.
+
+Runs both arms (batch 64, 10 epochs by default, the reference's hyperparameters) the
+way `vicinal compare` does, and prints per-arm throughput from the saved metrics. For
+context it also prints the keras.io reference's time measured by the issue's author on
+a 2-core machine (166 s for both arms, Keras 3.15 / TensorFlow 2.21), which this
+script does not rerun: TensorFlow is not a dependency.
+
+    python benchmarks/compare_speed.py --data-dir ../shared/data [--epochs 10] [--sequential]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from vicinal.compare import CompareConfig, run_compare
+
+REFERENCE_KERAS_S = 166.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--sequential", action="store_true", help="arms one after another (all threads each)")
+    p.add_argument("--train-limit", type=int, default=None)
+    args = p.parse_args()
+    cfg = CompareConfig(data_dir=args.data_dir, epochs=args.epochs, parallel=not args.sequential,
+                        train_limit=args.train_limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        results = run_compare(cfg, f"{tmp}/run", progress=False)
+        wall = time.perf_counter() - t0
+    print(f"threads available: {torch.get_num_threads()}, arms {'sequential' if args.sequential else 'in parallel'}")
+    for r in results:
+        epochs = len(r.history)
+        per_epoch = r.wall_s / epochs
+        n_train = 60000 - cfg.val_size if cfg.train_limit is None else cfg.train_limit
+        print(f"{r.name:>6}: {per_epoch:6.2f} s/epoch (train + val), {n_train * epochs / r.wall_s:8.0f} train images/s, "
+              f"test acc {100 * r.test_acc:.2f}%")
+    print(f"total wall time, both arms (data loading, spawn, plots included): {wall:.1f} s")
+    if args.epochs == 10 and cfg.train_limit is None:
+        print(f"keras.io reference as measured by the issue (not rerun here): {REFERENCE_KERAS_S:.0f} s "
+              f"-> ratio {REFERENCE_KERAS_S / wall:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
