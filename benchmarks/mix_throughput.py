@@ -130,7 +130,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="only the small shape, 1 repeat set")
     args = parser.parse_args()
-    shapes = [(256, (1, 28, 28))] if args.quick else [(256, (1, 28, 28)), (64, (3, 224, 224))]
+    shapes = [(64, (1, 28, 28)), (256, (1, 28, 28))]
+    if not args.quick:
+        shapes.append((64, (3, 224, 224)))
     summary = {}
     for batch, shape in shapes:
         for threads in (1, 2):

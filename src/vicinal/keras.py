@@ -406,6 +406,12 @@ class MixLayer(keras.layers.Layer):
     def call(self, inputs: Any, training: bool = True) -> Any:
         parts, form = self._unpack(inputs)
         images, labels = parts["images"], parts.get("labels")
+        if training and _is_traced(images):
+            raise TypeError(
+                "images is a traced tensor: MixLayer draws each plan on the host for a concrete batch; "
+                "inside a traced function (jax.jit, tf.function, tf.data.Dataset.map) draw plans with "
+                "vicinal.sample_plan and pass plan_tensors(plan) to mix_with_plan"
+            )
         if labels is None:
             if not training:
                 return inputs

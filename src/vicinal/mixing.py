@@ -170,18 +170,19 @@ def _mix_float_torch(plan: MixPlan, x: Any, x_partner: Any, out: Any, channels_l
     """Mix a floating tensor; ``out`` may be ``x`` itself (in place) or another buffer."""
     import torch
 
-    cols = _weight_columns(plan, x.dtype, x.device, x.ndim)
     if plan.shift is not None and plan.num_sources == 2 and not plan.has_cut:
         # Roll pairing: the partner of rows [s:] is rows [:-s], a view; no gather pass.
         b, s = plan.batch_size, plan.shift[0] % plan.batch_size
         src = x.clone() if out.data_ptr() == x.data_ptr() else x  # in place would read rows it wrote
-        w = cols[1]
+        w = torch.from_numpy(plan.weights[:, 1].astype(np.float32)).to(device=x.device, dtype=x.dtype)
+        w = w.view((-1,) + (1,) * (x.ndim - 1))
         if s == 0:
             out.copy_(src)
         else:
             torch.lerp(src[s:], src[:-s], w[s:], out=out[s:])
             torch.lerp(src[:s], src[b - s :], w[:s], out=out[:s])
         return out
+    cols = _weight_columns(plan, x.dtype, x.device, x.ndim)
     partners = _gather_partners(plan, x, x_partner)  # gathered copies: safe when out is x
     return _combine_into(out, x, partners, cols, _cut_mask(plan, x.ndim, channels_last, x.device))
 

@@ -394,24 +394,27 @@ def sample_plan(
     partners, units, shift, n_units = _partners_and_units(rng, config, b)
     k = config.num_sources
 
-    # Which units are mixed at all (p), and which of those are CutMix.
-    if config.p_mode == "batch":
-        applied_units = np.full(n_units, rng.random() < config.p)
-    else:
-        applied_units = rng.random(n_units) < config.p
+    # Which units are mixed at all (p), and which of those are CutMix. No draw is made
+    # for a decision that cannot vary (p = 1, method without a switch).
+    applied_units = None
+    if config.p < 1.0:
+        if config.p_mode == "batch":
+            applied_units = np.full(n_units, rng.random() < config.p)
+        else:
+            applied_units = rng.random(n_units) < config.p
+    cut_units = None
     if config.method == "cutmix":
         cut_units = np.ones(n_units, dtype=bool)
     elif config.method == "switch":
         cut_units = rng.random(n_units) < config.switch_prob
-    else:
-        cut_units = np.zeros(n_units, dtype=bool)
 
-    weights_units = np.zeros((n_units, k))
-    weights_units[:, 0] = 1.0
     boxes_units = None
     if config.method == "kway":
         if config.alpha > 0:
             weights_units = sample_dirichlet(rng, config.alpha, k, n_units)
+        else:
+            weights_units = np.zeros((n_units, k))
+            weights_units[:, 0] = 1.0
     else:
         beta = config.alpha if config.beta is None else config.beta
         if config.alpha > 0 and beta > 0:
@@ -420,26 +423,28 @@ def sample_plan(
             # Beta(0, b>0) puts all its mass on 0 and Beta(a>0, 0) on 1; Beta(0, 0) is
             # "no mixing" by convention.
             lam = np.full(n_units, 0.0 if (config.alpha == 0 and beta > 0) else 1.0)
-        if config.needs_image_size:
+        if cut_units is not None:
             if config.cutmix_alpha > 0:
                 area_lam = sample_beta(rng, config.cutmix_alpha, config.cutmix_alpha, n_units)
             else:
                 area_lam = np.ones(n_units)
-            boxes_units, cut_lam = _cutmix_boxes(rng, area_lam, image_size)
+            boxes_units, cut_lam = _cutmix_boxes(rng, area_lam, image_size)  # type: ignore[arg-type]
             lam = np.where(cut_units, cut_lam, lam)
-        weights_units[:, 0] = lam
-        weights_units[:, 1] = 1.0 - lam
+        weights_units = np.stack([lam, 1.0 - lam], axis=1)
 
-    weights_units[~applied_units] = 0.0
-    weights_units[~applied_units, 0] = 1.0
-    cut_units &= applied_units
+    if applied_units is not None:
+        weights_units[~applied_units] = 0.0
+        weights_units[~applied_units, 0] = 1.0
+        if cut_units is not None:
+            cut_units &= applied_units
 
-    weights = weights_units[units]
+    per_sample = config.granularity == "elem"  # units are the samples themselves
+    weights = weights_units if per_sample else weights_units[units]
     cut = boxes = None
-    if config.needs_image_size:
-        cut = cut_units[units]
-        boxes = boxes_units[units]
-        boxes[~cut] = 0
+    if cut_units is not None:
+        cut = cut_units if per_sample else cut_units[units]
+        boxes = boxes_units if per_sample else boxes_units[units]  # type: ignore[index]
+        boxes[~cut] = 0  # type: ignore[index]
 
     stream_indices = None
     if config.pairing == "stream" and dataset_size is not None:
