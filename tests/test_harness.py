@@ -195,3 +195,10 @@ def test_compare_on_fashion_mnist_tiny(tmp_path: Path) -> None:
     assert {a["name"] for a in res["arms"]} == {"mixup", "none"}
     cfg = json.loads((tmp_path / "fm" / "config.json").read_text())
     assert cfg["dataset"] == "fashion-mnist" and cfg["alpha"] == 0.2 and cfg["pairing"] == "stream"
+
+
+def test_bf16_autocast_option_trains(toy_npz: Path, tmp_path: Path) -> None:
+    results = run_compare(_tiny(toy_npz, epochs=2, precision="bf16", arms=("none",)), tmp_path / "bf", progress=False)
+    assert results[0].test_acc > 0.8
+    with pytest.raises(ValueError, match="precision"):
+        _tiny(toy_npz, precision="fp8").validate()

@@ -67,6 +67,7 @@ class CompareConfig:
     arms: tuple[str, ...] = ARMS
     mix_policy: str = "independent"
     dist_timeout_s: float = 300.0
+    precision: str = "fp32"
 
     def mix_config(self) -> MixConfig:
         """The mixing of the mixed arm (validated)."""
@@ -98,6 +99,8 @@ class CompareConfig:
             raise ValueError(f"device={self.device!r} was asked for but torch sees no CUDA device")
         if self.mix_policy not in POLICIES:
             raise ValueError(f"mix_policy must be one of {list(POLICIES)}, got {self.mix_policy!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if not self.dist_timeout_s > 0:
             raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         bad = [a for a in self.arms if a not in ARMS]
@@ -212,7 +215,7 @@ def _train_one(cfg: CompareConfig, splits: Splits, run_dir: str, arm: str, posit
     return train_arm(
         arm, model, make_loader(cfg, splits, arm, dist), val=val, test=test, epochs=cfg.epochs,  # type: ignore[arg-type]
         out_dir=Path(run_dir) / arm, optim=OptimConfig(), resume=resume, channels_last=cfg.channels_last,
-        progress=_progress_factory(position, arm, progress and dist.is_main), dist=dist,
+        progress=_progress_factory(position, arm, progress and dist.is_main), dist=dist, precision=cfg.precision,
     )
 
 
