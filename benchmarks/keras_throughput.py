@@ -2,7 +2,8 @@
 
 Every row mixes the same batch of backend tensors (images and labels) on the active
 Keras backend (``KERAS_BACKEND``, default torch) and reports the median time of one
-call, images/s and the speed relative to ``keras.layers.MixUp``. Rows:
+call (the rows take turns, one call per round), images/s and the speed relative to
+``keras.layers.MixUp``. Rows:
 
 * ``keras.layers.MixUp`` / ``keras.layers.CutMix``: one-hot labels (they need floats);
 * ``vicinal MixLayer ...``: the layer, host plan draw included, with one-hot or int labels;
@@ -13,7 +14,7 @@ call, images/s and the speed relative to ``keras.layers.MixUp``. Rows:
 
 Nothing is asserted; compare rows of one run only (a shared machine is noisy).
 
-    KERAS_BACKEND=torch python benchmarks/keras_throughput.py [--batch 128] [--shape 32 32 3] [--repeats 50]
+    KERAS_BACKEND=torch python benchmarks/keras_throughput.py [--batch 128] [--shape 32 32 3] [--repeats 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -47,15 +48,19 @@ def _sync(out: object) -> None:
             torch.cuda.synchronize()
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        _sync(fn())
-    times = []
+def _median_seconds(table: dict[str, Callable[[], object]], repeats: int, warmup: int = 5) -> dict[str, float]:
+    """Median seconds of one call of each row; the rows take turns, one call each per
+    round, so that a burst of load from other processes hits them all alike."""
+    for fn in table.values():
+        for _ in range(warmup):
+            _sync(fn())
+    times: dict[str, list[float]] = {name: [] for name in table}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        _sync(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in table.items():
+            t0 = time.perf_counter()
+            _sync(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def rows(batch: int, shape: tuple[int, int, int], num_classes: int) -> dict[str, Callable[[], object]]:
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 32, 3), metavar=("H", "W", "C"))
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (torch backend)")
     args = parser.parse_args(argv)
     backend = keras.backend.backend()
@@ -127,12 +132,10 @@ def main(argv: list[str] | None = None) -> None:
         f"keras {keras.__version__}, backend {backend}{threads}; batch {args.batch}x{shape[0]}x{shape[1]}x{shape[2]} "
         f"float32, {args.classes} classes; median of {args.repeats} calls"
     )
-    table = rows(args.batch, shape, args.classes)
-    base = None
+    medians = _median_seconds(rows(args.batch, shape, args.classes), args.repeats)
+    base = medians["keras.layers.MixUp (one-hot)"]
     print(f"{'':44s} {'ms/batch':>9s} {'images/s':>10s} {'vs keras MixUp':>15s}")
-    for name, fn in table.items():
-        t = _median_seconds(fn, args.repeats)
-        base = base or t
+    for name, t in medians.items():
         print(f"{name:44s} {t * 1e3:9.3f} {args.batch / t:10.0f} {base / t:14.2f}x")
 
 

@@ -121,7 +121,7 @@ def test_plan_tensors_path_equals_plan_path(batch):
 
 
 def test_mixed_batches_match_the_torch_loader():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from vicinal.loader import InMemoryLoader
 
     rng = np.random.default_rng(1)
@@ -139,7 +139,6 @@ def test_mixed_batches_match_the_torch_loader():
                 xk, yk = ds.batch(i, epoch)
                 np.testing.assert_allclose(xk, xt.permute(0, 2, 3, 1).numpy(), atol=1e-6)
                 np.testing.assert_allclose(yk, yt.numpy(), atol=1e-6)
-    assert isinstance(torch.__version__, str)
 
 
 def test_mixed_batches_do_not_depend_on_request_order():
@@ -320,3 +319,36 @@ def test_mix_with_plan_traces_and_the_layer_refuses_tracers(batch):
         np.testing.assert_allclose(_np(g), w, rtol=1e-6, atol=1e-7)
     with pytest.raises(TypeError, match="traced"):
         traced_layer(x, y)
+
+
+def test_tf_data_recipe_from_the_docs():
+    """docs/keras.md's tf.data recipe (TensorFlow backend only): plans drawn by tf.numpy_function."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tf.data recipe needs the TensorFlow backend")
+    import tensorflow as tf
+
+    config, b, steps = MixConfig("switch"), 16, 4
+    rng = np.random.default_rng(5)
+    x = rng.random((64, 12, 12, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 64)
+
+    def draw(step):
+        epoch, step = divmod(int(step), steps)
+        t = plan_tensors(sample_plan(config, b, seed=0, epoch=epoch, step=step, image_size=(12, 12)))
+        return t["weights"], t["image_weights"], t["partners"], t["boxes"]
+
+    def mix(step, batch):
+        images, labels = batch
+        w, iw, p, boxes = tf.numpy_function(draw, [step], [tf.float32, tf.float32, tf.int32, tf.int32])
+        plan = {
+            "weights": tf.ensure_shape(w, (b, 2)), "image_weights": tf.ensure_shape(iw, (b, 2)),
+            "partners": tf.ensure_shape(p, (b, 1)), "boxes": tf.ensure_shape(boxes, (b, 4)),
+        }
+        return mix_with_plan(plan, images, labels, num_classes=10)
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(b, drop_remainder=True).repeat(2).enumerate().map(mix)
+    got = list(ds)[5]  # epoch 1, step 1
+    plan = sample_plan(config, b, seed=0, epoch=1, step=1, image_size=(12, 12))
+    want = apply_plan(plan, x[16:32], y[16:32], num_classes=10, channels_last=True)
+    np.testing.assert_allclose(got[0].numpy(), want[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got[1].numpy(), want[1], rtol=1e-6, atol=1e-7)
