@@ -22,6 +22,40 @@ from vicinal.compare import CompareConfig, run_compare
 REFERENCE_KERAS_S = 166.0
 
 
+def loader_cost(cfg: CompareConfig, steps: int = 300) -> None:
+    """ms per batch of the in-memory loader with and without mixing, vs a training step."""
+    from vicinal.compare import load_any, make_loader, make_splits
+    from vicinal.losses import soft_target_cross_entropy
+    from vicinal.models import build_model
+
+    torch.set_num_threads(1)
+    splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
+    per = {}
+    for arm in ("none", "mixup"):
+        it = make_loader(cfg, splits, arm).epoch(0)
+        for _ in range(20):
+            next(it)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            next(it)
+        per[arm] = (time.perf_counter() - t0) / steps
+    model = build_model(cfg.model, splits.input_shape, len(splits.class_names)).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), eps=1e-7, fused=True)
+    it = make_loader(cfg, splits, "mixup").epoch(1)
+    batches = [next(it) for _ in range(120)]
+    for i, (x, y) in enumerate(batches):
+        if i == 20:
+            t0 = time.perf_counter()
+        loss = soft_target_cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step = (time.perf_counter() - t0) / 100
+    mix = per["mixup"] - per["none"]
+    print(f"loader, 1 thread: plain batch {1e3 * per['none']:.3f} ms, mixed batch {1e3 * per['mixup']:.3f} ms; "
+          f"training step {1e3 * step:.2f} ms -> mixing costs {100 * mix / (step + per['mixup']):.1f}% of a step")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None)
@@ -31,6 +65,8 @@ def main() -> None:
     args = p.parse_args()
     cfg = CompareConfig(data_dir=args.data_dir, epochs=args.epochs, parallel=not args.sequential,
                         train_limit=args.train_limit)
+    loader_cost(cfg)
+    torch.set_num_threads(torch.get_num_threads() if args.sequential else 2)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         results = run_compare(cfg, f"{tmp}/run", progress=False)

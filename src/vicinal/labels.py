@@ -72,7 +72,11 @@ def to_soft(y: Any, num_classes: int | None = None, *, label_smoothing: float = 
         float32 (B, C) on ``y``'s device.
     """
     eps = check_probability("label_smoothing", label_smoothing)
-    c = check_labels(y, num_classes)
+    return soft_unchecked(y, check_labels(y, num_classes), eps)
+
+
+def soft_unchecked(y: Any, c: int, eps: float) -> Any:
+    """:func:`to_soft` for labels already validated by :func:`check_labels` (C = ``c``)."""
     xp = array_namespace(y)
     if is_torch_array(y) and not y.is_floating_point():
         import torch
@@ -87,4 +91,3 @@ def to_soft(y: Any, num_classes: int | None = None, *, label_smoothing: float = 
     if eps > 0:
         soft = soft * (1.0 - eps) + eps / c
     return soft
-

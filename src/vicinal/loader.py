@@ -117,7 +117,8 @@ class InMemoryLoader:
 
     def _index(self, idx: np.ndarray) -> torch.Tensor:
         # A copy: epoch orders are read-only arrays, which torch.from_numpy warns about.
-        return torch.from_numpy(np.array(idx, dtype=np.int64)).to(self.device, non_blocking=True)
+        t = torch.from_numpy(np.array(idx, dtype=np.int64))
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
 
     def _rows(self, idx: np.ndarray) -> torch.Tensor:
         x = self.images.index_select(0, self._index(idx))

@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from array_api_compat import array_namespace, is_torch_array
 
-from vicinal._checks import check_choice
-from vicinal.labels import batch_size_of, check_labels, is_class_ids, to_soft
+from vicinal._checks import check_choice, check_probability
+from vicinal.labels import batch_size_of, check_labels, is_class_ids, soft_unchecked
 from vicinal.sampling import MixPlan
 
 TargetFormat = Literal["dense", "pair"]
@@ -243,9 +243,10 @@ def _mix_labels(
     plan: MixPlan, y: Any, y_partner: Any, num_classes: int | None, label_smoothing: float, targets: str
 ) -> Any:
     xp = array_namespace(y)
-    check_labels(y, num_classes)
+    eps = check_probability("label_smoothing", label_smoothing)
+    c = check_labels(y, num_classes)
     if y_partner is not None:
-        check_labels(y_partner, num_classes)
+        check_labels(y_partner, c)
 
     def partner(form: Any, form_partner: Any, j: int) -> Any:
         if plan.source == "stream":
@@ -255,16 +256,16 @@ def _mix_labels(
     if targets == "pair":
         if plan.num_sources != 2:
             raise ValueError("targets='pair' needs a two-source plan (not method='kway')")
-        if is_class_ids(y) and label_smoothing == 0:
+        if is_class_ids(y) and eps == 0:
             ya, yp = y, y_partner
         else:
-            ya = to_soft(y, num_classes, label_smoothing=label_smoothing)
-            yp = None if y_partner is None else to_soft(y_partner, num_classes, label_smoothing=label_smoothing)
+            ya = soft_unchecked(y, c, eps)
+            yp = None if y_partner is None else soft_unchecked(y_partner, c, eps)
         lam = xp.asarray(plan.weights[:, 0].astype(np.float32), device=_device(y))
         return MixedTargets(y_a=ya, y_b=partner(ya, yp, 0), lam=lam)
 
-    soft = to_soft(y, num_classes, label_smoothing=label_smoothing)
-    soft_p = None if y_partner is None else to_soft(y_partner, num_classes, label_smoothing=label_smoothing)
+    soft = soft_unchecked(y, c, eps)
+    soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
     w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
     cols = [w[:, j : j + 1] for j in range(plan.num_sources)]
     if plan.num_sources == 2:
