@@ -117,9 +117,13 @@ def test_torch_paths_match_generic_formula(name: str, b: int) -> None:
     torch.testing.assert_close(xi, got, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("block_bytes", [1 << 20, 4000])  # one block; blocks of 3 samples
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_uint8_equals_float_path_rounded(name: str) -> None:
-    x8 = torch.randint(0, 256, (33, 3, 20, 20), dtype=torch.uint8)  # 33 rows span several chunks
+def test_uint8_equals_float_path_rounded(name: str, block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vicinal.mixing
+
+    monkeypatch.setattr(vicinal.mixing, "_UINT8_CHUNK_BYTES", block_bytes)
+    x8 = torch.randint(0, 256, (33, 3, 20, 20), dtype=torch.uint8)
     plan = sample_plan(CONFIGS[name], 33, seed=3, image_size=(20, 20))
     got, _ = apply_plan(plan, x8)
     ref, _ = apply_plan(plan, x8.float())
