@@ -116,16 +116,10 @@ with open(f"{out}/rank{rank}.json", "w") as f:
 """
 
 
-def test_ddp_compare_run_same_metrics_on_every_rank(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 500)
-    x = rng.integers(0, 60, (500, 16, 16)).astype(np.uint8)
-    for c in range(3):
-        x[y == c, 5 * c : 5 * c + 5, :] += 150
-    np.savez(tmp_path / "toy.npz", x=x, y=y)
+def test_ddp_compare_run_same_metrics_on_every_rank(tmp_path: Path, toy_npz: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(TRAIN_SCRIPT))
-    _torchrun(script, str(tmp_path), str(tmp_path / "toy.npz"))
+    _torchrun(script, str(tmp_path), str(toy_npz))
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     strip = lambda rs: [{**r, "history": [{k: v for k, v in h.items() if k != "elapsed_s"} for h in r["history"]]}  # noqa: E731

@@ -25,20 +25,6 @@ from vicinal.sampling import epoch_order
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def toy_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small learnable 3-class image set: each class brightens a different band."""
-    rng = np.random.default_rng(0)
-    n = 900
-    y = rng.integers(0, 3, n)
-    x = rng.integers(0, 60, (n, 16, 16)).astype(np.uint8)
-    for c in range(3):
-        x[y == c, 5 * c : 5 * c + 5, :] += 150
-    path = tmp_path_factory.mktemp("toy") / "toy.npz"
-    np.savez(path, x=x, y=y, class_names=np.array(["top", "middle", "bottom"]))
-    return path
-
-
 def _tiny(toy: Path, **kw: object) -> CompareConfig:
     base = dict(dataset=str(toy), epochs=2, batch_size=32, val_size=100, seed=1, parallel=False, threads=1)
     base.update(kw)

@@ -127,19 +127,6 @@ alpha = [0.2, 1.0, 4.0]
 """
 
 
-@pytest.fixture(scope="module")
-def toy_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(1)
-    n = 600
-    y = rng.integers(0, 3, n)
-    x = rng.integers(0, 60, (n, 16, 16)).astype(np.uint8)
-    for c in range(3):
-        x[y == c, 4 * c : 4 * c + 4, :] += 120
-    path = tmp_path_factory.mktemp("toy") / "toy.npz"
-    np.savez(path, x=x, y=y)
-    return path
-
-
 def test_study_runs_skips_finished_cells_and_reports(toy_npz: Path, tmp_path: Path) -> None:
     spec = parse_study(TOY_STUDY.format(npz=toy_npz))
     assert len(spec.cells()) == 8

@@ -39,6 +39,20 @@ from vicinal.train import ArmResult, OptimConfig, atomic_torch_save, atomic_writ
 ARMS = ("mixup", "none")
 
 
+def mix_config_of(spec: Any, *, pairing: str | None = None) -> MixConfig:
+    """The :class:`MixConfig` named by a run configuration's mixing fields (``method``,
+    ``alpha``, ``cutmix_alpha``, ``switch_prob``, ``k``, ``granularity``, ``pairing``)."""
+    return MixConfig(
+        spec.method,
+        alpha=spec.alpha,
+        cutmix_alpha=spec.cutmix_alpha,
+        switch_prob=spec.switch_prob,
+        k=spec.k if spec.method == "kway" else 2,
+        granularity=spec.granularity,
+        pairing=pairing or spec.pairing,  # type: ignore[arg-type]
+    )
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """Everything that defines a comparison run (saved as ``config.json``)."""
@@ -71,15 +85,7 @@ class CompareConfig:
 
     def mix_config(self) -> MixConfig:
         """The mixing of the mixed arm (validated)."""
-        return MixConfig(
-            self.method,  # type: ignore[arg-type]
-            alpha=self.alpha,
-            cutmix_alpha=self.cutmix_alpha,
-            switch_prob=self.switch_prob,
-            k=self.k if self.method == "kway" else 2,
-            granularity=self.granularity,  # type: ignore[arg-type]
-            pairing=self.pairing,  # type: ignore[arg-type]
-        )
+        return mix_config_of(self)
 
     def validate(self) -> CompareConfig:
         for name in ("epochs", "batch_size"):

@@ -82,15 +82,10 @@ class CellSpec:
     def mix_config(self) -> MixConfig | None:
         if self.method == "none":
             return None
-        pairing = self.pairing
-        if self.method == "kway" and pairing == "stream":
-            pairing = "permute"  # k-way needs k-1 partners: in-batch
-        return MixConfig(
-            self.method,  # type: ignore[arg-type]
-            alpha=self.alpha, cutmix_alpha=self.cutmix_alpha, switch_prob=self.switch_prob,
-            k=self.k if self.method == "kway" else 2, granularity=self.granularity,  # type: ignore[arg-type]
-            pairing=pairing,  # type: ignore[arg-type]
-        )
+        from vicinal.compare import mix_config_of
+
+        # k-way needs k-1 partners: in-batch ones, not the second stream.
+        return mix_config_of(self, pairing="permute" if self.method == "kway" and self.pairing == "stream" else None)
 
     def validate(self) -> CellSpec:
         if not self.arm or "/" in self.arm or self.arm.startswith("."):
