@@ -250,9 +250,15 @@ def _mix_labels(
     if y_partner is not None:
         check_labels(y_partner, c)
 
+    torch_labels = is_torch_array(y)
+
     def partner(form: Any, form_partner: Any, j: int) -> Any:
         if plan.source == "stream":
             return form_partner
+        if torch_labels:  # direct call: the array-API wrappers cost more than the gather here
+            import torch
+
+            return form.index_select(0, torch.from_numpy(plan.partners[:, j]).to(form.device))
         return xp.take(form, xp.asarray(plan.partners[:, j], device=_device(y)), axis=0)
 
     if targets == "pair":
@@ -268,7 +274,12 @@ def _mix_labels(
 
     soft = soft_unchecked(y, c, eps)
     soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
-    w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
+    if torch_labels:
+        import torch
+
+        w = torch.from_numpy(plan.weights.astype(np.float32)).to(y.device)
+    else:
+        w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
     cols = [w[:, j : j + 1] for j in range(plan.num_sources)]
     if plan.num_sources == 2:
         cols[1] = 1 - cols[0]
