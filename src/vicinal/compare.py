@@ -39,23 +39,9 @@ from vicinal.train import ArmResult, OptimConfig, atomic_torch_save, atomic_writ
 ARMS = ("mixup", "none")
 
 
-def mix_config_of(spec: Any, *, pairing: str | None = None) -> MixConfig:
-    """The :class:`MixConfig` named by a run configuration's mixing fields (``method``,
-    ``alpha``, ``cutmix_alpha``, ``switch_prob``, ``k``, ``granularity``, ``pairing``)."""
-    return MixConfig(
-        spec.method,
-        alpha=spec.alpha,
-        cutmix_alpha=spec.cutmix_alpha,
-        switch_prob=spec.switch_prob,
-        k=spec.k if spec.method == "kway" else 2,
-        granularity=spec.granularity,
-        pairing=pairing or spec.pairing,  # type: ignore[arg-type]
-    )
-
-
 @dataclass(frozen=True)
-class CompareConfig:
-    """Everything that defines a comparison run (saved as ``config.json``)."""
+class RunSpec:
+    """What a comparison run and a study cell share: data, model, length, mixing."""
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -74,10 +60,28 @@ class CompareConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     seed: int = 0
+    channels_last: bool = True
+
+    def mixing(self, *, pairing: str | None = None) -> MixConfig:
+        """The :class:`MixConfig` these fields name (validated); ``pairing`` overrides."""
+        return MixConfig(
+            self.method,  # type: ignore[arg-type]
+            alpha=self.alpha,
+            cutmix_alpha=self.cutmix_alpha,
+            switch_prob=self.switch_prob,
+            k=self.k if self.method == "kway" else 2,
+            granularity=self.granularity,  # type: ignore[arg-type]
+            pairing=pairing or self.pairing,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class CompareConfig(RunSpec):
+    """Everything that defines a comparison run (saved as ``config.json``)."""
+
     device: str = "cpu"
     threads: int | None = None
     parallel: bool = True
-    channels_last: bool = True
     arms: tuple[str, ...] = ARMS
     mix_policy: str = "independent"
     dist_timeout_s: float = 300.0
@@ -85,7 +89,7 @@ class CompareConfig:
 
     def mix_config(self) -> MixConfig:
         """The mixing of the mixed arm (validated)."""
-        return mix_config_of(self)
+        return self.mixing()
 
     def validate(self) -> CompareConfig:
         for name in ("epochs", "batch_size"):

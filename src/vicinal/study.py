@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vicinal.compare import RunSpec
 from vicinal.sampling import MixConfig
 
 if sys.version_info >= (3, 11):
@@ -52,40 +53,20 @@ PRESETS = ("reference", "alpha", "methods", "noise", "long")
 
 
 @dataclass(frozen=True)
-class CellSpec:
-    """Everything one training run of a study depends on."""
+class CellSpec(RunSpec):
+    """Everything one training run of a study depends on (``method="none"``: no mixing)."""
 
     arm: str = "mixup"
-    method: str = "mixup"  # "none" or a MixConfig method
-    alpha: float = 0.2
-    cutmix_alpha: float = 1.0
-    switch_prob: float = 0.5
-    k: int = 3
-    granularity: str = "elem"
-    pairing: str = "stream"
-    label_smoothing: float = 0.0
     noise: float = 0.0
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    model: str = "reference-cnn"
-    epochs: int = 10
-    batch_size: int = 64
     lr: float = 1e-3
     schedule: str = "constant"
-    val_size: int = 2000
-    train_limit: int | None = None
-    test_limit: int | None = None
-    channels_last: bool = True
-    seed: int = 0
     baseline: str | None = None  # arm this one is compared with (default: chosen in the report)
 
     def mix_config(self) -> MixConfig | None:
         if self.method == "none":
             return None
-        from vicinal.compare import mix_config_of
-
         # k-way needs k-1 partners: in-batch ones, not the second stream.
-        return mix_config_of(self, pairing="permute" if self.method == "kway" and self.pairing == "stream" else None)
+        return self.mixing(pairing="permute" if self.method == "kway" and self.pairing == "stream" else None)
 
     def validate(self) -> CellSpec:
         if not self.arm or "/" in self.arm or self.arm.startswith("."):
