@@ -62,7 +62,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="train the arms one after another instead of in parallel processes")
     g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format (slower on CPU)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 autocast of the forward pass: for GPUs and AMX CPUs; ~5x slower on AVX2-only CPUs "
+                   help="bf16 autocast of the forward pass: for GPUs and AMX CPUs; slower on AVX2-only CPUs "
                         "(default: %(default)s)")
     g.add_argument("--out", default=None, help="run folder (default: runs/compare-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")

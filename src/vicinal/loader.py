@@ -22,6 +22,13 @@ from vicinal.mixing import apply_plan
 from vicinal.sampling import MixConfig, epoch_order, sample_plan
 
 
+def to_model_input(images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float32 in [0, 1], as the reference scales them
+    (``float32(x) / 255``), optionally in channels-last memory format."""
+    x = images.to(torch.float32).div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 class InMemoryLoader:
     """Shuffled, optionally mixed batches of an in-memory dataset.
 
@@ -121,11 +128,7 @@ class InMemoryLoader:
         return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
 
     def _rows(self, idx: np.ndarray) -> torch.Tensor:
-        x = self.images.index_select(0, self._index(idx))
-        x = x.to(torch.float32).div_(255.0)  # as the reference: float32(x) / 255
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return to_model_input(self.images.index_select(0, self._index(idx)), channels_last=self.channels_last)
 
     def _mixed(self, idx: np.ndarray, epoch: int, step: int, rank: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.mix is not None

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vicinal.loader import to_model_input
+
 ECE_BINS = 15
 FGSM_EPSILONS = (0.01, 0.03, 0.1)
 
@@ -83,9 +85,7 @@ def fgsm_accuracy(
     correct = {float(e): 0 for e in epsilons}
     n = int(images.shape[0])
     for start in range(0, n, batch_size):
-        x = images[start : start + batch_size].to(torch.float32).div_(255.0)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
         y = labels[start : start + batch_size]
         x.requires_grad_(True)
         loss = F.cross_entropy(model(x).float(), y)
@@ -105,9 +105,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2
     model.eval()
     out = []
     for start in range(0, int(images.shape[0]), batch_size):
-        x = images[start : start + batch_size].to(torch.float32).div_(255.0)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
         out.append(torch.softmax(model(x).float(), 1))
     return torch.cat(out)
 

@@ -62,7 +62,7 @@ class ReferenceCNN(nn.Module):
     Input: float (B, C, H, W) in [0, 1]; output: (B, num_classes) logits.
     ReLU is applied after max-pooling: ``relu`` is monotonic, so this equals the
     reference exactly and does the elementwise work on 4x fewer values (with
-    channels-last tensors this ordering is ~1.5x faster per training step on CPU).
+    channels-last tensors this ordering was faster per training step on CPU).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.2) -> None:

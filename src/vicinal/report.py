@@ -21,7 +21,7 @@ import numpy as np
 
 from vicinal.stats import paired_test, summarize
 from vicinal.study import CellSpec, load_results
-from vicinal.train import atomic_write_bytes
+from vicinal.train import atomic_write_bytes, atomic_write_json
 
 FGSM_KEY = "0.03"
 
@@ -182,7 +182,7 @@ def _save(fig: Any, path: Path) -> Path:
     return out
 
 
-def _fig_alpha(agg: dict[str, Any], cells: list[tuple[CellSpec, dict[str, Any]]], out: Path) -> Path | None:
+def _fig_alpha(agg: dict[str, Any], out: Path) -> Path | None:
     specs = {k: CellSpec(**v) for k, v in agg["specs"].items()}
     groups: dict[tuple[str, float], list[str]] = defaultdict(list)
     for arm, s in specs.items():
@@ -327,7 +327,7 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     agg = aggregate(cells)
     figdir = root / "figures"
     figs = {
-        "Accuracy vs α": _fig_alpha(agg, cells, figdir),
+        "Accuracy vs α": _fig_alpha(agg, figdir),
         "Accuracy vs label noise": _fig_noise(agg, figdir),
         "Learning curves": _fig_curves(agg, cells, figdir),
         "Reliability diagrams (last epoch, pooled over seeds)": _fig_reliability(cells, figdir),
@@ -366,6 +366,5 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>vicinal report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     atomic_write_bytes(root / "report.html", page.encode())
-    atomic_write_json_path = root / "summary.json"
-    atomic_write_bytes(atomic_write_json_path, (json.dumps(agg, indent=1, default=float) + "\n").encode())
+    atomic_write_json(root / "summary.json", agg)
     return {"markdown": root / "report.md", "html": root / "report.html", **{k: v for k, v in figs.items()}}

@@ -38,7 +38,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vicinal.compare import RunSpec

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vicinal.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
-from vicinal.loader import InMemoryLoader
+from vicinal.loader import InMemoryLoader, to_model_input
 from vicinal.losses import soft_target_cross_entropy
 
 CHECKPOINT = "checkpoint.pt"
@@ -105,9 +105,7 @@ def evaluate(
     images, labels = images[rows], labels[rows]
     sums = torch.zeros(3, dtype=torch.float64)
     for start in range(0, int(images.shape[0]), batch_size):
-        x = images[start : start + batch_size].to(torch.float32).div_(255.0)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
         y = labels[start : start + batch_size]
         logits = model(x).float()
         sums[0] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -155,8 +153,8 @@ def train_arm(
         full_metrics: at the end, compute :func:`vicinal.metrics.evaluate_all` on the test
             set for the last epoch's weights and for the best validation epoch's weights.
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass
-            (worth it on GPUs and on CPUs with AMX; about 5x slower than fp32 on the
-            AVX2-only development CPU, so not the default).
+            (worth it on GPUs and on CPUs with AMX; several times slower than fp32 on
+            the AVX2-only development CPU, so not the default).
         dist: in a distributed job the model is wrapped in DistributedDataParallel,
             training and evaluation sums are reduced across ranks (every rank returns the
             same result), and only rank 0 writes files.
