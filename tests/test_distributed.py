@@ -137,14 +137,17 @@ DEAD_SCRIPT = """
 import os, sys, torch
 from vicinal.distributed import all_reduce_sum, init_from_env
 ctx = init_from_env("cpu", timeout_s=float(sys.argv[2]))
+all_reduce_sum(ctx, torch.ones(3))  # both ranks connected
 if ctx.rank == 1:
     os._exit(3)  # dies without a word
 try:
     all_reduce_sum(ctx, torch.ones(3))
     all_reduce_sum(ctx, torch.ones(3))
 except RuntimeError as exc:
-    open(sys.argv[1], "w").write(str(exc))
-    sys.exit(1)
+    with open(sys.argv[1], "w") as f:
+        f.write(str(exc))
+    # Leave without running gloo's C++ destructors, which may abort on a broken group.
+    os._exit(1)
 """
 
 
