@@ -94,6 +94,17 @@ def test_presets_parse() -> None:
     noise = load_study("noise")
     assert {a.noise for a in noise.arms} == {0.0, 0.2, 0.4, 0.6, 0.8}
     assert len(load_study("reference").seeds) == 5
+    lowdata = load_study("lowdata")
+    assert len(lowdata.seeds) == 5 and {a.train_limit for a in lowdata.arms} == {10_000}
+    assert {a.noise for a in load_study("lowdata-noise").arms} == {0.4}
+
+
+def test_every_shipped_preset_is_listed() -> None:
+    import importlib.resources
+
+    shipped = {f.name.removesuffix(".toml") for f in importlib.resources.files("vicinal.presets").iterdir()
+               if f.name.endswith(".toml")}
+    assert shipped == set(PRESETS)
 
 
 def test_bad_study_specs() -> None:

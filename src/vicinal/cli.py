@@ -108,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="run a grid of arms x seeds (a preset or a TOML file), then render its report",
         description="Run a study: every arm of the grid for every seed, each cell a training run in its own "
                     "folder. Finished cells are skipped and interrupted ones resumed when the command is run "
-                    "again. Presets: reference (5 seeds, paired test), alpha, methods, noise, long.",
+                    "again. Presets: reference (5 seeds, paired test), alpha, methods, noise, long, lowdata "
+                    "(10,000 training images, ResNet, 30 epochs), lowdata-noise (the same with 40% label noise).",
     )
-    study.add_argument("study", help="preset name (reference, alpha, methods, noise, long) or a TOML file")
+    study.add_argument("study", help="preset name (reference, alpha, methods, noise, long, lowdata, lowdata-noise) "
+                       "or a TOML file")
     study.add_argument("--out", default=None, help="study folder (default: runs/study-<name>)")
     study.add_argument("--jobs", type=int, default=1, help="cells trained at once, one process each (default: 1)")
     study.add_argument("--seeds", type=int, default=None, help="use seeds 0..N-1 instead of the study's")

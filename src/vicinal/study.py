@@ -48,7 +48,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PRESETS = ("reference", "alpha", "methods", "noise", "long")
+PRESETS = ("reference", "alpha", "methods", "noise", "long", "lowdata", "lowdata-noise")
 
 
 @dataclass(frozen=True)
