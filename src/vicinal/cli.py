@@ -9,6 +9,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from vicinal.presets import PRESETS
 from vicinal.sampling import GRANULARITIES, PAIRINGS
 
 METHOD_CHOICES = ("mixup", "cutmix", "switch", "kway")
@@ -111,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "again. Presets: reference (5 seeds, paired test), alpha, methods, noise, long, lowdata "
                     "(10,000 training images, ResNet, 30 epochs), lowdata-noise (the same with 40% label noise).",
     )
-    study.add_argument("study", help="preset name (reference, alpha, methods, noise, long, lowdata, lowdata-noise) "
-                       "or a TOML file")
+    study.add_argument("study", help=f"preset name ({', '.join(PRESETS)}) or a TOML file")
     study.add_argument("--out", default=None, help="study folder (default: runs/study-<name>)")
     study.add_argument("--jobs", type=int, default=1, help="cells trained at once, one process each (default: 1)")
     study.add_argument("--seeds", type=int, default=None, help="use seeds 0..N-1 instead of the study's")

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from vicinal.compare import RunSpec
+from vicinal.presets import PRESETS
 from vicinal.sampling import MixConfig
 
 if sys.version_info >= (3, 11):
@@ -48,7 +49,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PRESETS = ("reference", "alpha", "methods", "noise", "long", "lowdata", "lowdata-noise")
 
 
 @dataclass(frozen=True)
