@@ -17,16 +17,16 @@ import time
 
 import torch
 
-from vicinal.compare import CompareConfig, run_compare
+from vicinal.experiments.compare import CompareConfig, run_compare
 
 REFERENCE_KERAS_S = 166.0
 
 
 def loader_cost(cfg: CompareConfig, steps: int = 300) -> None:
     """ms per batch of the in-memory loader with and without mixing, vs a training step."""
-    from vicinal.compare import load_any, make_loader, make_splits
+    from vicinal.experiments.compare import load_any, make_loader, make_splits
+    from vicinal.experiments.models import build_model
     from vicinal.losses import soft_target_cross_entropy
-    from vicinal.models import build_model
 
     torch.set_num_threads(1)
     splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
@@ -52,8 +52,10 @@ def loader_cost(cfg: CompareConfig, steps: int = 300) -> None:
         opt.step()
     step = (time.perf_counter() - t0) / 100
     mix = per["mixup"] - per["none"]
-    print(f"loader, 1 thread: plain batch {1e3 * per['none']:.3f} ms, mixed batch {1e3 * per['mixup']:.3f} ms; "
-          f"training step {1e3 * step:.2f} ms -> mixing costs {100 * mix / (step + per['mixup']):.1f}% of a step")
+    print(
+        f"loader, 1 thread: plain batch {1e3 * per['none']:.3f} ms, mixed batch {1e3 * per['mixup']:.3f} ms; "
+        f"training step {1e3 * step:.2f} ms -> mixing costs {100 * mix / (step + per['mixup']):.1f}% of a step"
+    )
 
 
 def main() -> None:
@@ -63,8 +65,9 @@ def main() -> None:
     p.add_argument("--sequential", action="store_true", help="arms one after another (all threads each)")
     p.add_argument("--train-limit", type=int, default=None)
     args = p.parse_args()
-    cfg = CompareConfig(data_dir=args.data_dir, epochs=args.epochs, parallel=not args.sequential,
-                        train_limit=args.train_limit)
+    cfg = CompareConfig(
+        data_dir=args.data_dir, epochs=args.epochs, parallel=not args.sequential, train_limit=args.train_limit
+    )
     loader_cost(cfg)
     torch.set_num_threads(torch.get_num_threads() if args.sequential else 2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,12 +79,16 @@ def main() -> None:
         epochs = len(r.history)
         per_epoch = r.wall_s / epochs
         n_train = 60000 - cfg.val_size if cfg.train_limit is None else cfg.train_limit
-        print(f"{r.name:>6}: {per_epoch:6.2f} s/epoch (train + val), {n_train * epochs / r.wall_s:8.0f} train images/s, "
-              f"test acc {100 * r.test_acc:.2f}%")
+        print(
+            f"{r.name:>6}: {per_epoch:6.2f} s/epoch (train + val), {n_train * epochs / r.wall_s:8.0f} train images/s, "
+            f"test acc {100 * r.test_acc:.2f}%"
+        )
     print(f"total wall time, both arms (data loading, spawn, plots included): {wall:.1f} s")
     if args.epochs == 10 and cfg.train_limit is None:
-        print(f"keras.io reference as measured by the issue (not rerun here): {REFERENCE_KERAS_S:.0f} s "
-              f"-> ratio {REFERENCE_KERAS_S / wall:.2f}x")
+        print(
+            f"keras.io reference as measured by the issue (not rerun here): {REFERENCE_KERAS_S:.0f} s "
+            f"-> ratio {REFERENCE_KERAS_S / wall:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import torch
 
 
 def train(steps: int, global_batch: int, device: str) -> float:
-    from vicinal.distributed import init_from_env, shutdown
+    from vicinal.experiments.distributed import init_from_env, shutdown
+    from vicinal.experiments.models import ReferenceCNN
     from vicinal.losses import soft_target_cross_entropy
-    from vicinal.models import ReferenceCNN
 
     ctx = init_from_env(device, timeout_s=120)
     torch.manual_seed(0)
@@ -72,9 +72,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        __file__, "--worker", "--steps", str(args.steps), "--device", args.device, "--result", out],
-                       check=True, env=env, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                __file__,
+                "--worker",
+                "--steps",
+                str(args.steps),
+                "--device",
+                args.device,
+                "--result",
+                out,
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
         with open(out) as f:
             ddp = json.load(f)["rate"]
     print(f"2 processes x 1 thread: {ddp:8.0f} images/s (DDP, {'NCCL' if args.device.startswith('cuda') else 'gloo'})")

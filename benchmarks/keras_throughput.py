@@ -14,7 +14,8 @@ call (the rows take turns, one call per round), images/s and the speed relative 
 
 Nothing is asserted; compare rows of one run only (a shared machine is noisy).
 
-    KERAS_BACKEND=torch python benchmarks/keras_throughput.py [--batch 128] [--shape 32 32 3] [--repeats 100] [--threads 1]
+    KERAS_BACKEND=torch python benchmarks/keras_throughput.py [--batch 128] [--shape 32 32 3] \
+        [--repeats 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from collections.abc import Callable
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from vicinal import MixConfig, sample_plan  # noqa: E402
-from vicinal.keras import MixLayer, mix_with_plan, plan_tensors  # noqa: E402
+from vicinal import MixConfig, sample_plan
+from vicinal.keras import MixLayer, mix_with_plan, plan_tensors
 
 
 def _sync(out: object) -> None:

@@ -14,7 +14,7 @@ import argparse
 import tempfile
 import time
 
-from vicinal.study import parse_study, run_study
+from vicinal.experiments.study import parse_study, run_study
 
 STUDY = """
 name = "speed"

@@ -22,13 +22,13 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+from keras import layers
 
-from vicinal.data import load_dataset  # noqa: E402
-from vicinal.keras import MixedBatches, SetEpoch  # noqa: E402
-from vicinal.sampling import MixConfig  # noqa: E402
+from vicinal.experiments.data import load_dataset
+from vicinal.keras import MixedBatches, SetEpoch
+from vicinal.sampling import MixConfig
 
 
 def reference_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
@@ -84,8 +84,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for arm, arm_mix in (("mixup", mix), ("none", None)):
         batches = MixedBatches(
-            x_train, y_train, batch_size=args.batch_size, mix=arm_mix, num_classes=data.num_classes,
-            seed=args.seed, rescale=1 / 255,
+            x_train,
+            y_train,
+            batch_size=args.batch_size,
+            mix=arm_mix,
+            num_classes=data.num_classes,
+            seed=args.seed,
+            rescale=1 / 255,
         )
         keras.utils.set_random_seed(args.seed)  # the same dropout draws in both arms
         model = reference_cnn(x_train.shape[1:], data.num_classes)
@@ -94,8 +99,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"\n== {arm}: {arm_mix if arm_mix is not None else 'plain batches'}")
         start = time.perf_counter()
         model.fit(
-            batches, validation_data=(x_val, y_val), epochs=args.epochs, shuffle=False,
-            callbacks=[SetEpoch(batches)], verbose=args.verbose,
+            batches,
+            validation_data=(x_val, y_val),
+            epochs=args.epochs,
+            shuffle=False,
+            callbacks=[SetEpoch(batches)],
+            verbose=args.verbose,
         )
         seconds = time.perf_counter() - start
         test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)

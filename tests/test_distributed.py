@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from vicinal import MixConfig, apply_plan, sample_plan
-from vicinal.distributed import DistContext
-from vicinal.loader import InMemoryLoader
+from vicinal.experiments.distributed import DistContext
+from vicinal.experiments.loader import InMemoryLoader
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -32,15 +32,17 @@ def _torchrun(script: Path, *args: str, timeout: float = 240) -> subprocess.Comp
 
 def _data(n: int = 70) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=g),
-            torch.randint(0, 5, (n,), generator=g))
+    return (
+        torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=g),
+        torch.randint(0, 5, (n,), generator=g),
+    )
 
 
 POLICY_SCRIPT = """
 import sys, torch
 from vicinal import MixConfig
-from vicinal.distributed import init_from_env, shutdown
-from vicinal.loader import InMemoryLoader
+from vicinal.experiments.distributed import init_from_env, shutdown
+from vicinal.experiments.loader import InMemoryLoader
 out = sys.argv[1]
 ctx = init_from_env("cpu", timeout_s=60)
 g = torch.Generator().manual_seed(0)
@@ -48,8 +50,8 @@ images = torch.randint(0, 256, (70, 1, 16, 16), dtype=torch.uint8, generator=g)
 labels = torch.randint(0, 5, (70,), generator=g)
 for policy in ("independent", "shared", "global"):
     for pairing in ("roll", "stream"):
-        loader = InMemoryLoader(images, labels, num_classes=5, batch_size=8, seed=4, mix=MixConfig(alpha=1.0, pairing=pairing),
-                                dist=ctx, policy=policy)
+        loader = InMemoryLoader(images, labels, num_classes=5, batch_size=8, seed=4,
+                                mix=MixConfig(alpha=1.0, pairing=pairing), dist=ctx, policy=policy)
         batches = list(loader.epoch(1))
         torch.save(batches, f"{out}/{policy}-{pairing}-rank{ctx.rank}.pt")
 shutdown(ctx)
@@ -63,23 +65,25 @@ def test_mixing_policies_across_two_ranks(tmp_path: Path) -> None:
     images, labels = _data()
     for pairing in ("roll", "stream"):
         cfg = MixConfig(alpha=1.0, pairing=pairing)
-        ranks = {p: [torch.load(tmp_path / f"{p}-{pairing}-rank{r}.pt") for r in (0, 1)]
-                 for p in ("independent", "shared", "global")}
+        ranks = {
+            p: [torch.load(tmp_path / f"{p}-{pairing}-rank{r}.pt") for r in (0, 1)]
+            for p in ("independent", "shared", "global")
+        }
         # 70 samples, 2 ranks x 8: every rank gets 5 batches (the last of 3), equal sizes.
         assert [len(b) for b in ranks["global"][0]] == [2] * 5
         assert [x.shape[0] for x, _ in ranks["global"][0]] == [8, 8, 8, 8, 3]
 
         # global: the mixed global batch equals a 1-process run with the same global batch, bit for bit.
-        single = list(InMemoryLoader(images, labels, num_classes=5, batch_size=16, seed=4, mix=cfg,
-                                     policy="global").epoch(1))
+        single = list(
+            InMemoryLoader(images, labels, num_classes=5, batch_size=16, seed=4, mix=cfg, policy="global").epoch(1)
+        )
         for step, (x1, y1) in enumerate(single):
             x2 = torch.cat([ranks["global"][r][step][0] for r in (0, 1)])
             y2 = torch.cat([ranks["global"][r][step][1] for r in (0, 1)])
             assert torch.equal(x1, x2) and torch.equal(y1, y2), (pairing, step)
 
         # independent / shared: each rank's batch is what the documented definition gives.
-        order = InMemoryLoader(images, labels, num_classes=5, batch_size=8, seed=4,
-                               dist=DistContext(0, 2)).order(1)
+        order = InMemoryLoader(images, labels, num_classes=5, batch_size=8, seed=4, dist=DistContext(0, 2)).order(1)
         for policy in ("independent", "shared"):
             for step in range(5):
                 g = order[step * 16 : (step + 1) * 16]
@@ -88,13 +92,15 @@ def test_mixing_policies_across_two_ranks(tmp_path: Path) -> None:
                     idx = np.array(g[r * half : (r + 1) * half])
                     plan_rank = r if policy == "independent" else 0
                     offset = step * 16 + (r * half if policy == "independent" else 0)
-                    plan = sample_plan(cfg, len(idx), seed=4, epoch=1, step=step, rank=plan_rank,
-                                       dataset_size=70, stream_offset=offset)
+                    plan = sample_plan(
+                        cfg, len(idx), seed=4, epoch=1, step=step, rank=plan_rank, dataset_size=70, stream_offset=offset
+                    )
                     x = images[idx].float() / 255
                     kw = {}
                     if plan.stream_indices is not None:
-                        kw = dict(x_partner=images[plan.stream_indices].float() / 255,
-                                  y_partner=labels[plan.stream_indices])
+                        kw = dict(
+                            x_partner=images[plan.stream_indices].float() / 255, y_partner=labels[plan.stream_indices]
+                        )
                     ex, ey = apply_plan(plan, x, labels[idx], num_classes=5, **kw)
                     gx, gy = ranks[policy][r][step]
                     assert torch.equal(gx, ex) and torch.equal(gy, ey), (policy, pairing, step, r)
@@ -106,7 +112,7 @@ def test_mixing_policies_across_two_ranks(tmp_path: Path) -> None:
 TRAIN_SCRIPT = """
 import json, os, sys
 from dataclasses import asdict
-from vicinal.compare import CompareConfig, run_compare
+from vicinal.experiments.compare import CompareConfig, run_compare
 out, npz = sys.argv[1], sys.argv[2]
 cfg = CompareConfig(dataset=npz, epochs=2, batch_size=16, val_size=100, seed=3, threads=1, mix_policy="global")
 results = run_compare(cfg, f"{out}/run", progress=False)
@@ -122,8 +128,9 @@ def test_ddp_compare_run_same_metrics_on_every_rank(tmp_path: Path, toy_npz: Pat
     _torchrun(script, str(tmp_path), str(toy_npz))
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
-    strip = lambda rs: [{**r, "history": [{k: v for k, v in h.items() if k != "elapsed_s"} for h in r["history"]]}  # noqa: E731
-                        for r in rs]
+    strip = lambda rs: [
+        {**r, "history": [{k: v for k, v in h.items() if k != "elapsed_s"} for h in r["history"]]} for r in rs
+    ]
     assert strip(r0) == strip(r1)
     assert {r["name"] for r in r0} == {"mixup", "none"}
     assert all(r["test_acc"] > 0.8 for r in r0)
@@ -135,7 +142,7 @@ def test_ddp_compare_run_same_metrics_on_every_rank(tmp_path: Path, toy_npz: Pat
 
 DEAD_SCRIPT = """
 import os, sys, torch
-from vicinal.distributed import all_reduce_sum, init_from_env
+from vicinal.experiments.distributed import all_reduce_sum, init_from_env
 ctx = init_from_env("cpu", timeout_s=float(sys.argv[2]))
 all_reduce_sum(ctx, torch.ones(3))  # both ranks connected
 if ctx.rank == 1:
@@ -164,10 +171,23 @@ def test_dead_rank_fails_the_others_with_a_clear_error(tmp_path: Path) -> None:
     procs = []
     t0 = time.time()
     for rank in (0, 1):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "err.txt"), "10"], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / "err.txt"), "10"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     codes = [p.wait(timeout=120) for p in procs]
     assert codes[1] == 3
     assert codes[0] == 1, procs[0].stderr.read()[-2000:] if procs[0].stderr else ""

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from vicinal import MixConfig
-from vicinal.cli import main
-from vicinal.compare import CompareConfig, run_compare
-from vicinal.loader import InMemoryLoader
-from vicinal.models import ReferenceCNN, available_models, build_model
+from vicinal.experiments.cli import main
+from vicinal.experiments.compare import CompareConfig, run_compare
+from vicinal.experiments.loader import InMemoryLoader
+from vicinal.experiments.models import ReferenceCNN, available_models, build_model
 from vicinal.sampling import epoch_order
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -82,8 +82,12 @@ def test_reference_cnn_shape_and_keras_init() -> None:
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert isinstance(model, ReferenceCNN)
     # Glorot-uniform bound sqrt(6 / (fan_in + fan_out)); biases zero.
-    for layer, fan_in, fan_out in [(model.conv1, 25, 16 * 25), (model.conv2, 16 * 25, 32 * 25),
-                                   (model.fc1, 32, 128), (model.fc2, 128, 10)]:
+    for layer, fan_in, fan_out in [
+        (model.conv1, 25, 16 * 25),
+        (model.conv2, 16 * 25, 32 * 25),
+        (model.fc1, 32, 128),
+        (model.fc2, 128, 10),
+    ]:
         bound = math.sqrt(6 / (fan_in + fan_out))
         w = layer.weight.detach()
         assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
@@ -123,14 +127,33 @@ def test_same_seed_same_results_and_parallel_equals_sequential(toy_npz: Path, tm
 
 
 def test_resume_after_kill_equals_uninterrupted_run(toy_npz: Path, tmp_path: Path) -> None:
-    args = ["compare", "--dataset", str(toy_npz), "--epochs", "4", "--batch-size", "32", "--val-size", "100",
-            "--seed", "2", "--sequential", "--threads", "1", "--no-progress"]
+    args = [
+        "compare",
+        "--dataset",
+        str(toy_npz),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--val-size",
+        "100",
+        "--seed",
+        "2",
+        "--sequential",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
 
     killed = tmp_path / "killed"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "vicinal", *args, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vicinal", *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = killed / "mixup" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -147,7 +170,7 @@ def test_resume_after_kill_equals_uninterrupted_run(toy_npz: Path, tmp_path: Pat
     resumed = json.loads((killed / "results.json").read_text())["arms"]
     for f, r in zip(full, resumed):
         assert f["test_acc"] == r["test_acc"] and f["test_loss"] == r["test_loss"]
-        strip = lambda h: [{k: v for k, v in e.items() if k != "elapsed_s"} for e in h]  # noqa: E731
+        strip = lambda h: [{k: v for k, v in e.items() if k != "elapsed_s"} for e in h]
         assert strip(f["history"]) == strip(r["history"])
     sa = torch.load(tmp_path / "full" / "none" / "checkpoint.pt", weights_only=False)["model"]
     sb = torch.load(killed / "none" / "checkpoint.pt", weights_only=False)["model"]
@@ -160,8 +183,20 @@ def test_cli_help_and_bad_options(capsys: pytest.CaptureFixture[str], toy_npz: P
         main(["compare", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--dataset", "--data-dir", "--epochs", "--batch-size", "--alpha", "--method", "--pairing",
-                   "--seed", "--out", "--device", "--threads", "--resume"):
+    for option in (
+        "--dataset",
+        "--data-dir",
+        "--epochs",
+        "--batch-size",
+        "--alpha",
+        "--method",
+        "--pairing",
+        "--seed",
+        "--out",
+        "--device",
+        "--threads",
+        "--resume",
+    ):
         assert option in out
     assert main(["compare", "--dataset", str(toy_npz), "--alpha", "-1", "--out", str(tmp_path / "x")]) == 2
     assert "alpha" in capsys.readouterr().err
@@ -174,8 +209,24 @@ def test_cli_help_and_bad_options(capsys: pytest.CaptureFixture[str], toy_npz: P
 
 @pytest.mark.skipif(not (SHARED / "fashion-mnist").exists(), reason="shared Fashion-MNIST not present")
 def test_compare_on_fashion_mnist_tiny(tmp_path: Path) -> None:
-    rc = main(["compare", "--data-dir", str(SHARED), "--epochs", "1", "--train-limit", "640", "--test-limit", "500",
-               "--val-size", "200", "--no-progress", "--out", str(tmp_path / "fm")])
+    rc = main(
+        [
+            "compare",
+            "--data-dir",
+            str(SHARED),
+            "--epochs",
+            "1",
+            "--train-limit",
+            "640",
+            "--test-limit",
+            "500",
+            "--val-size",
+            "200",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "fm"),
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "fm" / "results.json").read_text())
     assert {a["name"] for a in res["arms"]} == {"mixup", "none"}

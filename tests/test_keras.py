@@ -122,7 +122,7 @@ def test_plan_tensors_path_equals_plan_path(batch):
 
 def test_mixed_batches_match_the_torch_loader():
     pytest.importorskip("torch")
-    from vicinal.loader import InMemoryLoader
+    from vicinal.experiments.loader import InMemoryLoader
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (50, 1, 12, 12), dtype=np.uint8)
@@ -130,8 +130,13 @@ def test_mixed_batches_match_the_torch_loader():
     for mix in (MixConfig(pairing="stream"), MixConfig("cutmix"), None):
         loader = InMemoryLoader(images, labels, num_classes=NUM_CLASSES, batch_size=16, seed=2, mix=mix)
         ds = MixedBatches(
-            images.transpose(0, 2, 3, 1), labels, batch_size=16, mix=mix, num_classes=NUM_CLASSES,
-            seed=2, rescale=1 / 255,
+            images.transpose(0, 2, 3, 1),
+            labels,
+            batch_size=16,
+            mix=mix,
+            num_classes=NUM_CLASSES,
+            seed=2,
+            rescale=1 / 255,
         )
         assert len(ds) == len(loader) == 4
         for epoch in (0, 1):
@@ -177,8 +182,13 @@ def test_fit_runs_on_mixed_batches(one_hot):
     y = rng.integers(0, NUM_CLASSES, 48)
     labels = np.eye(NUM_CLASSES, dtype=np.float32)[y] if one_hot else y
     ds = MixedBatches(
-        x, labels, batch_size=16, mix=MixConfig("switch"), num_classes=None if one_hot else NUM_CLASSES,
-        label_smoothing=0.1, rescale=1 / 255,
+        x,
+        labels,
+        batch_size=16,
+        mix=MixConfig("switch"),
+        num_classes=None if one_hot else NUM_CLASSES,
+        label_smoothing=0.1,
+        rescale=1 / 255,
     )
     seen = []
 
@@ -186,7 +196,9 @@ def test_fit_runs_on_mixed_batches(one_hot):
         def on_train_batch_begin(self, batch, logs=None):
             seen.append(ds.epoch)
 
-    history = _tiny_model().fit(ds, initial_epoch=1, epochs=3, shuffle=False, verbose=0, callbacks=[SetEpoch(ds), Record()])
+    history = _tiny_model().fit(
+        ds, initial_epoch=1, epochs=3, shuffle=False, verbose=0, callbacks=[SetEpoch(ds), Record()]
+    )
     assert len(history.history["loss"]) == 2 and np.all(np.isfinite(history.history["loss"]))
     assert seen == [1, 1, 1, 2, 2, 2]
 
@@ -205,8 +217,11 @@ def test_fit_runs_on_mixed_batches(one_hot):
 def test_save_and_load_a_model_containing_the_layer(tmp_path, batch):
     x, y = batch
     layer = MixLayer(
-        {"method": "switch", "alpha": 0.5, "pairing": "permute"}, num_classes=NUM_CLASSES, label_smoothing=0.05,
-        seed=11, name="mix",
+        {"method": "switch", "alpha": 0.5, "pairing": "permute"},
+        num_classes=NUM_CLASSES,
+        label_smoothing=0.05,
+        seed=11,
+        name="mix",
     )
     inputs = {"images": keras.Input((H, W, C), name="images"), "labels": keras.Input((), dtype="int32", name="labels")}
     model = keras.Model(inputs, layer(inputs))
@@ -249,10 +264,22 @@ def test_layer_inside_a_classifier_needs_labels(batch, tmp_path):
         (lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.zeros(3, int), num_classes=2), ValueError, "same number"),
         (lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.zeros(4, int)), ValueError, "num_classes"),
         (lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.array([0, 1, 2, 5]), num_classes=3), ValueError, "class ids"),
-        (lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.zeros(4, int), num_classes=2, batch_size=0), ValueError, "batch_size"),
-        (lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.zeros(4, int), num_classes=2, rescale="1/255"), TypeError, "rescale"),
+        (
+            lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.zeros(4, int), num_classes=2, batch_size=0),
+            ValueError,
+            "batch_size",
+        ),
+        (
+            lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.zeros(4, int), num_classes=2, rescale="1/255"),
+            TypeError,
+            "rescale",
+        ),
         (lambda: MixedBatches(np.zeros((4, 2, 2, 1)), np.zeros(4, int), num_classes=2, mix=0.2), TypeError, "mix"),
-        (lambda: MixedBatches(np.zeros((4, 5)), np.zeros(4, int), num_classes=2, mix=MixConfig("cutmix")), ValueError, "CutMix"),
+        (
+            lambda: MixedBatches(np.zeros((4, 5)), np.zeros(4, int), num_classes=2, mix=MixConfig("cutmix")),
+            ValueError,
+            "CutMix",
+        ),
     ],
 )
 def test_bad_arguments_name_the_argument(make, error, match):
@@ -341,8 +368,10 @@ def test_tf_data_recipe_from_the_docs():
         images, labels = batch
         w, iw, p, boxes = tf.numpy_function(draw, [step], [tf.float32, tf.float32, tf.int32, tf.int32])
         plan = {
-            "weights": tf.ensure_shape(w, (b, 2)), "image_weights": tf.ensure_shape(iw, (b, 2)),
-            "partners": tf.ensure_shape(p, (b, 1)), "boxes": tf.ensure_shape(boxes, (b, 4)),
+            "weights": tf.ensure_shape(w, (b, 2)),
+            "image_weights": tf.ensure_shape(iw, (b, 2)),
+            "partners": tf.ensure_shape(p, (b, 1)),
+            "boxes": tf.ensure_shape(boxes, (b, 4)),
         }
         return mix_with_plan(plan, images, labels, num_classes=10)
 

@@ -93,7 +93,9 @@ def test_reference_configuration_matches_formula() -> None:
     np.testing.assert_array_equal(xm, expected_x)  # the generic path is the formula itself
     np.testing.assert_array_equal(ym, expected_y)
     # The torch fast path uses one fused lerp: equal up to float32 rounding (1 ulp of 1).
-    xt, yt = apply_plan(plan, torch.from_numpy(x1), torch.from_numpy(y1), x_partner=torch.from_numpy(x2), y_partner=torch.from_numpy(y2))
+    xt, yt = apply_plan(
+        plan, torch.from_numpy(x1), torch.from_numpy(y1), x_partner=torch.from_numpy(x2), y_partner=torch.from_numpy(y2)
+    )
     np.testing.assert_allclose(xt.numpy(), expected_x, rtol=0, atol=2**-23)
     np.testing.assert_array_equal(yt.numpy(), expected_y)
 
@@ -147,7 +149,7 @@ def test_dtype_and_layout_preserved(dtype: torch.dtype) -> None:
 
 def test_non_image_features() -> None:
     x = torch.randn(10, 7, 3)  # (B, T, F)
-    xm, ym = MixUp(1.0, num_classes=3)(x, torch.randint(0, 3, (10,)))
+    xm, _ym = MixUp(1.0, num_classes=3)(x, torch.randint(0, 3, (10,)))
     assert xm.shape == x.shape
     plan = MixUp(1.0).plan(x, step=0)
     lam = torch.from_numpy(plan.lam).float().view(-1, 1, 1)
@@ -158,8 +160,14 @@ def test_cutmix_lambda_equals_pasted_fraction() -> None:
     b, h, w = 64, 17, 23
     zeros, ones = torch.zeros(b, 2, h, w), torch.ones(b, 2, h, w)
     plan = sample_plan(MixConfig("cutmix", pairing="stream"), b, seed=11, image_size=(h, w))
-    xm, ym = apply_plan(plan, zeros, torch.zeros(b, dtype=torch.long), x_partner=ones,
-                        y_partner=torch.ones(b, dtype=torch.long), num_classes=2)
+    xm, ym = apply_plan(
+        plan,
+        zeros,
+        torch.zeros(b, dtype=torch.long),
+        x_partner=ones,
+        y_partner=torch.ones(b, dtype=torch.long),
+        num_classes=2,
+    )
     pasted = xm.mean(dim=(1, 2, 3)).double().numpy()
     np.testing.assert_allclose(pasted, plan.weights[:, 1], atol=1e-12)
     np.testing.assert_allclose(ym[:, 1].numpy(), pasted, atol=1e-6)

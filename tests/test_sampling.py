@@ -155,8 +155,8 @@ def test_probability_p() -> None:
 def test_cutmix_boxes_inside_image_and_lambda_exact(h: int, w: int, b: int, alpha: float, seed: int) -> None:
     plan = sample_plan(MixConfig("cutmix", cutmix_alpha=alpha), b, seed=seed, image_size=(h, w))
     top, left, bottom, right = plan.boxes.T
-    assert np.all((0 <= top) & (top <= bottom) & (bottom <= h))
-    assert np.all((0 <= left) & (left <= right) & (right <= w))
+    assert np.all((top >= 0) & (top <= bottom) & (bottom <= h))
+    assert np.all((left >= 0) & (left <= right) & (right <= w))
     area = (bottom - top) * (right - left) / (h * w)
     np.testing.assert_allclose(plan.weights[:, 1], area, atol=1e-12)
 
@@ -173,7 +173,7 @@ def test_plan_shapes_for_a_large_batch() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    ("kwargs", "match"),
     [
         (dict(alpha=-0.1), "alpha"),
         (dict(alpha=0.2, beta=-1.0), "beta"),

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from vicinal.cli import main
-from vicinal.metrics import brier, fgsm_accuracy, nll, reliability
-from vicinal.noise import symmetric_label_noise
-from vicinal.report import render_report
-from vicinal.stats import paired_test, summarize
-from vicinal.study import PRESETS, cell_dir, load_study, parse_study, run_study
+from vicinal.experiments.cli import main
+from vicinal.experiments.metrics import brier, fgsm_accuracy, nll, reliability
+from vicinal.experiments.noise import symmetric_label_noise
+from vicinal.experiments.report import render_report
+from vicinal.experiments.stats import paired_test, summarize
+from vicinal.experiments.study import PRESETS, cell_dir, load_study, parse_study, run_study
 
 
 def test_reliability_and_ece_by_hand() -> None:
@@ -172,8 +172,9 @@ def test_study_runs_skips_finished_cells_and_reports(toy_npz: Path, tmp_path: Pa
 def test_study_cli_with_two_jobs(toy_npz: Path, tmp_path: Path) -> None:
     toml = tmp_path / "s.toml"
     toml.write_text(TOY_STUDY.format(npz=toy_npz).replace("alpha = [0.2, 1.0, 4.0]", "alpha = [0.2]"))
-    assert main(["study", str(toml), "--out", str(tmp_path / "s"), "--jobs", "2", "--epochs", "1",
-                 "--no-progress"]) == 0
+    assert (
+        main(["study", str(toml), "--out", str(tmp_path / "s"), "--jobs", "2", "--epochs", "1", "--no-progress"]) == 0
+    )
     assert len(list((tmp_path / "s" / "cells").glob("*/seed*/result.json"))) == 4
     assert main(["report", str(tmp_path / "s"), "--no-preview"]) == 0
     assert main(["study", "nope", "--out", str(tmp_path / "t")]) == 2

@@ -1,5 +1,5 @@
 import sys
 
-from vicinal.cli import main
+from vicinal.experiments.cli import main
 
 sys.exit(main())

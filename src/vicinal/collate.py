@@ -35,7 +35,9 @@ class MixCollate:
         if not isinstance(mixer, Mixer):
             raise TypeError(f"mixer must be a vicinal Mixer, got {type(mixer).__name__}")
         if mixer.config.pairing == "stream":
-            raise ValueError("mixer.config.pairing='stream' needs a second batch; use an in-batch pairing in a collate_fn")
+            raise ValueError(
+                "mixer.config.pairing='stream' needs a second batch; use an in-batch pairing in a collate_fn"
+            )
         self.mixer = mixer
         self.collate_fn = collate_fn
         self.epoch = 0

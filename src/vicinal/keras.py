@@ -484,7 +484,7 @@ class MixLayer(keras.layers.Layer):
         store["epoch_step"] = np.array([self._epoch, self._step], dtype=np.int64)
 
     def load_own_variables(self, store: Any) -> None:
-        if "epoch_step" in store.keys():  # older Keras stores have no __contains__
+        if "epoch_step" in store:  # older Keras stores have no __contains__
             epoch, step = (int(v) for v in np.asarray(store["epoch_step"]))
             self.set_epoch(epoch, step)
 
@@ -498,7 +498,7 @@ class MixedBatches(keras.utils.PyDataset):
     Batch ``i`` of epoch ``e`` holds the rows ``epoch_order(seed, e, N)[i·B:(i+1)·B]``
     mixed by ``sample_plan(mix, len, seed=seed, epoch=e, step=i, image_size=(H, W),
     dataset_size=N, stream_offset=i·B)``: the batches of the PyTorch path
-    (:class:`vicinal.loader.InMemoryLoader`) with the same seed, whichever worker
+    (:class:`vicinal.experiments.loader.InMemoryLoader`) with the same seed, whichever worker
     makes them and in whatever order Keras asks for them.
 
     For a reproducible ``model.fit``, pass ``callbacks=[SetEpoch(dataset)]`` (it tells

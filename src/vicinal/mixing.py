@@ -66,9 +66,7 @@ def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, int]:
     return ndim - 2, ndim - 1
 
 
-def _validate(
-    plan: MixPlan, x: Any, y: Any, x_partner: Any, y_partner: Any, channels_last: bool
-) -> None:
+def _validate(plan: MixPlan, x: Any, y: Any, x_partner: Any, y_partner: Any, channels_last: bool) -> None:
     if not isinstance(plan, MixPlan):
         raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
     b = batch_size_of("x", x)

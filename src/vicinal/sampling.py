@@ -91,9 +91,7 @@ class MixConfig:
                 f"granularity='pair' needs pairing 'flip' or 'permute' (an involution), got {self.pairing!r}"
             )
         if self.method == "kway" and self.pairing in ("flip", "stream"):
-            raise ValueError(
-                f"method='kway' needs pairing 'roll', 'permute' or 'derange', got {self.pairing!r}"
-            )
+            raise ValueError(f"method='kway' needs pairing 'roll', 'permute' or 'derange', got {self.pairing!r}")
         if self.method == "kway" and self.granularity == "pair":
             raise ValueError("method='kway' does not support granularity='pair'")
         if self.method != "kway" and self.k != 2:
@@ -388,7 +386,9 @@ def sample_plan(
     rng = plan_generator(seed, epoch=epoch, step=step, rank=rank)
     if config.needs_image_size:
         if image_size is None or len(image_size) != 2 or min(image_size) < 1:
-            raise ValueError(f"image_size must be (H, W) with H, W >= 1 for method={config.method!r}, got {image_size!r}")
+            raise ValueError(
+                f"image_size must be (H, W) with H, W >= 1 for method={config.method!r}, got {image_size!r}"
+            )
         image_size = (int(image_size[0]), int(image_size[1]))
 
     partners, units, shift, n_units = _partners_and_units(rng, config, b)

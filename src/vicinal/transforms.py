@@ -130,8 +130,12 @@ class MixUp(Mixer):
         rank: int = 0,
         targets: TargetFormat = "dense",
     ) -> None:
-        config = MixConfig("mixup", alpha=alpha, beta=beta, granularity=granularity, pairing=pairing, p=p, p_mode=p_mode)
-        super().__init__(config, num_classes=num_classes, label_smoothing=label_smoothing, seed=seed, rank=rank, targets=targets)
+        config = MixConfig(
+            "mixup", alpha=alpha, beta=beta, granularity=granularity, pairing=pairing, p=p, p_mode=p_mode
+        )
+        super().__init__(
+            config, num_classes=num_classes, label_smoothing=label_smoothing, seed=seed, rank=rank, targets=targets
+        )
 
 
 class CutMix(Mixer):
@@ -154,8 +158,13 @@ class CutMix(Mixer):
     ) -> None:
         config = MixConfig("cutmix", cutmix_alpha=alpha, granularity=granularity, pairing=pairing, p=p, p_mode=p_mode)
         super().__init__(
-            config, num_classes=num_classes, label_smoothing=label_smoothing, seed=seed, rank=rank,
-            targets=targets, channels_last=channels_last,
+            config,
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            seed=seed,
+            rank=rank,
+            targets=targets,
+            channels_last=channels_last,
         )
 
 
@@ -180,12 +189,23 @@ class MixUpOrCutMix(Mixer):
         channels_last: bool = False,
     ) -> None:
         config = MixConfig(
-            "switch", alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob,
-            granularity=granularity, pairing=pairing, p=p, p_mode=p_mode,
+            "switch",
+            alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            switch_prob=switch_prob,
+            granularity=granularity,
+            pairing=pairing,
+            p=p,
+            p_mode=p_mode,
         )
         super().__init__(
-            config, num_classes=num_classes, label_smoothing=label_smoothing, seed=seed, rank=rank,
-            targets=targets, channels_last=channels_last,
+            config,
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            seed=seed,
+            rank=rank,
+            targets=targets,
+            channels_last=channels_last,
         )
 
 
@@ -248,7 +268,9 @@ def _one_call(method, x, y, params, num_classes, seed, epoch, step, options):  #
     apply_kw = {k: v for k, v in options.items() if k in _APPLY_KEYS}
     config = MixConfig(method, **params, **{k: v for k, v in options.items() if k not in _APPLY_KEYS})
     mixer = Mixer(
-        config, num_classes=num_classes, seed=seed,
+        config,
+        num_classes=num_classes,
+        seed=seed,
         label_smoothing=apply_kw.pop("label_smoothing", 0.0),
         targets=apply_kw.pop("targets", "dense"),
         channels_last=apply_kw.pop("channels_last", False),

@@ -1,4 +1,4 @@
-"""Fixtures for the vicinal.data tests.
+"""Fixtures for the vicinal.experiments.data tests.
 
 Helpers are handed out through fixtures (not imported) so the tests work
 under any pytest import mode.  Every test runs isolated: no
@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vicinal.data import registry, sources
+from vicinal.experiments.data import registry, sources
 
 # The sibling `shared` folder of the repository root.
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -48,9 +48,7 @@ def gz(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
-def rewrite_gzip_header(
-    blob: bytes, *, mtime: int = 1234567890, fname: bytes | None = None
-) -> bytes:
+def rewrite_gzip_header(blob: bytes, *, mtime: int = 1234567890, fname: bytes | None = None) -> bytes:
     """Replace a gzip member's header, keeping the deflate data and trailer (like Debian)."""
     assert blob[:3] == b"\x1f\x8b\x08"
     flags = blob[3]
@@ -135,9 +133,7 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         "t10k-images-idx3-ubyte": rng.integers(0, 256, (6, 4, 5), dtype=np.uint8),
         "t10k-labels-idx1-ubyte": np.arange(6) % 3,
     }
-    raw = {
-        name: (idx_images(a) if "images" in name else idx_labels(a)) for name, a in arrays.items()
-    }
+    raw = {name: (idx_images(a) if "images" in name else idx_labels(a)) for name, a in arrays.items()}
     gzipped = {name: gz(b) for name, b in raw.items()}
 
     def sha(b: bytes) -> str:
@@ -145,10 +141,7 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
 
         return hashlib.sha256(b).hexdigest()
 
-    files = {
-        name: registry.IdxFile(name, sha(raw[name]), sha(gzipped[name]), len(gzipped[name]))
-        for name in raw
-    }
+    files = {name: registry.IdxFile(name, sha(raw[name]), sha(gzipped[name]), len(gzipped[name])) for name in raw}
     spec = registry.DatasetSpec(
         name="tiny",
         title="Tiny",
@@ -180,7 +173,7 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -193,9 +186,7 @@ def http_server():
         handler = functools.partial(_QuietHandler, directory=str(directory))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         servers.append((server, thread))
         return f"http://127.0.0.1:{server.server_address[1]}/"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vicinal.data import DatasetError, load_image_folder, load_npz
+from vicinal.experiments.data import DatasetError, load_image_folder, load_npz
 
 
 def save(path: Path, value: int, *, size=(5, 4), mode="L", ext=".png") -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vicinal.data import ArrayDataset, DatasetError
+from vicinal.experiments.data import ArrayDataset, DatasetError
 
 
 def make(**overrides):

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vicinal.data import DatasetError
-from vicinal.data.idx import (
+from vicinal.experiments.data import DatasetError
+from vicinal.experiments.data.idx import (
     parse_idx_images,
     parse_idx_labels,
     read_idx_bytes,
@@ -160,7 +160,7 @@ def test_labels_out_of_range(tools):
 
 
 def test_image_label_count_mismatch(tmp_path, tools, pair):
-    x, y, xi, _ = pair
+    _x, y, xi, _ = pair
     (tmp_path / "img").write_bytes(xi)
     (tmp_path / "lab").write_bytes(tools.idx_labels(np.append(y, 1)))
     with pytest.raises(DatasetError, match=r"img holds 3 images but .*lab holds 4 labels"):

@@ -1,4 +1,4 @@
-"""The dataset registry and the public surface of vicinal.data."""
+"""The dataset registry and the public surface of vicinal.experiments.data."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import re
 
 import pytest
 
-import vicinal.data
-from vicinal.data import DatasetError, available_datasets
-from vicinal.data.registry import get_spec
-
+import vicinal.experiments.data
+from vicinal.experiments.data import DatasetError, available_datasets
+from vicinal.experiments.data.registry import get_spec
 
 
 def test_public_api():
-    assert sorted(vicinal.data.__all__) == sorted(
+    assert sorted(vicinal.experiments.data.__all__) == sorted(
         [
             "ArrayDataset",
             "DatasetError",

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from vicinal.data import DatasetError, load_dataset
+from vicinal.experiments.data import DatasetError, load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vicinal.data import DatasetError, load_dataset
+from vicinal.experiments.data import DatasetError, load_dataset
 
 TRAIN_LABELS = "train-labels-idx1-ubyte"
 
@@ -199,8 +199,7 @@ def test_offline_lists_mirror_failures(tmp_path, tiny, tools, http_server):
     assert f"{dead}train-images-idx3-ubyte.gz: connection failed" in msg
     assert f"{missing}train-images-idx3-ubyte.gz: HTTP 404" in msg
     assert tools.all_files(tmp_path / "cache" / "tiny") == sorted(
-        tmp_path / "cache" / "tiny" / (n + ".gz")
-        for n in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+        tmp_path / "cache" / "tiny" / (n + ".gz") for n in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     )
 
 
@@ -213,9 +212,7 @@ def test_download_into_cache_then_reuse(tmp_path, tiny, tools, http_server):
     ds = load_dataset("tiny", cache_dir=cache_root, mirrors=[url])
     check_tiny(ds, tiny)
     assert url in ds.source and str(cache_root) in ds.source
-    assert [p.name for p in tools.all_files(cache_root)] == sorted(
-        f.gz_name for f in tiny.spec.files
-    )
+    assert [p.name for p in tools.all_files(cache_root)] == sorted(f.gz_name for f in tiny.spec.files)
     # a second call finds the cache; the mirror is not needed any more
     again = load_dataset("tiny", cache_dir=cache_root, mirrors=[tools.closed_port_url()])
     assert again.source == str((cache_root / "tiny").resolve())
@@ -224,7 +221,7 @@ def test_download_into_cache_then_reuse(tmp_path, tiny, tools, http_server):
 def test_default_mirrors_come_from_registry(tmp_path, tiny, http_server, monkeypatch):
     import dataclasses
 
-    from vicinal.data import registry
+    from vicinal.experiments.data import registry
 
     url = http_server(tiny.write(tmp_path / "served"))
     monkeypatch.setitem(registry.REGISTRY, "tiny", dataclasses.replace(tiny.spec, mirrors=(url,)))

@@ -31,7 +31,7 @@ def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, *, 
         raise ValueError(f"labels must be in [0, num_classes={c})")
     rng = np.random.Generator(np.random.Philox(key=[check_int("seed", seed, minimum=0), 0x6E6F697365]))
     n = labels.size
-    flip = rng.permutation(n)[: int(round(rate * n))]
+    flip = rng.permutation(n)[: round(rate * n)]
     out = labels.astype(np.int64, copy=True)
     # An offset in [1, C-1] added modulo C gives a uniform class other than the true one.
     out[flip] = (out[flip] + rng.integers(1, c, size=flip.size)) % c

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vicinal.loader import to_model_input
+from vicinal.experiments.loader import to_model_input
 
 ECE_BINS = 15
 FGSM_EPSILONS = (0.01, 0.03, 0.1)
@@ -57,11 +57,19 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS)
         if count:
             c, a = float(conf[sel].mean()), float(correct[sel].mean())
             ece += count / n * abs(c - a)
-            out.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count,
-                        "confidence": c, "accuracy": a})
+            out.append(
+                {"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count, "confidence": c, "accuracy": a}
+            )
         else:
-            out.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": 0,
-                        "confidence": None, "accuracy": None})
+            out.append(
+                {
+                    "lower": float(edges[i]),
+                    "upper": float(edges[i + 1]),
+                    "count": 0,
+                    "confidence": None,
+                    "accuracy": None,
+                }
+            )
     return {"ece": ece, "bins": out}
 
 
@@ -99,8 +107,9 @@ def fgsm_accuracy(
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
-                  channels_last: bool = False) -> torch.Tensor:
+def predict_probs(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int = 256, channels_last: bool = False
+) -> torch.Tensor:
     """Softmax probabilities float32 (N, C) of uint8 images (N, C, H, W)."""
     model.eval()
     out = []
@@ -110,8 +119,14 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2
     return torch.cat(out)
 
 
-def evaluate_all(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, channels_last: bool = False,
-                 epsilons: Sequence[float] = FGSM_EPSILONS) -> dict[str, Any]:
+def evaluate_all(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    channels_last: bool = False,
+    epsilons: Sequence[float] = FGSM_EPSILONS,
+) -> dict[str, Any]:
     """accuracy, nll, brier, ece, reliability bins and FGSM accuracies of ``model``."""
     probs = predict_probs(model, images, channels_last=channels_last)
     rel = reliability(probs, labels)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vicinal._checks import check_choice, check_int
-from vicinal.distributed import POLICIES, SINGLE, DistContext, shard_positions
+from vicinal.experiments.distributed import POLICIES, SINGLE, DistContext, shard_positions
 from vicinal.labels import to_soft
 from vicinal.mixing import apply_plan
 from vicinal.sampling import MixConfig, epoch_order, sample_plan
@@ -52,7 +52,7 @@ class InMemoryLoader:
             ``DistributedSampler`` pads), and rank ``r`` takes the ``r``-th of ``W``
             equal parts; every sample is seen once per epoch (a few twice when ``W``
             does not divide N).
-        policy: cross-rank mixing, see :mod:`vicinal.distributed`.
+        policy: cross-rank mixing, see :mod:`vicinal.experiments.distributed`.
 
     Iterating ``loader.epoch(e)`` yields ``(x, targets)``: float32 (B, C, H, W) in
     [0, 1] and float32 (B, C) soft targets.
@@ -100,7 +100,9 @@ class InMemoryLoader:
         self.channels_last = channels_last
         lo, hi = self.labels.aminmax()
         if int(lo) < 0 or int(hi) >= num_classes:
-            raise ValueError(f"labels hold class ids in [{int(lo)}, {int(hi)}], expected [0, num_classes={num_classes})")
+            raise ValueError(
+                f"labels hold class ids in [{int(lo)}, {int(hi)}], expected [0, num_classes={num_classes})"
+            )
 
     @property
     def num_samples(self) -> int:
@@ -130,21 +132,36 @@ class InMemoryLoader:
     def _rows(self, idx: np.ndarray) -> torch.Tensor:
         return to_model_input(self.images.index_select(0, self._index(idx)), channels_last=self.channels_last)
 
-    def _mixed(self, idx: np.ndarray, epoch: int, step: int, rank: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mixed(
+        self, idx: np.ndarray, epoch: int, step: int, rank: int, offset: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.mix is not None
         x = self._rows(idx)
         y = self.labels[self._index(idx)]
         plan = sample_plan(
-            self.mix, len(idx), seed=self.seed, epoch=epoch, step=step, rank=rank,
-            image_size=tuple(x.shape[-2:]), dataset_size=self.num_samples, stream_offset=offset,
+            self.mix,
+            len(idx),
+            seed=self.seed,
+            epoch=epoch,
+            step=step,
+            rank=rank,
+            image_size=tuple(x.shape[-2:]),
+            dataset_size=self.num_samples,
+            stream_offset=offset,
         )
         x_partner = y_partner = None
         if plan.stream_indices is not None:
             x_partner = self._rows(plan.stream_indices)
             y_partner = self.labels[self._index(plan.stream_indices)]
         return apply_plan(
-            plan, x, y, num_classes=self.num_classes, label_smoothing=self.label_smoothing,
-            x_partner=x_partner, y_partner=y_partner, out=x,
+            plan,
+            x,
+            y,
+            num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing,
+            x_partner=x_partner,
+            y_partner=y_partner,
+            out=x,
         )
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -15,7 +15,7 @@ gzip magic bytes), not from the file name, so a ``.gz`` file that a browser
 already decompressed still loads.  Every inconsistency (truncated or corrupt
 gzip stream, wrong magic, payload shorter or longer than the header says,
 image/label count mismatch, label out of range) raises
-:class:`~vicinal.data.DatasetError` naming the file; nothing is silently
+:class:`~vicinal.experiments.data.DatasetError` naming the file; nothing is silently
 truncated or padded.  Parsing uses :func:`numpy.frombuffer`, with no
 per-sample Python work.
 """
@@ -83,9 +83,7 @@ def read_idx_bytes(path: str | os.PathLike[str]) -> bytes:
             "end of the compressed data (an interrupted download or copy?)"
         ) from exc
     except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise DatasetError(
-            f"{path}: corrupt gzip stream ({exc}); the file is damaged, replace it"
-        ) from exc
+        raise DatasetError(f"{path}: corrupt gzip stream ({exc}); the file is damaged, replace it") from exc
 
 
 def _describe_magic(magic: int) -> str:
@@ -103,19 +101,16 @@ def _header(data: bytes, source: str, magic: int, ndim: int, what: str) -> tuple
     size = 4 + 4 * ndim
     if len(data) < 4:
         raise DatasetError(
-            f"{source}: too short to be an IDX file ({len(data)} bytes); expected {what} "
-            f"with magic {magic}"
+            f"{source}: too short to be an IDX file ({len(data)} bytes); expected {what} with magic {magic}"
         )
     found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise DatasetError(
-            f"{source}: wrong magic number {found}: expected {magic} ({what}), "
-            f"but this is {_describe_magic(found)}"
+            f"{source}: wrong magic number {found}: expected {magic} ({what}), but this is {_describe_magic(found)}"
         )
     if len(data) < size:
         raise DatasetError(
-            f"{source}: truncated header: {what} need a {size}-byte header, "
-            f"the content has only {len(data)} bytes"
+            f"{source}: truncated header: {what} need a {size}-byte header, the content has only {len(data)} bytes"
         )
     return tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
 
@@ -158,9 +153,7 @@ def parse_idx_images(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return pixels.reshape(count, rows, cols).copy()
 
 
-def parse_idx_labels(
-    data: bytes, source: str = "<bytes>", num_classes: int | None = None
-) -> np.ndarray:
+def parse_idx_labels(data: bytes, source: str = "<bytes>", num_classes: int | None = None) -> np.ndarray:
     """Parse decompressed IDX label content.
 
     Args:
@@ -190,9 +183,7 @@ def parse_idx_labels(
     return labels
 
 
-def check_pair(
-    images: np.ndarray, labels: np.ndarray, images_source: str, labels_source: str
-) -> None:
+def check_pair(images: np.ndarray, labels: np.ndarray, images_source: str, labels_source: str) -> None:
     """Raise :class:`DatasetError` unless there is exactly one label per image."""
     if len(images) != len(labels):
         raise DatasetError(

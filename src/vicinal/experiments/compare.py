@@ -29,12 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from vicinal.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
-from vicinal.distributed import POLICIES, SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
-from vicinal.loader import InMemoryLoader
-from vicinal.models import build_model
+from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
+from vicinal.experiments.distributed import POLICIES, SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
+from vicinal.experiments.loader import InMemoryLoader
+from vicinal.experiments.models import build_model
+from vicinal.experiments.train import (
+    ArmResult,
+    OptimConfig,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    train_arm,
+)
 from vicinal.sampling import MixConfig
-from vicinal.train import ArmResult, OptimConfig, atomic_torch_save, atomic_write_bytes, atomic_write_json, train_arm
 
 ARMS = ("mixup", "none")
 
@@ -171,7 +178,7 @@ def make_splits(ds: ArrayDataset, cfg: CompareConfig) -> Splits:
     xs, ys = ds.x_test, ds.y_test
     if cfg.test_limit is not None:
         xs, ys = xs[: cfg.test_limit], ys[: cfg.test_limit]
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
     return Splits((as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys)), tuple(ds.class_names))
 
 
@@ -207,14 +214,29 @@ def _progress_factory(position: int, arm: str, enabled: bool):  # type: ignore[n
     from tqdm.auto import tqdm
 
     def make(epoch: int, steps: int):  # type: ignore[no-untyped-def]
-        return tqdm(total=steps, desc=f"{arm:>6} epoch {epoch + 1}", position=position, leave=True,
-                    dynamic_ncols=True, mininterval=0.5)
+        return tqdm(
+            total=steps,
+            desc=f"{arm:>6} epoch {epoch + 1}",
+            position=position,
+            leave=True,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
     return make
 
 
-def _train_one(cfg: CompareConfig, splits: Splits, run_dir: str, arm: str, position: int, threads: int,
-               resume: bool, progress: bool, dist: DistContext = SINGLE) -> ArmResult:
+def _train_one(
+    cfg: CompareConfig,
+    splits: Splits,
+    run_dir: str,
+    arm: str,
+    position: int,
+    threads: int,
+    resume: bool,
+    progress: bool,
+    dist: DistContext = SINGLE,
+) -> ArmResult:
     torch.set_num_threads(threads)
     state = initial_weights(cfg, splits, Path(run_dir))
     model = build_model(cfg.model, splits.input_shape, len(splits.class_names))
@@ -223,15 +245,25 @@ def _train_one(cfg: CompareConfig, splits: Splits, run_dir: str, arm: str, posit
     val = tuple(t.to(cfg.device) for t in splits.val)
     test = tuple(t.to(cfg.device) for t in splits.test)
     return train_arm(
-        arm, model, make_loader(cfg, splits, arm, dist), val=val, test=test, epochs=cfg.epochs,  # type: ignore[arg-type]
-        out_dir=Path(run_dir) / arm, optim=OptimConfig(), resume=resume, channels_last=cfg.channels_last,
-        progress=_progress_factory(position, arm, progress and dist.is_main), dist=dist, precision=cfg.precision,
+        arm,
+        model,
+        make_loader(cfg, splits, arm, dist),
+        val=val,
+        test=test,
+        epochs=cfg.epochs,  # type: ignore[arg-type]
+        out_dir=Path(run_dir) / arm,
+        optim=OptimConfig(),
+        resume=resume,
+        channels_last=cfg.channels_last,
+        progress=_progress_factory(position, arm, progress and dist.is_main),
+        dist=dist,
+        precision=cfg.precision,
     )
 
 
 def write_preview(cfg: CompareConfig, splits: Splits, path: Path) -> Path:
     """Nine images of the first mixed training batch with their soft labels."""
-    from vicinal.plots import preview_grid
+    from vicinal.experiments.plots import preview_grid
 
     loader = make_loader(replace(cfg, channels_last=False, device="cpu"), splits, "mixup")
     x, y = next(iter(loader.epoch(0)))
@@ -240,16 +272,26 @@ def write_preview(cfg: CompareConfig, splits: Splits, path: Path) -> Path:
 
 
 def summary_table(results: list[ArmResult]) -> str:
-    lines = ["| arm | test accuracy | test loss | best val accuracy (epoch) | wall time |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| arm | test accuracy | test loss | best val accuracy (epoch) | wall time |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
-        lines.append(f"| {r.name} | {100 * r.test_acc:.2f}% | {r.test_loss:.4f} | "
-                     f"{100 * r.best_val_acc:.2f}% ({r.best_epoch + 1}) | {r.wall_s:.1f} s |")
+        lines.append(
+            f"| {r.name} | {100 * r.test_acc:.2f}% | {r.test_loss:.4f} | "
+            f"{100 * r.best_val_acc:.2f}% ({r.best_epoch + 1}) | {r.wall_s:.1f} s |"
+        )
     return "\n".join(lines)
 
 
-def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
-                splits: Splits | None = None) -> list[ArmResult]:
+def run_compare(
+    cfg: CompareConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    splits: Splits | None = None,
+) -> list[ArmResult]:
     """Run (or resume) the comparison into ``run_dir``; returns one result per arm.
 
     Under ``torchrun`` (WORLD_SIZE > 1) every arm trains with DistributedDataParallel
@@ -276,30 +318,37 @@ def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool 
 
     t0 = time.perf_counter()
     total_threads = cfg.threads or torch.get_num_threads()
-    parallel = (cfg.parallel and not dist.enabled and len(cfg.arms) > 1 and cfg.device == "cpu"
-                and (os.cpu_count() or 1) > 1)
+    parallel = (
+        cfg.parallel and not dist.enabled and len(cfg.arms) > 1 and cfg.device == "cpu" and (os.cpu_count() or 1) > 1
+    )
     if parallel:
         per_arm = max(1, total_threads // len(cfg.arms))
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=len(cfg.arms), mp_context=ctx) as pool:
-            futures = [pool.submit(_train_one, cfg, splits, str(run), arm, i, per_arm, resume, progress)
-                       for i, arm in enumerate(cfg.arms)]
+            futures = [
+                pool.submit(_train_one, cfg, splits, str(run), arm, i, per_arm, resume, progress)
+                for i, arm in enumerate(cfg.arms)
+            ]
             results = [f.result() for f in futures]
     else:
-        results = [_train_one(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist)
-                   for arm in cfg.arms]
+        results = [_train_one(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist) for arm in cfg.arms]
     wall = time.perf_counter() - t0
     if not dist.is_main:
         return results
 
-    from vicinal.plots import learning_curves
+    from vicinal.experiments.plots import learning_curves
 
     if "mixup" in cfg.arms:
         write_preview(cfg, splits, run / "preview.png")
     learning_curves({r.name: r.history for r in results}, run / "curves.png")
     table = summary_table(results)
-    mode = (f"DDP over {dist.world_size} processes, mix policy {cfg.mix_policy}" if dist.enabled
-            else "arms in parallel" if parallel else "arms one after another")
+    mode = (
+        f"DDP over {dist.world_size} processes, mix policy {cfg.mix_policy}"
+        if dist.enabled
+        else "arms in parallel"
+        if parallel
+        else "arms one after another"
+    )
     summary = [
         f"# vicinal compare: {cfg.dataset}, {cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size}",
         "",
@@ -307,7 +356,8 @@ def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool 
         "",
         f"Total wall time: {wall:.1f} s ({mode}).",
         f"Mixed arm: {cfg.method}, alpha={cfg.alpha}, {cfg.granularity} lambda, pairing={cfg.pairing}"
-        + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else "") + ".",
+        + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else "")
+        + ".",
         f"Training images: {len(splits.train[1])}, validation: {len(splits.val[1])}, test: {len(splits.test[1])}; "
         f"seed {cfg.seed}.",
         "",
@@ -318,6 +368,8 @@ def run_compare(cfg: CompareConfig, run_dir: str | os.PathLike, *, resume: bool 
         "",
     ]
     atomic_write_bytes(run / "summary.md", "\n".join(summary).encode())
-    atomic_write_json(run / "results.json", {"wall_s": wall, "parallel": parallel, "world_size": dist.world_size,
-                                             "arms": [asdict(r) for r in results]})
+    atomic_write_json(
+        run / "results.json",
+        {"wall_s": wall, "parallel": parallel, "world_size": dist.world_size, "arms": [asdict(r) for r in results]},
+    )
     return results

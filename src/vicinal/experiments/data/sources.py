@@ -211,9 +211,7 @@ def _join_url(base: str, filename: str) -> str:
     return base if base.endswith(filename) else base.rstrip("/") + "/" + filename
 
 
-def _download(
-    spec: DatasetSpec, target: Path, mirrors: Sequence[str]
-) -> tuple[dict[str, Path] | None, list[str]]:
+def _download(spec: DatasetSpec, target: Path, mirrors: Sequence[str]) -> tuple[dict[str, Path] | None, list[str]]:
     """Fetch the official ``.gz`` files into ``target``.
 
     Returns ``(paths, mirrors_used)`` on success, ``(None, reasons)`` on failure.
@@ -252,19 +250,14 @@ def _download(
     return paths, list(dict.fromkeys(used))
 
 
-def _not_found_message(
-    spec: DatasetSpec, searched: list[str], cache: Path, download: bool
-) -> str:
+def _not_found_message(spec: DatasetSpec, searched: list[str], cache: Path, download: bool) -> str:
     lines = [f"Could not find the {spec.title} dataset ({spec.name!r}). Searched, in order:"]
     for i, entry in enumerate(searched, 1):
         lines.append(f"  {i}. " + entry.replace("\n", "\n       "))
     names = ", ".join(f.gz_name for f in spec.files)
     lines.append(f"To supply the files ({names}; gzipped or not), do one of:")
     lines.append("  - pass data_dir=<folder> (the trainer's --data-dir option);")
-    lines.append(
-        f"  - set {ENV_VAR}=<folder> (the folder itself, or a parent with a "
-        f"{spec.name}/ sub-folder);"
-    )
+    lines.append(f"  - set {ENV_VAR}=<folder> (the folder itself, or a parent with a {spec.name}/ sub-folder);")
     if spec.debian_package:
         lines.append(f"  - on Debian/Ubuntu: sudo apt-get install {spec.debian_package};")
     lines.append(f"  - copy them into the cache folder {cache}/;")

@@ -28,7 +28,7 @@ class ArrayDataset:
             suitable for recording in a run's configuration.
 
     Everything is checked in ``__post_init__``; a violation raises
-    :class:`~vicinal.data.DatasetError`.  The arrays are not copied or made
+    :class:`~vicinal.experiments.data.DatasetError`.  The arrays are not copied or made
     read-only.  Equality is identity (comparing arrays element-wise is never
     what ``==`` on datasets should silently do), and ``repr`` shows shapes
     only.
@@ -69,27 +69,21 @@ class ArrayDataset:
             if x.dtype != np.uint8:
                 raise DatasetError(f"{where}: x_{split} must be uint8, got {x.dtype}")
             if x.ndim != 4:
-                raise DatasetError(
-                    f"{where}: x_{split} must have shape (N, C, H, W), got {x.shape}"
-                )
+                raise DatasetError(f"{where}: x_{split} must have shape (N, C, H, W), got {x.shape}")
             if y.dtype != np.int64:
                 raise DatasetError(
-                    f"{where}: y_{split} must be int64 class ids, got {y.dtype} "
-                    "(convert with .astype(np.int64))"
+                    f"{where}: y_{split} must be int64 class ids, got {y.dtype} (convert with .astype(np.int64))"
                 )
             if y.ndim != 1:
                 raise DatasetError(f"{where}: y_{split} must have shape (N,), got {y.shape}")
             if len(x) != len(y):
-                raise DatasetError(
-                    f"{where}: x_{split} has {len(x)} samples but y_{split} has {len(y)}"
-                )
+                raise DatasetError(f"{where}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
             if y.size:
                 lo, hi = int(y.min()), int(y.max())
                 if lo < 0 or hi >= len(names):
                     bad = lo if lo < 0 else hi
                     raise DatasetError(
-                        f"{where}: y_{split} contains label {bad}, outside 0..{len(names) - 1} "
-                        f"({len(names)} classes)"
+                        f"{where}: y_{split} contains label {bad}, outside 0..{len(names) - 1} ({len(names)} classes)"
                     )
         if len(self.x_train) == 0:
             raise DatasetError(f"{where}: the training set is empty")

@@ -1,6 +1,6 @@
 """Bring-your-own-data loaders: a folder of images, or a ``.npz`` archive.
 
-Both return an :class:`~vicinal.data.ArrayDataset` (``uint8`` images of
+Both return an :class:`~vicinal.experiments.data.ArrayDataset` (``uint8`` images of
 shape ``(N, C, H, W)``, ``int64`` labels).  When the data has no predefined
 test set, it is split with :func:`_stratified_split`: seeded, stratified
 per class (each class contributes ``test_fraction`` of its samples, the total
@@ -112,9 +112,7 @@ def _image_files(class_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(class_dir).as_posix())
 
 
-def _collect(
-    root: Path, class_names: Sequence[str] | None
-) -> tuple[list[str], list[Path], list[int]]:
+def _collect(root: Path, class_names: Sequence[str] | None) -> tuple[list[str], list[Path], list[int]]:
     """Return (class names, image paths, label ids) for one folder of class folders."""
     dirs = _class_dirs(root)
     if not dirs:
@@ -127,8 +125,7 @@ def _collect(
         unknown = [n for n in names if n not in class_names]
         if unknown:
             raise DatasetError(
-                f"{root}: class folder(s) {unknown} have no counterpart among the training "
-                f"classes {list(class_names)}"
+                f"{root}: class folder(s) {unknown} have no counterpart among the training classes {list(class_names)}"
             )
         names = list(class_names)
     index = {n: i for i, n in enumerate(names)}
@@ -148,9 +145,7 @@ def _open_error(path: Path, exc: BaseException) -> DatasetError:
     return DatasetError(f"{path}: cannot read this image file ({type(exc).__name__}: {exc})")
 
 
-def _read_images(
-    paths: list[Path], image_size: tuple[int, int] | None, grayscale: bool | None
-) -> np.ndarray:
+def _read_images(paths: list[Path], image_size: tuple[int, int] | None, grayscale: bool | None) -> np.ndarray:
     from PIL import Image
 
     # Pass 1: headers only (mode and size), to choose the channel count and check sizes.
@@ -200,9 +195,7 @@ def _normalise_size(image_size: int | Sequence[int] | None) -> tuple[int, int] |
     else:
         size = tuple(int(s) for s in image_size)
     if len(size) != 2 or min(size) < 1:
-        raise DatasetError(
-            f"image_size must be a positive int or (height, width), got {image_size!r}"
-        )
+        raise DatasetError(f"image_size must be a positive int or (height, width), got {image_size!r}")
     return size[0], size[1]
 
 
@@ -297,9 +290,7 @@ def _images_to_nchw(x: np.ndarray, key: str, source: str) -> np.ndarray:
         pass
     elif x.dtype.kind in "iu":
         if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
-            raise DatasetError(
-                f"{where}: integer pixels must be in 0..255, found {int(x.min())}..{int(x.max())}"
-            )
+            raise DatasetError(f"{where}: integer pixels must be in 0..255, found {int(x.min())}..{int(x.max())}")
         x = x.astype(np.uint8)
     elif x.dtype.kind == "f":
         if not np.isfinite(x).all():
@@ -316,10 +307,7 @@ def _images_to_nchw(x: np.ndarray, key: str, source: str) -> np.ndarray:
     if x.ndim == 3:
         return np.ascontiguousarray(x[:, None])
     if x.ndim != 4:
-        raise DatasetError(
-            f"{where}: expected images of shape (N, H, W), (N, H, W, C) or (N, C, H, W), "
-            f"got {x.shape}"
-        )
+        raise DatasetError(f"{where}: expected images of shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
     _, a, b, c = x.shape
     if c in (1, 3, 4) and a > c and b > c:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -351,22 +339,17 @@ def _labels_to_ids(y: np.ndarray, n: int, key: str, source: str) -> tuple[np.nda
     elif y.ndim == 1:
         if y.dtype.kind == "b":
             raise DatasetError(f"{where}: 1-D labels must be integer class ids, got bool")
-        if y.dtype.kind == "f":
-            if not np.isfinite(y).all() or (y != np.round(y)).any():
-                raise DatasetError(f"{where}: labels must be integer class ids, got non-integers")
+        if y.dtype.kind == "f" and (not np.isfinite(y).all() or (y != np.round(y)).any()):
+            raise DatasetError(f"{where}: labels must be integer class ids, got non-integers")
         ids = y.astype(np.int64)
     else:
-        raise DatasetError(
-            f"{where}: labels must have shape (N,) (class ids) or (N, C) (one-hot), got {y.shape}"
-        )
+        raise DatasetError(f"{where}: labels must have shape (N,) (class ids) or (N, C) (one-hot), got {y.shape}")
     if len(ids) != n:
         raise DatasetError(f"{where}: {len(ids)} labels for {n} images; the lengths must match")
     neg = np.flatnonzero(ids < 0)
     if neg.size:
         i = int(neg[0])
-        raise DatasetError(
-            f"{where}: negative label {int(ids[i])} at index {i}; labels must be 0..C-1"
-        )
+        raise DatasetError(f"{where}: negative label {int(ids[i])} at index {i}; labels must be 0..C-1")
     return ids, width
 
 
@@ -462,13 +445,10 @@ def load_npz(
         y_test, width_test = _labels_to_ids(arrays["y_test"], len(x_test), "y_test", str(p))
         if x_test.shape[1:] != x.shape[1:]:
             raise DatasetError(
-                f"{p}: 'x' samples have shape {x.shape[1:]} (C, H, W) but 'x_test' samples "
-                f"have {x_test.shape[1:]}"
+                f"{p}: 'x' samples have shape {x.shape[1:]} (C, H, W) but 'x_test' samples have {x_test.shape[1:]}"
             )
         if width is not None and width_test is not None and width != width_test:
-            raise DatasetError(
-                f"{p}: one-hot 'y' has {width} classes but 'y_test' has {width_test}"
-            )
+            raise DatasetError(f"{p}: one-hot 'y' has {width} classes but 'y_test' has {width_test}")
         width = width if width is not None else width_test
         all_ids = np.concatenate([y, y_test])
     else:
@@ -477,21 +457,15 @@ def load_npz(
     if class_names is None and "class_names" in arrays:
         stored = arrays["class_names"]
         if stored.ndim != 1 or stored.dtype.kind not in "US":
-            raise DatasetError(
-                f"{p}: 'class_names' must be a 1-D string array, got {stored.dtype} {stored.shape}"
-            )
+            raise DatasetError(f"{p}: 'class_names' must be a 1-D string array, got {stored.dtype} {stored.shape}")
         class_names = [s.decode() if isinstance(s, bytes) else str(s) for s in stored.tolist()]
     n_seen = int(all_ids.max()) + 1
     if class_names is not None:
         names = tuple(str(c) for c in class_names)
         if width is not None and width != len(names):
-            raise DatasetError(
-                f"{p}: one-hot labels have {width} columns but there are {len(names)} class names"
-            )
+            raise DatasetError(f"{p}: one-hot labels have {width} columns but there are {len(names)} class names")
         if n_seen > len(names):
-            raise DatasetError(
-                f"{p}: label {n_seen - 1} is out of range for {len(names)} class names"
-            )
+            raise DatasetError(f"{p}: label {n_seen - 1} is out of range for {len(names)} class names")
     else:
         names = tuple(str(i) for i in range(width if width is not None else n_seen))
 

@@ -3,7 +3,7 @@
 * :func:`load_dataset` loads a registered IDX dataset (``"fashion-mnist"``,
   ``"mnist"``; see :func:`available_datasets`) from a local copy or a
   download, verifying the SHA-256 of the decompressed content.  See
-  :mod:`vicinal.data.sources` for the search order.
+  :mod:`vicinal.experiments.data.sources` for the search order.
 * :func:`load_image_folder` and :func:`load_npz` load your own data.
 
 All loaders return an :class:`ArrayDataset` (``uint8`` images of shape

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vicinal.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
-from vicinal.loader import InMemoryLoader, to_model_input
+from vicinal.experiments.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
+from vicinal.experiments.loader import InMemoryLoader, to_model_input
 from vicinal.losses import soft_target_cross_entropy
 
 CHECKPOINT = "checkpoint.pt"
@@ -89,8 +89,13 @@ class ArmResult:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 256,
-    channels_last: bool = False, dist: DistContext = SINGLE,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    channels_last: bool = False,
+    dist: DistContext = SINGLE,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on uint8 images (N, C, H, W) and int labels.
 
@@ -150,7 +155,7 @@ def train_arm(
             ``set_postfix(dict)`` and ``close()`` (a tqdm bar), or None for silence.
         track_test: also record test loss/accuracy after every epoch (``test_acc`` in
             the history: the mixup paper's "best" test accuracy is its maximum).
-        full_metrics: at the end, compute :func:`vicinal.metrics.evaluate_all` on the test
+        full_metrics: at the end, compute :func:`vicinal.experiments.metrics.evaluate_all` on the test
             set for the last epoch's weights and for the best validation epoch's weights.
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass
             (worth it on GPUs and on CPUs with AMX; several times slower than fp32 on
@@ -229,7 +234,9 @@ def train_arm(
                 bar.update(1)
                 if step % 50 == 0:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
-        sums = all_reduce_sum(dist, torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)]))
+        sums = all_reduce_sum(
+            dist, torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
+        )
         train_loss, train_acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         val_loss, val_acc = evaluate(model, *val, channels_last=channels_last, dist=dist)
         record = {
@@ -252,9 +259,15 @@ def train_arm(
         if writer:
             # Checkpoint first: metrics.jsonl is rebuilt from it on resume.
             atomic_torch_save(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
-                 "elapsed": elapsed, "scheduler": None if sched is None else sched.state_dict(),
-                 "best_model": best_state},
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "elapsed": elapsed,
+                    "scheduler": None if sched is None else sched.state_dict(),
+                    "best_model": best_state,
+                },
                 ckpt_path,
             )
             with open(out / METRICS, "a") as f:
@@ -266,7 +279,7 @@ def train_arm(
     best = max(history, key=lambda h: h["val_acc"]) if history else {"val_acc": math.nan, "epoch": -1}
     metrics = None
     if full_metrics:
-        from vicinal.metrics import evaluate_all
+        from vicinal.experiments.metrics import evaluate_all
 
         metrics = {"last": evaluate_all(model, *test, channels_last=channels_last)}
         if best_state is not None:
@@ -276,8 +289,14 @@ def train_arm(
             metrics["best"]["epoch"] = int(best["epoch"])
             model.load_state_dict(last_state)
     result = ArmResult(
-        name=name, test_acc=test_acc, test_loss=test_loss, best_val_acc=best["val_acc"],
-        best_epoch=int(best["epoch"]), wall_s=elapsed, history=history, metrics=metrics,
+        name=name,
+        test_acc=test_acc,
+        test_loss=test_loss,
+        best_val_acc=best["val_acc"],
+        best_epoch=int(best["epoch"]),
+        wall_s=elapsed,
+        history=history,
+        metrics=metrics,
     )
     if writer:
         atomic_write_json(out / RESULT, asdict(result))

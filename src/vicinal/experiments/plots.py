@@ -92,8 +92,13 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.text(0.5, -0.02, "Train metrics are on the (mixed) training batches; mixup's train loss is on soft targets.",
-             ha="center", fontsize=8)
+    fig.text(
+        0.5,
+        -0.02,
+        "Train metrics are on the (mixed) training batches; mixup's train loss is on soft targets.",
+        ha="center",
+        fontsize=8,
+    )
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)

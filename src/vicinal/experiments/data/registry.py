@@ -142,7 +142,7 @@ REGISTRY: dict[str, DatasetSpec] = {
 
 
 def available_datasets() -> tuple[str, ...]:
-    """Names accepted by :func:`vicinal.data.load_dataset`, sorted."""
+    """Names accepted by :func:`vicinal.experiments.data.load_dataset`, sorted."""
     return tuple(sorted(REGISTRY))
 
 

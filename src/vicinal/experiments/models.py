@@ -119,8 +119,13 @@ class PreActResNet(nn.Module):
     Default (16, 32, 64) with one block per stage: 77,562 parameters for 1 channel, 10 classes.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64),
-                 blocks_per_stage: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        widths: tuple[int, ...] = (16, 32, 64),
+        blocks_per_stage: int = 1,
+    ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         layers: list[nn.Module] = []

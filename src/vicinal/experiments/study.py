@@ -17,7 +17,7 @@ A study is described in TOML (a file of your own, or a preset shipped in
     [grid]                          # optional: every arm with a "grid" key set to true is
     alpha = [0.1, 0.2, 0.4]         # expanded over the cartesian product of these values
 
-Every cell trains with :func:`vicinal.train.train_arm` into ``<study>/cells/<arm>/seed<k>/``.
+Every cell trains with :func:`vicinal.experiments.train.train_arm` into ``<study>/cells/<arm>/seed<k>/``.
 Running a study again skips finished cells (``result.json``) and resumes interrupted
 ones from their checkpoint, so a killed study loses no finished work. All arms of one
 seed start from the same initial weights (``<study>/init/``) and see the same data
@@ -40,15 +40,14 @@ from typing import Any
 
 import torch
 
-from vicinal.compare import RunSpec
-from vicinal.presets import PRESETS
+from vicinal.experiments.compare import RunSpec
+from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import MixConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
 
 
 @dataclass(frozen=True)
@@ -133,14 +132,19 @@ def parse_study(text: str, *, overrides: dict[str, Any] | None = None, seeds: in
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ValueError(f"study: arm names must be unique, repeated: {sorted(dupes)}")
-    return StudySpec(name=data.get("name", "study"), seeds=seed_list, arms=tuple(arms),
-                     description=data.get("description", ""), overrides=dict(overrides or {}))
+    return StudySpec(
+        name=data.get("name", "study"),
+        seeds=seed_list,
+        arms=tuple(arms),
+        description=data.get("description", ""),
+        overrides=dict(overrides or {}),
+    )
 
 
 def load_study(preset_or_path: str, *, overrides: dict[str, Any] | None = None, seeds: int | None = None) -> StudySpec:
     """A preset name (see :data:`PRESETS`) or the path of a TOML file."""
     if preset_or_path in PRESETS:
-        text = resources.files("vicinal.presets").joinpath(f"{preset_or_path}.toml").read_text()
+        text = resources.files("vicinal.experiments.presets").joinpath(f"{preset_or_path}.toml").read_text()
     else:
         path = Path(preset_or_path)
         if not path.is_file():
@@ -155,12 +159,17 @@ _DATA_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
 def _splits_for(cell: CellSpec):  # type: ignore[no-untyped-def]
-    from vicinal.compare import CompareConfig, load_any, make_splits
+    from vicinal.experiments.compare import CompareConfig, load_any, make_splits
 
     key = (cell.dataset, cell.data_dir, cell.val_size, cell.train_limit, cell.test_limit)
     if key not in _DATA_CACHE:
-        cfg = CompareConfig(dataset=cell.dataset, data_dir=cell.data_dir, val_size=cell.val_size,
-                            train_limit=cell.train_limit, test_limit=cell.test_limit)
+        cfg = CompareConfig(
+            dataset=cell.dataset,
+            data_dir=cell.data_dir,
+            val_size=cell.val_size,
+            train_limit=cell.train_limit,
+            test_limit=cell.test_limit,
+        )
         _DATA_CACHE[key] = make_splits(load_any(cell.dataset, cell.data_dir), cfg)
     return _DATA_CACHE[key]
 
@@ -174,8 +183,8 @@ def init_path(study_dir: Path, cell: CellSpec) -> Path:
 
 
 def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
-    from vicinal.models import build_model
-    from vicinal.train import atomic_torch_save
+    from vicinal.experiments.models import build_model
+    from vicinal.experiments.train import atomic_torch_save
 
     path = init_path(study_dir, cell)
     if path.exists():
@@ -188,10 +197,10 @@ def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
 
 def run_cell(study_dir: str, cell: CellSpec, threads: int) -> dict[str, Any]:
     """Train (or resume, or just read) one cell; returns its result record."""
-    from vicinal.loader import InMemoryLoader
-    from vicinal.models import build_model
-    from vicinal.noise import symmetric_label_noise
-    from vicinal.train import RESULT, OptimConfig, atomic_write_json, train_arm
+    from vicinal.experiments.loader import InMemoryLoader
+    from vicinal.experiments.models import build_model
+    from vicinal.experiments.noise import symmetric_label_noise
+    from vicinal.experiments.train import RESULT, OptimConfig, atomic_write_json, train_arm
 
     torch.set_num_threads(threads)
     root = Path(study_dir)
@@ -205,26 +214,50 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int) -> dict[str, Any]:
     num_classes = len(splits.class_names)
     if cell.noise > 0:
         y_train = torch.from_numpy(symmetric_label_noise(y_train.numpy(), cell.noise, num_classes, seed=cell.seed))
-    loader = InMemoryLoader(x_train, y_train, num_classes=num_classes, batch_size=cell.batch_size, seed=cell.seed,
-                            mix=cell.mix_config(), label_smoothing=cell.label_smoothing,
-                            channels_last=cell.channels_last)
+    loader = InMemoryLoader(
+        x_train,
+        y_train,
+        num_classes=num_classes,
+        batch_size=cell.batch_size,
+        seed=cell.seed,
+        mix=cell.mix_config(),
+        label_smoothing=cell.label_smoothing,
+        channels_last=cell.channels_last,
+    )
     model = build_model(cell.model, splits.input_shape, num_classes)
     model.load_state_dict(torch.load(init_path(root, cell), map_location="cpu", weights_only=True))
-    result = train_arm(cell.arm, model, loader, val=splits.val, test=splits.test, epochs=cell.epochs, out_dir=out,
-                       optim=OptimConfig(lr=cell.lr, schedule=cell.schedule), resume=True,
-                       channels_last=cell.channels_last, track_test=True, full_metrics=True)
+    result = train_arm(
+        cell.arm,
+        model,
+        loader,
+        val=splits.val,
+        test=splits.test,
+        epochs=cell.epochs,
+        out_dir=out,
+        optim=OptimConfig(lr=cell.lr, schedule=cell.schedule),
+        resume=True,
+        channels_last=cell.channels_last,
+        track_test=True,
+        full_metrics=True,
+    )
     return asdict(result)
 
 
-def run_study(spec: StudySpec, study_dir: str | os.PathLike, *, jobs: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+def run_study(
+    spec: StudySpec, study_dir: str | os.PathLike, *, jobs: int = 1, progress: bool = True
+) -> list[dict[str, Any]]:
     """Run every unfinished cell of ``spec`` with ``jobs`` worker processes."""
-    from vicinal.train import RESULT, atomic_write_json
+    from vicinal.experiments.train import RESULT, atomic_write_json
 
     root = Path(study_dir)
     root.mkdir(parents=True, exist_ok=True)
     saved = root / "study.json"
-    record = {"name": spec.name, "description": spec.description, "seeds": list(spec.seeds),
-              "arms": [asdict(a) for a in spec.arms]}
+    record = {
+        "name": spec.name,
+        "description": spec.description,
+        "seeds": list(spec.seeds),
+        "arms": [asdict(a) for a in spec.arms],
+    }
     if saved.exists():
         old = json.loads(saved.read_text())
         if old["arms"] != record["arms"]:
@@ -274,4 +307,3 @@ def load_results(study_dir: str | os.PathLike) -> tuple[dict[str, Any], list[tup
             if path.exists():
                 out.append((cell, json.loads(path.read_text())))
     return record, out
-

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from vicinal.stats import paired_test, summarize
-from vicinal.study import CellSpec, load_results
-from vicinal.train import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.stats import paired_test, summarize
+from vicinal.experiments.study import CellSpec, load_results
+from vicinal.experiments.train import atomic_write_bytes, atomic_write_json
 
 FGSM_KEY = "0.03"
 
@@ -67,12 +67,22 @@ def _load_any(path: Path) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str
         res = json.loads((path / "results.json").read_text())
         cells = []
         for arm in res["arms"]:
-            spec = CellSpec(arm=arm["name"], method="none" if arm["name"] == "none" else cfg.get("method", "mixup"),
-                            alpha=cfg.get("alpha", 0.2), dataset=cfg.get("dataset", "?"), epochs=cfg.get("epochs", 0),
-                            seed=cfg.get("seed", 0), baseline="none" if arm["name"] != "none" else None)
+            spec = CellSpec(
+                arm=arm["name"],
+                method="none" if arm["name"] == "none" else cfg.get("method", "mixup"),
+                alpha=cfg.get("alpha", 0.2),
+                dataset=cfg.get("dataset", "?"),
+                epochs=cfg.get("epochs", 0),
+                seed=cfg.get("seed", 0),
+                baseline="none" if arm["name"] != "none" else None,
+            )
             cells.append((spec, arm))
-        record = {"name": f"compare ({path.name})", "description": "a vicinal compare run",
-                  "seeds": [cfg.get("seed", 0)], "arms": [asdict(c) for c, _ in cells]}
+        record = {
+            "name": f"compare ({path.name})",
+            "description": "a vicinal compare run",
+            "seeds": [cfg.get("seed", 0)],
+            "arms": [asdict(c) for c, _ in cells],
+        }
         return record, cells
     raise ValueError(f"{path} holds neither a study (study.json) nor a compare run (results.json)")
 
@@ -82,8 +92,16 @@ def _baseline_of(arm: CellSpec, arms: dict[str, CellSpec]) -> str | None:
         return arm.baseline if arm.baseline in arms else None
     if arm.method == "none" and arm.label_smoothing == 0:
         return None
-    same = [a for a in arms.values() if a.method == "none" and a.arm != arm.arm and a.noise == arm.noise
-            and a.model == arm.model and a.schedule == arm.schedule and a.epochs == arm.epochs]
+    same = [
+        a
+        for a in arms.values()
+        if a.method == "none"
+        and a.arm != arm.arm
+        and a.noise == arm.noise
+        and a.model == arm.model
+        and a.schedule == arm.schedule
+        and a.epochs == arm.epochs
+    ]
     same.sort(key=lambda a: (a.label_smoothing != 0, a.arm))
     return same[0].arm if same else None
 
@@ -96,8 +114,10 @@ def _fmt_summary(s: dict[str, Any], scale: float, digits: int = 2) -> str:
         return "–"
     if s["n"] == 1:
         return f"{s['mean'] * scale:.{digits}f}"
-    return (f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f} "
-            f"[{s['ci_low'] * scale:.{digits}f}, {s['ci_high'] * scale:.{digits}f}]")
+    return (
+        f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f} "
+        f"[{s['ci_low'] * scale:.{digits}f}, {s['ci_high'] * scale:.{digits}f}]"
+    )
 
 
 def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
@@ -126,8 +146,12 @@ def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
                 continue
             comp[key] = paired_test(a, b)
         comparisons[arm] = comp
-    return {"arms": arms_out, "comparisons": comparisons, "specs": {k: asdict(v) for k, v in specs.items()},
-            "seeds": {k: sorted(v) for k, v in by_arm.items()}}
+    return {
+        "arms": arms_out,
+        "comparisons": comparisons,
+        "specs": {k: asdict(v) for k, v in specs.items()},
+        "seeds": {k: sorted(v) for k, v in by_arm.items()},
+    }
 
 
 def _results_table(agg: dict[str, Any]) -> str:
@@ -140,9 +164,11 @@ def _results_table(agg: dict[str, Any]) -> str:
 
 
 def _comparison_table(agg: dict[str, Any]) -> str:
-    lines = ["| arm | vs | seeds | Δ test acc, last epoch (points) [95% CI] | paired t p | sign-flip p | wins | "
-             "Δ best-epoch acc | Δ ECE (points) | Δ FGSM acc ε=0.03 |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| arm | vs | seeds | Δ test acc, last epoch (points) [95% CI] | paired t p | sign-flip p | wins | "
+        "Δ best-epoch acc | Δ ECE (points) | Δ FGSM acc ε=0.03 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
 
     def d(c: dict[str, Any] | None) -> str:
         if not c:
@@ -155,10 +181,12 @@ def _comparison_table(agg: dict[str, Any]) -> str:
         acc = comp.get("acc_last")
         if not acc:
             continue
-        p = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"  # noqa: E731
-        lines.append(f"| {arm} | {comp['baseline']} | {len(comp['seeds'])} | {d(acc)} | {p(acc['t_p'])} | "
-                     f"{p(acc['perm_p'])} | {acc['wins']}/{acc['n']} | {d(comp.get('acc_best_epoch'))} | "
-                     f"{d(comp.get('ece'))} | {d(comp.get('fgsm' + FGSM_KEY))} |")
+        p = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+        lines.append(
+            f"| {arm} | {comp['baseline']} | {len(comp['seeds'])} | {d(acc)} | {p(acc['t_p'])} | "
+            f"{p(acc['perm_p'])} | {acc['wins']}/{acc['n']} | {d(comp.get('acc_best_epoch'))} | "
+            f"{d(comp.get('ece'))} | {d(comp.get('fgsm' + FGSM_KEY))} |"
+        )
     return "\n".join(lines)
 
 
@@ -175,7 +203,7 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from vicinal.plots import _save as save_png
+    from vicinal.experiments.plots import _save as save_png
 
     out = save_png(fig, path)
     _plt().close(fig)
@@ -205,7 +233,9 @@ def _fig_alpha(agg: dict[str, Any], out: Path) -> Path | None:
             ax.axhline(100 * b["mean"], color="gray", ls="--", label=f"{base} (mean)")
             if b["n"] > 1:
                 ax.axhspan(100 * (b["mean"] - b["std"]), 100 * (b["mean"] + b["std"]), color="gray", alpha=0.15)
-    ax.set(xscale="log", xlabel="α", ylabel="test accuracy, last epoch (%)", title="Accuracy vs α (mean ± std over seeds)")
+    ax.set(
+        xscale="log", xlabel="α", ylabel="test accuracy, last epoch (%)", title="Accuracy vs α (mean ± std over seeds)"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out / "accuracy_vs_alpha.png")
@@ -263,8 +293,9 @@ def _fig_reliability(cells: list[tuple[CellSpec, dict[str, Any]]], out: Path) ->
         bins = ((res.get("metrics") or {}).get("last") or {}).get("reliability")
         if not bins:
             continue
-        arr = np.array([[b["count"], (b["confidence"] or 0) * b["count"], (b["accuracy"] or 0) * b["count"]]
-                        for b in bins])
+        arr = np.array(
+            [[b["count"], (b["confidence"] or 0) * b["count"], (b["accuracy"] or 0) * b["count"]] for b in bins]
+        )
         pooled[spec.arm] = pooled.get(spec.arm, 0) + arr
     if not pooled:
         return None
@@ -288,17 +319,27 @@ def _fig_reliability(cells: list[tuple[CellSpec, dict[str, Any]]], out: Path) ->
 
 
 def _fig_preview(record: dict[str, Any], out: Path) -> Path | None:
-    from vicinal.compare import CompareConfig, make_splits, load_any, write_preview
+    from vicinal.experiments.compare import CompareConfig, load_any, make_splits, write_preview
 
     for arm in record["arms"]:
         spec = CellSpec(**{**arm, "seed": record["seeds"][0]})
         if spec.method == "none":
             continue
         try:
-            cfg = CompareConfig(dataset=spec.dataset, data_dir=spec.data_dir, method=spec.method, alpha=spec.alpha,
-                                cutmix_alpha=spec.cutmix_alpha, switch_prob=spec.switch_prob, k=spec.k,
-                                granularity=spec.granularity, pairing=spec.mix_config().pairing,  # type: ignore[union-attr]
-                                val_size=spec.val_size, train_limit=spec.train_limit, seed=spec.seed)
+            cfg = CompareConfig(
+                dataset=spec.dataset,
+                data_dir=spec.data_dir,
+                method=spec.method,
+                alpha=spec.alpha,
+                cutmix_alpha=spec.cutmix_alpha,
+                switch_prob=spec.switch_prob,
+                k=spec.k,
+                granularity=spec.granularity,
+                pairing=spec.mix_config().pairing,  # type: ignore[union-attr]
+                val_size=spec.val_size,
+                train_limit=spec.train_limit,
+                seed=spec.seed,
+            )
             return write_preview(cfg, make_splits(load_any(cfg.dataset, cfg.data_dir), cfg), out / "preview.png")
         except (ValueError, OSError):
             return None  # the data is not here: the report goes on without the grid
@@ -353,18 +394,30 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
         md += [f"## {title}", "", f"![{title}]({fig.relative_to(root).as_posix()})", ""]
     atomic_write_bytes(root / "report.md", "\n".join(md).encode())
 
-    parts = [f"<h1>vicinal report: {html.escape(record['name'])}</h1>",
-             f"<p>{html.escape(record.get('description', ''))}</p>", f"<p>{html.escape(intro[4])}</p>",
-             "<h2>Results</h2>", _md_table_to_html(results_md),
-             "<h2>Paired comparisons with the baseline</h2>", _md_table_to_html(comp_md)]
+    parts = [
+        f"<h1>vicinal report: {html.escape(record['name'])}</h1>",
+        f"<p>{html.escape(record.get('description', ''))}</p>",
+        f"<p>{html.escape(intro[4])}</p>",
+        "<h2>Results</h2>",
+        _md_table_to_html(results_md),
+        "<h2>Paired comparisons with the baseline</h2>",
+        _md_table_to_html(comp_md),
+    ]
     for title, fig in figs.items():
         data = base64.b64encode(fig.read_bytes()).decode()
-        parts += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>vicinal report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+        parts += [
+            f"<h2>{html.escape(title)}</h2>",
+            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">',
+        ]
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vicinal report</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
     atomic_write_bytes(root / "report.html", page.encode())
     atomic_write_json(root / "summary.json", agg)
     return {"markdown": root / "report.md", "html": root / "report.html", **{k: v for k, v in figs.items()}}

@@ -1,4 +1,4 @@
-"""The single exception type raised by :mod:`vicinal.data`."""
+"""The single exception type raised by :mod:`vicinal.experiments.data`."""
 
 from __future__ import annotations
 

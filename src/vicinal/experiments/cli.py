@@ -9,7 +9,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from vicinal.presets import PRESETS
+from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import GRANULARITIES, PAIRINGS
 
 METHOD_CHOICES = ("mixup", "cutmix", "switch", "kway")
@@ -17,36 +17,65 @@ METHOD_CHOICES = ("mixup", "cutmix", "switch", "kway")
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="fashion-mnist",
-                   help="'fashion-mnist', 'mnist', a .npz file with x and y arrays, or a folder with one "
-                        "sub-folder of images per class (default: %(default)s)")
-    g.add_argument("--data-dir", default=None,
-                   help="folder holding the dataset's four IDX files (.gz or not). Searched otherwise, in order: "
-                        "$VICINAL_DATA_DIR, /usr/share/datasets/<name>/ (Debian's dataset-fashion-mnist), the user "
-                        "cache, then a download from the official mirrors into the cache")
-    g.add_argument("--val-size", type=int, default=2000,
-                   help="the first N training images are held out for validation (default: %(default)s)")
-    g.add_argument("--train-limit", type=int, default=None,
-                   help="use only the first N remaining training images (quick runs)")
+    g.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        help="'fashion-mnist', 'mnist', a .npz file with x and y arrays, or a folder with one "
+        "sub-folder of images per class (default: %(default)s)",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the dataset's four IDX files (.gz or not). Searched otherwise, in order: "
+        "$VICINAL_DATA_DIR, /usr/share/datasets/<name>/ (Debian's dataset-fashion-mnist), the user "
+        "cache, then a download from the official mirrors into the cache",
+    )
+    g.add_argument(
+        "--val-size",
+        type=int,
+        default=2000,
+        help="the first N training images are held out for validation (default: %(default)s)",
+    )
+    g.add_argument(
+        "--train-limit", type=int, default=None, help="use only the first N remaining training images (quick runs)"
+    )
     g.add_argument("--test-limit", type=int, default=None, help="use only the first N test images (quick runs)")
 
 
 def _add_mix_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mixing (the mixed arm)")
-    g.add_argument("--method", choices=METHOD_CHOICES, default="mixup",
-                   help="mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
-                        "--switch-prob else mixup; kway: Dirichlet mix of --k samples (default: %(default)s)")
-    g.add_argument("--alpha", type=float, default=0.2,
-                   help="Beta(alpha, alpha) concentration of mixup's lambda, or the Dirichlet's for kway; "
-                        "0 disables mixing (default: %(default)s)")
-    g.add_argument("--cutmix-alpha", type=float, default=1.0, help="Beta concentration of CutMix's area (default: %(default)s)")
+    g.add_argument(
+        "--method",
+        choices=METHOD_CHOICES,
+        default="mixup",
+        help="mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
+        "--switch-prob else mixup; kway: Dirichlet mix of --k samples (default: %(default)s)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=0.2,
+        help="Beta(alpha, alpha) concentration of mixup's lambda, or the Dirichlet's for kway; "
+        "0 disables mixing (default: %(default)s)",
+    )
+    g.add_argument(
+        "--cutmix-alpha", type=float, default=1.0, help="Beta concentration of CutMix's area (default: %(default)s)"
+    )
     g.add_argument("--switch-prob", type=float, default=0.5, help="probability of CutMix under --method switch")
     g.add_argument("--k", type=int, default=3, help="samples per mix under --method kway (default: %(default)s)")
-    g.add_argument("--granularity", choices=GRANULARITIES, default="elem",
-                   help="one lambda per batch, per sample (elem, the reference) or per pair (default: %(default)s)")
-    g.add_argument("--pairing", choices=PAIRINGS, default="stream",
-                   help="stream: partners from a second, independently shuffled pass (the reference); roll, flip, "
-                        "permute, derange: partners within the batch (default: %(default)s)")
+    g.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default="elem",
+        help="one lambda per batch, per sample (elem, the reference) or per pair (default: %(default)s)",
+    )
+    g.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        default="stream",
+        help="stream: partners from a second, independently shuffled pass (the reference); roll, flip, "
+        "permute, derange: partners within the batch (default: %(default)s)",
+    )
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon, both arms (default: 0)")
 
 
@@ -57,22 +86,39 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of initial weights, shuffling and mixing (default: 0)")
     g.add_argument("--model", default="reference-cnn", help="registered model name (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads in all (default: torch's default); split between arms trained in parallel")
-    g.add_argument("--sequential", action="store_true",
-                   help="train the arms one after another instead of in parallel processes")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads in all (default: torch's default); split between arms trained in parallel",
+    )
+    g.add_argument(
+        "--sequential", action="store_true", help="train the arms one after another instead of in parallel processes"
+    )
     g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format (slower on CPU)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 autocast of the forward pass: for GPUs and AMX CPUs; slower on AVX2-only CPUs "
-                        "(default: %(default)s)")
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 autocast of the forward pass: for GPUs and AMX CPUs; slower on AVX2-only CPUs "
+        "(default: %(default)s)",
+    )
     g.add_argument("--out", default=None, help="run folder (default: runs/compare-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--mix-policy", choices=("independent", "shared", "global"), default="independent",
-                   help="under torchrun: independent plans per rank, the same plans on every rank (shared), or "
-                        "one plan over the global batch (global: results independent of the world size)")
-    g.add_argument("--dist-timeout", type=float, default=300.0,
-                   help="under torchrun: seconds a collective waits for a dead or stuck rank before failing")
+    g.add_argument(
+        "--mix-policy",
+        choices=("independent", "shared", "global"),
+        default="independent",
+        help="under torchrun: independent plans per rank, the same plans on every rank (shared), or "
+        "one plan over the global batch (global: results independent of the world size)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        help="under torchrun: seconds a collective waits for a dead or stuck rank before failing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,19 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="train the reference CNN with and without mixup from the same initial weights",
         description="Train the keras.io reference CNN on the dataset twice from the same initial weights, once "
-                    "on mixed batches and once on plain ones, then print a table and write a run folder "
-                    "(config.json, metrics, preview.png, curves.png, summary.md). With no options this is the "
-                    "reference experiment: Fashion-MNIST, batch 64, 10 epochs, alpha 0.2, one lambda per sample, "
-                    "two shuffled streams.",
+        "on mixed batches and once on plain ones, then print a table and write a run folder "
+        "(config.json, metrics, preview.png, curves.png, summary.md). With no options this is the "
+        "reference experiment: Fashion-MNIST, batch 64, 10 epochs, alpha 0.2, one lambda per sample, "
+        "two shuffled streams.",
     )
     _add_data_options(compare)
     _add_mix_options(compare)
     _add_run_options(compare)
     compare.set_defaults(func=_cmd_compare)
 
-    preview = sub.add_parser("preview", help="write a 3x3 grid of mixed training images with their soft labels",
-                             description="Write preview.png: nine images of the first mixed training batch, each "
-                                         "titled with its soft label as class names and weights.")
+    preview = sub.add_parser(
+        "preview",
+        help="write a 3x3 grid of mixed training images with their soft labels",
+        description="Write preview.png: nine images of the first mixed training batch, each "
+        "titled with its soft label as class names and weights.",
+    )
     _add_data_options(preview)
     _add_mix_options(preview)
     preview.add_argument("--seed", type=int, default=0, help="seed of the shuffling and mixing (default: 0)")
@@ -106,11 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(func=_cmd_preview)
 
     study = sub.add_parser(
-        "study", help="run a grid of arms x seeds (a preset or a TOML file), then render its report",
+        "study",
+        help="run a grid of arms x seeds (a preset or a TOML file), then render its report",
         description="Run a study: every arm of the grid for every seed, each cell a training run in its own "
-                    "folder. Finished cells are skipped and interrupted ones resumed when the command is run "
-                    "again. Presets: reference (5 seeds, paired test), alpha, methods, noise, long, lowdata "
-                    "(10,000 training images, ResNet, 30 epochs), lowdata-noise (the same with 40% label noise).",
+        "folder. Finished cells are skipped and interrupted ones resumed when the command is run "
+        "again. Presets: reference (5 seeds, paired test), alpha, methods, noise, long, lowdata "
+        "(10,000 training images, ResNet, 30 epochs), lowdata-noise (the same with 40% label noise).",
     )
     study.add_argument("study", help=f"preset name ({', '.join(PRESETS)}) or a TOML file")
     study.add_argument("--out", default=None, help="study folder (default: runs/study-<name>)")
@@ -124,9 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     study.set_defaults(func=_cmd_study)
 
-    report = sub.add_parser("report", help="render report.md/report.html from a study or compare folder",
-                            description="Render a self-contained HTML report, a Markdown summary and PNG figures "
-                                        "from saved results only (nothing is retrained).")
+    report = sub.add_parser(
+        "report",
+        help="render report.md/report.html from a study or compare folder",
+        description="Render a self-contained HTML report, a Markdown summary and PNG figures "
+        "from saved results only (nothing is retrained).",
+    )
     report.add_argument("folder", help="a study folder (study.json) or a compare run folder (results.json)")
     report.add_argument("--no-preview", action="store_true", help="skip the preview grid (it needs the data)")
     report.set_defaults(func=_cmd_report)
@@ -134,14 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from vicinal.report import render_report
-    from vicinal.study import load_study, run_study
+    from vicinal.experiments.report import render_report
+    from vicinal.experiments.study import load_study, run_study
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("data_dir", args.data_dir),
-                                    ("train_limit", args.train_limit), ("test_limit", args.test_limit),
-                                    ("val_size", args.val_size)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("data_dir", args.data_dir),
+            ("train_limit", args.train_limit),
+            ("test_limit", args.test_limit),
+            ("val_size", args.val_size),
+        )
+        if v is not None
+    }
     spec = load_study(args.study, overrides=overrides, seeds=args.seeds)
     out = Path(args.out or f"runs/study-{spec.name}")
     t0 = time.perf_counter()
@@ -154,7 +215,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from vicinal.report import render_report
+    from vicinal.experiments.report import render_report
 
     paths = render_report(args.folder, preview=not args.no_preview)
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -162,14 +223,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _config_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from vicinal.compare import CompareConfig
+    from vicinal.experiments.compare import CompareConfig
 
     values = {
-        "dataset": args.dataset, "data_dir": args.data_dir, "val_size": args.val_size,
-        "train_limit": args.train_limit, "test_limit": args.test_limit, "method": args.method,
-        "alpha": args.alpha, "cutmix_alpha": args.cutmix_alpha, "switch_prob": args.switch_prob, "k": args.k,
-        "granularity": args.granularity, "pairing": args.pairing, "label_smoothing": args.label_smoothing,
-        "seed": args.seed, "batch_size": args.batch_size,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "val_size": args.val_size,
+        "train_limit": args.train_limit,
+        "test_limit": args.test_limit,
+        "method": args.method,
+        "alpha": args.alpha,
+        "cutmix_alpha": args.cutmix_alpha,
+        "switch_prob": args.switch_prob,
+        "k": args.k,
+        "granularity": args.granularity,
+        "pairing": args.pairing,
+        "label_smoothing": args.label_smoothing,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
     }
     for name in ("epochs", "model", "device", "threads"):
         if hasattr(args, name):
@@ -185,7 +256,7 @@ def _config_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from vicinal.compare import run_compare, summary_table
+    from vicinal.experiments.compare import run_compare, summary_table
 
     cfg = _config_from(args).validate()
     if args.resume and not args.out:
@@ -202,7 +273,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
-    from vicinal.compare import load_any, make_splits, write_preview
+    from vicinal.experiments.compare import load_any, make_splits, write_preview
 
     cfg = _config_from(args).validate()
     splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
@@ -218,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (ValueError, FileExistsError) as exc:
         # Bad options and bad data end with one clear line, not a traceback.
-        from vicinal.data import DatasetError
+        from vicinal.experiments.data import DatasetError
 
         kind = "data error" if isinstance(exc, DatasetError) else "error"
         print(f"vicinal: {kind}: {exc}", file=sys.stderr)
