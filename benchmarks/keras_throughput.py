@@ -106,7 +106,7 @@ def rows(batch: int, shape: tuple[int, int, int], num_classes: int) -> dict[str,
 
         plan = sample_plan(mixup_cfg, batch, seed=0)
         out["vicinal.apply_plan (torch, core)"] = lambda: apply_plan(
-            plan, x, ids, num_classes=num_classes, channels_last=True
+            plan, x, ids, num_classes=num_classes, data_format="channels_last"
         )
     return out
 

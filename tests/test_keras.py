@@ -53,7 +53,7 @@ def test_layer_output_equals_core(batch, name, one_hot):
     for step in range(2):
         out = layer({"images": x, "labels": labels})
         plan = sample_plan(config, B, seed=7, step=step, image_size=(H, W))
-        x_ref, y_ref = apply_plan(plan, x, labels, num_classes=NUM_CLASSES, label_smoothing=0.1, channels_last=True)
+        x_ref, y_ref = apply_plan(plan, x, labels, num_classes=NUM_CLASSES, label_smoothing=0.1, data_format="channels_last")
         np.testing.assert_allclose(_np(out["images"]), x_ref, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(_np(out["labels"]), y_ref, rtol=1e-6, atol=1e-7)
         assert _np(out["labels"]).dtype == np.float32
@@ -341,7 +341,7 @@ def test_mix_with_plan_traces_and_the_layer_refuses_tracers(batch):
     else:
         pytest.skip(f"no cheap tracer for the {backend} backend")
     got = traced(tensors, x, y)
-    want = apply_plan(plan, x, y, num_classes=NUM_CLASSES, label_smoothing=0.1, channels_last=True)
+    want = apply_plan(plan, x, y, num_classes=NUM_CLASSES, label_smoothing=0.1, data_format="channels_last")
     for g, w in zip(got, want):
         np.testing.assert_allclose(_np(g), w, rtol=1e-6, atol=1e-7)
     with pytest.raises(TypeError, match="traced"):
@@ -378,6 +378,6 @@ def test_tf_data_recipe_from_the_docs():
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(b, drop_remainder=True).repeat(2).enumerate().map(mix)
     got = list(ds)[5]  # epoch 1, step 1
     plan = sample_plan(config, b, seed=0, epoch=1, step=1, image_size=(12, 12))
-    want = apply_plan(plan, x[16:32], y[16:32], num_classes=10, channels_last=True)
+    want = apply_plan(plan, x[16:32], y[16:32], num_classes=10, data_format="channels_last")
     np.testing.assert_allclose(got[0].numpy(), want[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got[1].numpy(), want[1], rtol=1e-6, atol=1e-7)

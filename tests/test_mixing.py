@@ -179,7 +179,7 @@ def test_cutmix_channels_last_and_box_location() -> None:
     x = torch.zeros(b, h, w, 3)
     partner = torch.ones(b, h, w, 3)
     plan = sample_plan(MixConfig("cutmix", pairing="stream"), b, seed=2, image_size=(h, w))
-    xm, _ = apply_plan(plan, x, x_partner=partner, channels_last=True)
+    xm, _ = apply_plan(plan, x, x_partner=partner, data_format="channels_last")
     for i, (top, left, bottom, right) in enumerate(plan.boxes):
         expected = torch.zeros(h, w)
         expected[top:bottom, left:right] = 1

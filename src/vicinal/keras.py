@@ -35,7 +35,7 @@ from keras import ops
 
 from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.labels import batch_size_of, check_labels, to_soft
-from vicinal.mixing import _validate, apply_plan
+from vicinal.mixing import apply_plan, check_plan_inputs
 from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
 
 __all__ = ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_tensors"]
@@ -232,7 +232,14 @@ def mix_with_plan(
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, minimum=1)
     if isinstance(plan, MixPlan):
-        _validate(plan, x, y, x_partner, y_partner, channels_last)
+        check_plan_inputs(
+            plan,
+            x,
+            y,
+            x_partner=x_partner,
+            y_partner=y_partner,
+            data_format="channels_last" if channels_last else "channels_first",
+        )
         if y is not None:
             _check_label_values("y", y, num_classes)
             if y_partner is not None:
@@ -652,7 +659,7 @@ class MixedBatches(keras.utils.PyDataset):
             label_smoothing=self.label_smoothing,
             x_partner=x_partner,
             y_partner=y_partner,
-            channels_last=self._channels_last,
+            data_format="channels_last" if self._channels_last else "channels_first",
         )
         return x_mixed, targets
 

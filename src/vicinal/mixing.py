@@ -17,7 +17,7 @@ paths that stay on the input's device and dtype:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from array_api_compat import array_namespace, is_torch_array
@@ -27,6 +27,8 @@ from vicinal.labels import batch_size_of, check_labels, is_class_ids, soft_unche
 from vicinal.sampling import MixPlan
 
 TargetFormat = Literal["dense", "pair"]
+DataFormat = Literal["channels_first", "channels_last"]
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 
 # uint8 batches are mixed in blocks of whole samples of about this many input bytes:
 # vectorized over the samples of a block (a 64 x 1x28x28 batch is one block, 64 x
@@ -58,15 +60,70 @@ class MixedTargets:
 # --------------------------------------------------------------------------- validation
 
 
+def _is_channels_last(data_format: str, x: Any) -> bool:
+    """Whether ``x``'s channel axis is its last one, checked against torch's memory format.
+
+    A torch tensor in ``torch.channels_last`` *memory format* is still shaped
+    (B, C, H, W): its layout in memory says nothing about the order of its axes. Taking
+    its last axis as the channels would paste CutMix boxes across the channel axis, so a
+    4-d tensor in that memory format with ``data_format="channels_last"`` is refused.
+    """
+    check_choice("data_format", data_format, DATA_FORMATS)
+    if data_format == "channels_first":
+        return False
+    if (
+        is_torch_array(x)
+        and x.ndim == 4
+        and x.shape[1] > 1
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=_torch().channels_last)
+    ):
+        raise ValueError(
+            "data_format='channels_last' means x is shaped (B, H, W, C), but x is an NCHW tensor in "
+            f"torch.channels_last memory format (shape {tuple(x.shape)}); pass data_format='channels_first' "
+            "(the memory format is kept either way)"
+        )
+    return True
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
 def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, int]:
     if channels_last:
         if ndim < 4:
-            raise ValueError(f"channels_last=True needs x of shape (B, H, W, C), got {ndim} dims")
+            raise ValueError(f"data_format='channels_last' needs x of shape (B, H, W, C), got {ndim} dims")
         return ndim - 3, ndim - 2
     return ndim - 2, ndim - 1
 
 
-def _validate(plan: MixPlan, x: Any, y: Any, x_partner: Any, y_partner: Any, channels_last: bool) -> None:
+def spatial_size(x: Any, data_format: DataFormat = "channels_first") -> tuple[int, int]:
+    """(H, W) of a batch of images ``x`` ((B, C, H, W) or (B, H, W, C), or (B, H, W))."""
+    if getattr(x, "ndim", 0) < 3:
+        raise ValueError(
+            f"CutMix needs x with at least 2 spatial dims (B, H, W[, ...]), got shape {tuple(getattr(x, 'shape', ()))}"
+        )
+    ah, aw = _spatial_axes(x.ndim, _is_channels_last(data_format, x))
+    return int(x.shape[ah]), int(x.shape[aw])
+
+
+def check_plan_inputs(
+    plan: MixPlan,
+    x: Any,
+    y: Any = None,
+    *,
+    x_partner: Any = None,
+    y_partner: Any = None,
+    data_format: DataFormat = "channels_first",
+) -> None:
+    """Raise a clear error unless ``x``, ``y`` and the partners fit ``plan``.
+
+    The checks :func:`apply_plan` makes before it mixes; front ends that apply a plan
+    with other ops (:mod:`vicinal.keras`) call it to refuse the same inputs.
+    """
     if not isinstance(plan, MixPlan):
         raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
     b = batch_size_of("x", x)
@@ -89,12 +146,7 @@ def _validate(plan: MixPlan, x: Any, y: Any, x_partner: Any, y_partner: Any, cha
     elif x_partner is not None or y_partner is not None:
         raise ValueError("x_partner/y_partner are only used by plans with pairing='stream'")
     if plan.cut is not None:
-        if x.ndim < 3:
-            raise ValueError(
-                f"CutMix needs x with at least 2 spatial dims (B, H, W[, ...]), got shape {tuple(x.shape)}"
-            )
-        ah, aw = _spatial_axes(x.ndim, channels_last)
-        size = (int(x.shape[ah]), int(x.shape[aw]))
+        size = spatial_size(x, data_format)
         if size != plan.image_size:
             raise ValueError(f"x has spatial size {size} but the plan was drawn for image_size={plan.image_size}")
 
@@ -121,12 +173,7 @@ def _weight_columns(plan: MixPlan, dtype: Any, device: Any, ndim: int) -> list[A
     here; their box is pasted afterwards."""
     import torch
 
-    w = plan.weights
-    if plan.cut is not None and plan.cut.any():
-        w = w.copy()
-        w[plan.cut] = 0.0
-        w[plan.cut, 0] = 1.0
-    t = torch.from_numpy(np.ascontiguousarray(w.T, dtype=np.float32)).to(dtype=dtype)
+    t = torch.from_numpy(np.ascontiguousarray(plan.input_weights.T, dtype=np.float32)).to(dtype=dtype)
     if t.device != device:
         t = t.to(device, non_blocking=True)
     t = t.reshape((plan.num_sources, -1) + (1,) * (ndim - 1))
@@ -217,10 +264,7 @@ def _mix_generic(plan: MixPlan, x: Any, x_partner: Any, channels_last: bool) -> 
         p = x_partner if plan.source == "stream" else xp.take(x, xp.asarray(plan.partners[:, j]), axis=0)
         return xp.astype(p, work.dtype) if integral else p
 
-    w = plan.weights
-    if plan.cut is not None:
-        w = w.copy()
-        w[plan.cut] = [1.0, 0.0]
+    w = plan.input_weights
     cols = [xp.astype(xp.reshape(xp.asarray(w[:, j]), shape), work.dtype) for j in range(plan.num_sources)]
     if plan.num_sources == 2:
         cols[1] = 1 - cols[0]  # as the reference writes it: x1·λ + x2·(1-λ), 1-λ in x's dtype
@@ -306,7 +350,7 @@ def apply_plan(
     x_partner: Any = None,
     y_partner: Any = None,
     out: Any = None,
-    channels_last: bool = False,
+    data_format: DataFormat = "channels_first",
     targets: TargetFormat = "dense",
 ) -> tuple[Any, Any]:
     """Mix a batch according to ``plan``.
@@ -322,7 +366,11 @@ def apply_plan(
         out: torch only: a preallocated tensor like ``x`` to write into; pass ``x``
             itself to mix in place. Reusing a buffer avoids page-faulting a fresh batch
             every step.
-        channels_last: images are (B, H, W, C) rather than (B, C, H, W); matters for CutMix.
+        data_format: ``"channels_first"``: images are (B, C, H, W) (or (B, H, W));
+            ``"channels_last"``: (B, H, W, C). Only CutMix needs to know. This is the
+            order of the axes, not torch's memory format: an NCHW tensor in
+            ``torch.channels_last`` memory format is ``"channels_first"``, and the
+            output keeps the input's memory format.
         targets: ``"dense"`` returns float32 (B, C) soft targets; ``"pair"`` returns
             :class:`MixedTargets` ``(y_a, y_b, lam)``.
 
@@ -332,7 +380,8 @@ def apply_plan(
         ``out`` aliases them.
     """
     check_choice("targets", targets, ("dense", "pair"))
-    _validate(plan, x, y, x_partner, y_partner, channels_last)
+    check_plan_inputs(plan, x, y, x_partner=x_partner, y_partner=y_partner, data_format=data_format)
+    channels_last = _is_channels_last(data_format, x)
     y_mixed = None if y is None else _mix_labels(plan, y, y_partner, num_classes, label_smoothing, targets)
 
     if is_torch_array(x):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -135,7 +135,6 @@ class MixPlan:
     boxes: np.ndarray | None = None
     image_size: tuple[int, int] | None = None
     stream_indices: np.ndarray | None = None
-    key: tuple[int, int, int, int] = field(default=(0, 0, 0, 0))
 
     @property
     def batch_size(self) -> int:
@@ -157,7 +156,23 @@ class MixPlan:
 
     @property
     def has_cut(self) -> bool:
+        """True when at least one sample gets a CutMix box."""
         return self.cut is not None and bool(self.cut.any())
+
+    @property
+    def input_weights(self) -> np.ndarray:
+        """float64 (B, K): the weights that blend the *inputs*.
+
+        Equal to :attr:`weights` except on CutMix'ed rows, which are ``(1, 0, ...)``:
+        their partner's box is pasted over the sample instead of blended. The label
+        weights stay :attr:`weights` (the pasted area).
+        """
+        if not self.has_cut:
+            return self.weights
+        w = self.weights.copy()
+        w[self.cut] = 0.0
+        w[self.cut, 0] = 1.0
+        return w
 
 
 # --------------------------------------------------------------------------- generators
@@ -462,5 +477,4 @@ def sample_plan(
         boxes=boxes,
         image_size=image_size if config.needs_image_size else None,
         stream_indices=stream_indices,
-        key=(seed, epoch, step, rank),
     )

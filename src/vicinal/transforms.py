@@ -1,19 +1,55 @@
 """Callable batch transforms and one-call functions built on plans.
 
 Each transform maps ``(x, y) -> (x_mixed, y_mixed)`` for a whole batch. It draws the
-plan for ``(seed, epoch, step, rank)``; ``step`` counts calls since the last
+plan for ``(seed, epoch, step, rank)``; ``step`` counts successful calls since the last
 :meth:`Mixer.set_epoch` unless given explicitly, so a transform is reproducible
 whatever process calls it, provided it is told where it is.
+
+>>> import numpy as np
+>>> from vicinal import MixUp
+>>> mix = MixUp(alpha=0.2, num_classes=10, seed=0)
+>>> x, y = np.zeros((8, 1, 28, 28), np.float32), np.arange(8)
+>>> x_mixed, y_mixed = mix(x, y)
+>>> x_mixed.shape, y_mixed.shape, bool(np.allclose(y_mixed.sum(axis=1), 1.0))
+((8, 1, 28, 28), (8, 10), True)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from vicinal._checks import check_int
+import numpy as np
+
+from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.labels import batch_size_of
-from vicinal.mixing import TargetFormat, apply_plan
+from vicinal.mixing import DATA_FORMATS, DataFormat, TargetFormat, apply_plan, spatial_size
 from vicinal.sampling import ApplyMode, Granularity, MixConfig, MixPlan, Pairing, sample_plan
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class MixOptions(TypedDict, total=False):
+    """Keywords every transform takes besides its method's own parameters.
+
+    ``granularity``, ``pairing``, ``p`` and ``p_mode`` are :class:`MixConfig` fields;
+    the others are :class:`Mixer` arguments.
+    """
+
+    granularity: Granularity
+    pairing: Pairing
+    p: float
+    p_mode: ApplyMode
+    num_classes: int | None
+    label_smoothing: float
+    seed: int
+    rank: int
+    targets: TargetFormat
+    data_format: DataFormat
+
+
+_CONFIG_KEYS = frozenset({"granularity", "pairing", "p", "p_mode"})
 
 
 class Mixer:
@@ -22,10 +58,11 @@ class Mixer:
     Args:
         config: what to mix.
         num_classes: needed when labels are class ids.
-        label_smoothing: ε applied to labels before mixing.
+        label_smoothing: ε in [0, 1] applied to labels before mixing.
         seed, rank: the plan stream (rank: the process in a distributed run).
         targets: ``"dense"`` float32 (B, C) targets or ``"pair"`` (y_a, y_b, lam).
-        channels_last: images are (B, H, W, C) (matters for CutMix).
+        data_format: ``"channels_first"`` (B, C, H, W) or ``"channels_last"``
+            (B, H, W, C); the axis order, which only CutMix needs.
     """
 
     def __init__(
@@ -37,19 +74,28 @@ class Mixer:
         seed: int = 0,
         rank: int = 0,
         targets: TargetFormat = "dense",
-        channels_last: bool = False,
+        data_format: DataFormat = "channels_first",
     ) -> None:
         if not isinstance(config, MixConfig):
             raise TypeError(f"config must be a MixConfig, got {type(config).__name__}")
         self.config = config
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, minimum=1)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
         self.seed = check_int("seed", seed, minimum=0)
         self.rank = check_int("rank", rank, minimum=0)
-        self.targets = targets
-        self.channels_last = channels_last
+        self.targets: TargetFormat = check_choice("targets", targets, ("dense", "pair"))  # type: ignore[assignment]
+        self.data_format: DataFormat = check_choice("data_format", data_format, DATA_FORMATS)  # type: ignore[assignment]
+        if targets == "pair" and config.num_sources != 2:
+            raise ValueError("targets='pair' needs a two-source mixing (not method='kway')")
         self.epoch = 0
         self._step = 0
+
+    @classmethod
+    def _from_options(cls, method: str, params: dict[str, Any], options: MixOptions) -> dict[str, Any]:
+        """Split ``options`` into the config (built here) and the Mixer's own arguments."""
+        config_fields = {k: v for k, v in options.items() if k in _CONFIG_KEYS}
+        mixer_args = {k: v for k, v in options.items() if k not in _CONFIG_KEYS}
+        return {"config": MixConfig(method, **params, **config_fields), **mixer_args}  # type: ignore[arg-type]
 
     def set_epoch(self, epoch: int) -> None:
         """Move to ``epoch`` and restart the step count (call before each epoch)."""
@@ -58,14 +104,7 @@ class Mixer:
 
     def plan(self, x: Any, *, step: int, epoch: int | None = None, dataset_size: int | None = None) -> MixPlan:
         """The plan this mixer uses for batch ``x`` at ``step``."""
-        image_size = None
-        if self.config.needs_image_size:
-            if getattr(x, "ndim", 0) < 3:
-                raise ValueError(
-                    f"CutMix needs x with at least 2 spatial dims (B, H, W[, ...]), got shape {tuple(x.shape)}"
-                )
-            shape = tuple(x.shape)
-            image_size = shape[-3:-1] if self.channels_last else shape[-2:]
+        image_size = spatial_size(x, self.data_format) if self.config.needs_image_size else None
         return sample_plan(
             self.config,
             batch_size_of("x", x),
@@ -88,11 +127,21 @@ class Mixer:
         epoch: int | None = None,
         out: Any = None,
     ) -> tuple[Any, Any]:
-        if step is None:
-            step = self._step
-            self._step += 1
-        plan = self.plan(x, step=step, epoch=epoch)
-        return apply_plan(
+        """Mix one batch. ``step=None`` uses (and, on success, advances) the internal count.
+
+        Args:
+            x: (B, ...) inputs, NumPy or torch (see :func:`vicinal.apply_plan`).
+            y: int class ids (B,) or soft labels (B, C), or None.
+            x_partner, y_partner: the second batch for ``pairing="stream"``.
+            step, epoch: where this batch is; default: the mixer's own count and epoch.
+            out: torch only: a buffer like ``x`` to write into (``x`` itself: in place).
+
+        Returns:
+            ``(x_mixed, y_mixed)`` as :func:`vicinal.apply_plan` returns them.
+        """
+        counted = step is None
+        plan = self.plan(x, step=self._step if counted else step, epoch=epoch)  # type: ignore[arg-type]
+        mixed = apply_plan(
             plan,
             x,
             y,
@@ -101,9 +150,12 @@ class Mixer:
             x_partner=x_partner,
             y_partner=y_partner,
             out=out,
-            channels_last=self.channels_last,
+            data_format=self.data_format,
             targets=self.targets,
         )
+        if counted:  # a call that raised does not use up a step
+            self._step += 1
+        return mixed
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config}, num_classes={self.num_classes}, seed={self.seed})"
@@ -112,60 +164,19 @@ class Mixer:
 class MixUp(Mixer):
     """MixUp (Zhang et al. 2017): ``x = λ·x_i + (1-λ)·x_j``, λ ~ Beta(alpha, beta).
 
-    Defaults follow the keras.io reference: α = 0.2, one λ per sample.
+    Defaults follow the keras.io reference: α = 0.2, one λ per sample. ``options``: see
+    :class:`MixOptions`.
     """
 
-    def __init__(
-        self,
-        alpha: float = 0.2,
-        *,
-        beta: float | None = None,
-        granularity: Granularity = "elem",
-        pairing: Pairing = "roll",
-        p: float = 1.0,
-        p_mode: ApplyMode = "batch",
-        num_classes: int | None = None,
-        label_smoothing: float = 0.0,
-        seed: int = 0,
-        rank: int = 0,
-        targets: TargetFormat = "dense",
-    ) -> None:
-        config = MixConfig(
-            "mixup", alpha=alpha, beta=beta, granularity=granularity, pairing=pairing, p=p, p_mode=p_mode
-        )
-        super().__init__(
-            config, num_classes=num_classes, label_smoothing=label_smoothing, seed=seed, rank=rank, targets=targets
-        )
+    def __init__(self, alpha: float = 0.2, *, beta: float | None = None, **options: Unpack[MixOptions]) -> None:
+        super().__init__(**self._from_options("mixup", {"alpha": alpha, "beta": beta}, options))
 
 
 class CutMix(Mixer):
     """CutMix (Yun et al. 2019): paste a box of the partner; λ is the exact kept area."""
 
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        *,
-        granularity: Granularity = "elem",
-        pairing: Pairing = "roll",
-        p: float = 1.0,
-        p_mode: ApplyMode = "batch",
-        num_classes: int | None = None,
-        label_smoothing: float = 0.0,
-        seed: int = 0,
-        rank: int = 0,
-        targets: TargetFormat = "dense",
-        channels_last: bool = False,
-    ) -> None:
-        config = MixConfig("cutmix", cutmix_alpha=alpha, granularity=granularity, pairing=pairing, p=p, p_mode=p_mode)
-        super().__init__(
-            config,
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
-            seed=seed,
-            rank=rank,
-            targets=targets,
-            channels_last=channels_last,
-        )
+    def __init__(self, alpha: float = 1.0, **options: Unpack[MixOptions]) -> None:
+        super().__init__(**self._from_options("cutmix", {"cutmix_alpha": alpha}, options))
 
 
 class MixUpOrCutMix(Mixer):
@@ -177,57 +188,17 @@ class MixUpOrCutMix(Mixer):
         cutmix_alpha: float = 1.0,
         *,
         switch_prob: float = 0.5,
-        granularity: Granularity = "elem",
-        pairing: Pairing = "roll",
-        p: float = 1.0,
-        p_mode: ApplyMode = "batch",
-        num_classes: int | None = None,
-        label_smoothing: float = 0.0,
-        seed: int = 0,
-        rank: int = 0,
-        targets: TargetFormat = "dense",
-        channels_last: bool = False,
+        **options: Unpack[MixOptions],
     ) -> None:
-        config = MixConfig(
-            "switch",
-            alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            switch_prob=switch_prob,
-            granularity=granularity,
-            pairing=pairing,
-            p=p,
-            p_mode=p_mode,
-        )
-        super().__init__(
-            config,
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
-            seed=seed,
-            rank=rank,
-            targets=targets,
-            channels_last=channels_last,
-        )
+        params = {"alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "switch_prob": switch_prob}
+        super().__init__(**self._from_options("switch", params, options))
 
 
 class KWayMix(Mixer):
     """Convex combination of ``k`` samples with Dirichlet(alpha·1_k) weights."""
 
-    def __init__(
-        self,
-        alpha: float = 0.2,
-        k: int = 3,
-        *,
-        granularity: Granularity = "elem",
-        pairing: Pairing = "roll",
-        p: float = 1.0,
-        p_mode: ApplyMode = "batch",
-        num_classes: int | None = None,
-        label_smoothing: float = 0.0,
-        seed: int = 0,
-        rank: int = 0,
-    ) -> None:
-        config = MixConfig("kway", alpha=alpha, k=k, granularity=granularity, pairing=pairing, p=p, p_mode=p_mode)
-        super().__init__(config, num_classes=num_classes, label_smoothing=label_smoothing, seed=seed, rank=rank)
+    def __init__(self, alpha: float = 0.2, k: int = 3, **options: Unpack[MixOptions]) -> None:
+        super().__init__(**self._from_options("kway", {"alpha": alpha, "k": k}, options))
 
 
 def mixup(
@@ -237,13 +208,18 @@ def mixup(
     alpha: float = 0.2,
     num_classes: int | None = None,
     seed: int,
+    step: int,
     epoch: int = 0,
-    step: int = 0,
     **options: Any,
 ) -> tuple[Any, Any]:
-    """One-call MixUp of a batch; ``options`` are :class:`MixConfig` fields or
-    :func:`apply_plan` keywords (``x_partner``, ``y_partner``, ``out``, ``targets`` ...)."""
-    return _one_call("mixup", x, y, dict(alpha=alpha), num_classes, seed, epoch, step, options)
+    """One-call MixUp of a batch.
+
+    ``step`` is required: the plan is a pure function of ``(seed, epoch, step)``, so
+    calls that repeated a step would repeat its λ and partners. ``options`` are
+    :class:`MixOptions` keys, :class:`MixConfig` fields or :func:`apply_plan` keywords
+    (``x_partner``, ``y_partner``, ``out``).
+    """
+    return _one_call("mixup", x, y, {"alpha": alpha}, num_classes, seed, epoch, step, options)
 
 
 def cutmix(
@@ -253,26 +229,92 @@ def cutmix(
     alpha: float = 1.0,
     num_classes: int | None = None,
     seed: int,
+    step: int,
     epoch: int = 0,
-    step: int = 0,
     **options: Any,
 ) -> tuple[Any, Any]:
-    """One-call CutMix of a batch; see :func:`mixup` for ``options``."""
-    return _one_call("cutmix", x, y, dict(cutmix_alpha=alpha), num_classes, seed, epoch, step, options)
+    """One-call CutMix of a batch; see :func:`mixup` for ``step`` and ``options``."""
+    return _one_call("cutmix", x, y, {"cutmix_alpha": alpha}, num_classes, seed, epoch, step, options)
 
 
-_APPLY_KEYS = {"x_partner", "y_partner", "out", "targets", "label_smoothing", "channels_last"}
+_CALL_KEYS = frozenset({"x_partner", "y_partner", "out"})
+_MIXER_KEYS = frozenset({"targets", "label_smoothing", "data_format", "rank"})
 
 
-def _one_call(method, x, y, params, num_classes, seed, epoch, step, options):  # type: ignore[no-untyped-def]
-    apply_kw = {k: v for k, v in options.items() if k in _APPLY_KEYS}
-    config = MixConfig(method, **params, **{k: v for k, v in options.items() if k not in _APPLY_KEYS})
-    mixer = Mixer(
+def _one_call(
+    method: str,
+    x: Any,
+    y: Any,
+    params: dict[str, Any],
+    num_classes: int | None,
+    seed: int,
+    epoch: int,
+    step: int,
+    options: dict[str, Any],
+) -> tuple[Any, Any]:
+    call_kw = {k: v for k, v in options.items() if k in _CALL_KEYS}
+    mixer_kw = {k: v for k, v in options.items() if k in _MIXER_KEYS}
+    config_kw = {k: v for k, v in options.items() if k not in _CALL_KEYS | _MIXER_KEYS}
+    mixer = Mixer(MixConfig(method, **params, **config_kw), num_classes=num_classes, seed=seed, **mixer_kw)  # type: ignore[arg-type]
+    return mixer(x, y, step=check_int("step", step, minimum=0), epoch=epoch, **call_kw)
+
+
+def mix_indexed_batch(
+    config: MixConfig,
+    fetch: Callable[[np.ndarray], tuple[Any, Any]],
+    indices: np.ndarray,
+    *,
+    dataset_size: int,
+    stream_offset: int,
+    seed: int,
+    epoch: int,
+    step: int,
+    rank: int = 0,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    in_place: bool = False,
+    data_format: DataFormat = "channels_first",
+) -> tuple[Any, Any]:
+    """Fetch rows ``indices`` of an in-memory dataset and mix them by the step's plan.
+
+    The recipe shared by the harness's loader and Keras' ``MixedBatches``: draw the
+    plan of ``(seed, epoch, step, rank)``, fetch the partner rows of a second stream
+    when the plan has one (``pairing="stream"``: the keras.io reference), then mix.
+
+    Args:
+        fetch: ``fetch(idx) -> (x, y)``, the inputs (B, ...) and labels (B,) of dataset
+            rows ``idx`` (int64 (B,)).
+        indices: the batch's dataset rows.
+        dataset_size, stream_offset: where the second stream's batch lies
+            (see :func:`~vicinal.sampling.sample_plan`).
+        in_place: torch only: mix into the fetched ``x`` (it is a fresh copy).
+
+    Returns:
+        ``(x_mixed, y_mixed)``: inputs like ``fetch``'s and float32 (B, C) targets.
+    """
+    x, y = fetch(indices)
+    plan = sample_plan(
         config,
-        num_classes=num_classes,
+        len(indices),
         seed=seed,
-        label_smoothing=apply_kw.pop("label_smoothing", 0.0),
-        targets=apply_kw.pop("targets", "dense"),
-        channels_last=apply_kw.pop("channels_last", False),
+        epoch=epoch,
+        step=step,
+        rank=rank,
+        image_size=spatial_size(x, data_format) if config.needs_image_size else None,
+        dataset_size=dataset_size,
+        stream_offset=stream_offset,
     )
-    return mixer(x, y, step=step, epoch=epoch, **apply_kw)
+    x_partner = y_partner = None
+    if plan.stream_indices is not None:
+        x_partner, y_partner = fetch(plan.stream_indices)
+    return apply_plan(
+        plan,
+        x,
+        y,
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        x_partner=x_partner,
+        y_partner=y_partner,
+        out=x if in_place else None,
+        data_format=data_format,
+    )

@@ -18,8 +18,8 @@ import torch
 from vicinal._checks import check_choice, check_int
 from vicinal.experiments.distributed import POLICIES, SINGLE, DistContext, shard_positions
 from vicinal.labels import to_soft
-from vicinal.mixing import apply_plan
-from vicinal.sampling import MixConfig, epoch_order, sample_plan
+from vicinal.sampling import MixConfig, epoch_order
+from vicinal.transforms import mix_indexed_batch
 
 
 def to_model_input(images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
@@ -129,39 +129,27 @@ class InMemoryLoader:
         t = torch.from_numpy(np.array(idx, dtype=np.int64))
         return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
 
-    def _rows(self, idx: np.ndarray) -> torch.Tensor:
-        return to_model_input(self.images.index_select(0, self._index(idx)), channels_last=self.channels_last)
+    def _fetch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self._index(idx)
+        return to_model_input(self.images.index_select(0, index), channels_last=self.channels_last), self.labels[index]
 
     def _mixed(
         self, idx: np.ndarray, epoch: int, step: int, rank: int, offset: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.mix is not None
-        x = self._rows(idx)
-        y = self.labels[self._index(idx)]
-        plan = sample_plan(
+        return mix_indexed_batch(  # type: ignore[no-any-return]
             self.mix,
-            len(idx),
+            self._fetch,
+            idx,
+            dataset_size=self.num_samples,
+            stream_offset=offset,
             seed=self.seed,
             epoch=epoch,
             step=step,
             rank=rank,
-            image_size=tuple(x.shape[-2:]),
-            dataset_size=self.num_samples,
-            stream_offset=offset,
-        )
-        x_partner = y_partner = None
-        if plan.stream_indices is not None:
-            x_partner = self._rows(plan.stream_indices)
-            y_partner = self.labels[self._index(plan.stream_indices)]
-        return apply_plan(
-            plan,
-            x,
-            y,
             num_classes=self.num_classes,
             label_smoothing=self.label_smoothing,
-            x_partner=x_partner,
-            y_partner=y_partner,
-            out=x,
+            in_place=True,
         )
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -173,9 +161,8 @@ class InMemoryLoader:
             local = shard_positions(len(global_idx), self.dist)
             offset = step * bg
             if self.mix is None:
-                idx = global_idx[local]
-                y = self.labels[self._index(idx)]
-                yield self._rows(idx), to_soft(y, self.num_classes, label_smoothing=self.label_smoothing)
+                x, y = self._fetch(global_idx[local])
+                yield x, to_soft(y, self.num_classes, label_smoothing=self.label_smoothing)
             elif self.policy == "global":
                 # One plan for the global batch; this rank keeps its rows of the result.
                 x, targets = self._mixed(global_idx, epoch, step, 0, offset)
