@@ -56,6 +56,7 @@ def _loader_batches(workers: int, epoch: int) -> list[tuple[torch.Tensor, torch.
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+@pytest.mark.filterwarnings("ignore:MixCollate got untagged samples")
 def test_same_plans_with_0_1_4_workers() -> None:
     reference = _loader_batches(0, epoch=1)
     assert len(reference) == 13 and reference[0][0].dtype == torch.uint8

@@ -1,26 +1,69 @@
 """vicinal: MixUp-family data augmentation for classification.
 
-Pure sampling (:mod:`vicinal.sampling`) draws a :class:`MixPlan` for a batch on the
-host; :func:`apply_plan` mixes inputs and labels by it. The transforms wrap both.
+A :class:`MixPlan` holds every random decision for one batch (λ, partners, CutMix
+boxes); :func:`sample_plan` draws it on the host as a pure function of
+``(config, batch size, seed, epoch, step, rank)``, and :func:`apply_plan` mixes inputs
+and labels by it, on NumPy arrays or on torch tensors (on their device, with
+autograd). The transforms (:class:`MixUp`, :class:`CutMix`, ...) wrap both.
+
+The core needs only NumPy. The torch-only names (:class:`MixCollate`,
+:func:`mixing_loader`, the losses) import PyTorch when first used.
+
+>>> import numpy as np, vicinal
+>>> x, y = np.ones((4, 3), np.float32), np.array([0, 1, 2, 0])
+>>> x_mixed, y_mixed = vicinal.mixup(x, y, num_classes=3, seed=0, step=0)
+>>> y_mixed.shape, y_mixed.dtype
+((4, 3), dtype('float32'))
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from vicinal.mixing import MixedTargets, apply_plan
 from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
-from vicinal.transforms import CutMix, KWayMix, Mixer, MixUp, MixUpOrCutMix, cutmix, mixup
+from vicinal.transforms import CutMix, KWayMix, Mixer, MixOptions, MixUp, MixUpOrCutMix, cutmix, mixup
+
+if TYPE_CHECKING:
+    from vicinal.collate import MixCollate, mixing_loader
+    from vicinal.losses import SoftTargetCrossEntropy, mixed_loss, soft_target_cross_entropy
+
+# Torch-only names, imported on first use so that `import vicinal` needs no PyTorch.
+_LAZY = {
+    "MixCollate": "vicinal.collate",
+    "mixing_loader": "vicinal.collate",
+    "SoftTargetCrossEntropy": "vicinal.losses",
+    "mixed_loss": "vicinal.losses",
+    "soft_target_cross_entropy": "vicinal.losses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vicinal' has no attribute {name!r}")
+
 
 __all__ = [
     "CutMix",
     "KWayMix",
+    "MixCollate",
     "MixConfig",
+    "MixOptions",
     "MixPlan",
     "MixUp",
     "MixUpOrCutMix",
     "MixedTargets",
     "Mixer",
+    "SoftTargetCrossEntropy",
     "apply_plan",
     "cutmix",
     "epoch_order",
+    "mixed_loss",
+    "mixing_loader",
     "mixup",
     "sample_plan",
+    "soft_target_cross_entropy",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,48 +1,66 @@
-"""Argument validation shared by the library. Every error names the argument."""
+"""Argument validation shared by the library. Every error names the argument.
+
+Real and integer arguments accept Python numbers and NumPy scalars (``np.float32(0.2)``,
+``np.int64(3)``); booleans are refused even though Python counts them as integers.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection
 from typing import Any
 
+import numpy as np
+
+# Below this a Gamma(α) draw's log, log(U)/α, overflows to -inf for some U and the Beta
+# ratio becomes -inf - (-inf) = NaN; 1e-300 leaves a margin of ~1e7 (|log U| <= 37).
+MIN_POSITIVE_CONCENTRATION = 1e-300
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
 
 def check_choice(name: str, value: Any, choices: Collection[str]) -> str:
-    if value not in choices:
+    """``value`` if it is one of ``choices``, else a ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
 
 
 def check_concentration(name: str, value: Any) -> float:
-    """A Beta/Dirichlet concentration: a finite real >= 0 (0 means "do not mix")."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A Beta/Dirichlet concentration: 0 (do not mix) or a finite real >= 1e-300."""
+    if not _is_real(value):
         raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ValueError(f"{name} must be a finite real number >= 0, got {value}")
-    return value
+    v = float(value)
+    if math.isnan(v) or math.isinf(v) or v < 0:
+        raise ValueError(f"{name} must be a finite real number >= 0, got {v}")
+    if 0 < v < MIN_POSITIVE_CONCENTRATION:
+        raise ValueError(
+            f"{name} must be 0 (no mixing) or >= {MIN_POSITIVE_CONCENTRATION:g}, got {v:g}: smaller "
+            "concentrations underflow the Gamma draws"
+        )
+    return v
 
 
 def check_probability(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A probability: a real number in [0, 1]."""
+    if not _is_real(value):
         raise TypeError(f"{name} must be a probability in [0, 1], got {type(value).__name__}")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-    return value
+    v = float(value)
+    if not 0.0 <= v <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be a probability in [0, 1], got {v}")
+    return v
 
 
-def check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                value = int(value)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
+def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    """An integer (Python or NumPy) in ``[minimum, maximum]``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    v = int(value)
+    if v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be an int <= {maximum}, got {v}")
+    return v

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from vicinal._checks import check_choice
 from vicinal.mixing import MixedTargets
 
+Reduction = Literal["mean", "sum", "none"]
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
-def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+
+def soft_target_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, *, reduction: Reduction = "mean"
+) -> torch.Tensor:
     """Cross-entropy against soft targets: ``-sum_c target_c · log_softmax(logits)_c``.
 
     Args:
@@ -48,4 +55,22 @@ def mixed_loss(
     if la.ndim != 1:
         raise ValueError("criterion must return per-sample losses of shape (B,) (use reduction='none')")
     lam = targets.lam.to(la.dtype)
-    return (lam * la + (1.0 - lam) * lb).mean()
+    loss: torch.Tensor = (lam * la + (1.0 - lam) * lb).mean()
+    return loss
+
+
+class SoftTargetCrossEntropy(torch.nn.Module):
+    """:func:`soft_target_cross_entropy` as a module: ``criterion(logits, target)``.
+
+    Args:
+        reduction: ``"mean"`` over the batch, ``"sum"`` or ``"none"`` (per sample).
+
+    Takes logits (B, C) and float targets (B, C) whose rows sum to 1 (mixed labels).
+    """
+
+    def __init__(self, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        self.reduction: Reduction = check_choice("reduction", reduction, REDUCTIONS)  # type: ignore[assignment]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_target_cross_entropy(logits, target, reduction=self.reduction)

@@ -17,7 +17,7 @@ paths that stay on the input's device and dtype:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 from array_api_compat import array_namespace, is_torch_array
@@ -28,6 +28,10 @@ from vicinal.sampling import MixPlan
 
 TargetFormat = Literal["dense", "pair"]
 DataFormat = Literal["channels_first", "channels_last"]
+TARGET_FORMATS: tuple[str, ...] = get_args(TargetFormat)
+# Any (B, ...) array: a NumPy array, a torch tensor, another array-API array. The mixed
+# output is of the same type as the input.
+ArrayT = TypeVar("ArrayT")
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 
 # uint8 batches are mixed in blocks of whole samples of about this many input bytes:
@@ -152,7 +156,11 @@ def check_plan_inputs(
 
 
 def _box_mask_np(plan: MixPlan, ndim: int, channels_last: bool) -> np.ndarray:
-    """bool mask, broadcastable to x, True where the partner's box is pasted."""
+    """bool mask, broadcastable to x, True where the partner's box is pasted.
+
+    Rows without CutMix have an empty box (all four coordinates 0), so their mask is
+    all False.
+    """
     assert plan.boxes is not None and plan.image_size is not None
     h, w = plan.image_size
     top, left, bottom, right = (plan.boxes[:, i, None] for i in range(4))
@@ -185,8 +193,7 @@ def _cut_mask(plan: MixPlan, ndim: int, channels_last: bool, device: Any) -> Any
 
     if not plan.has_cut:
         return None
-    mask = _box_mask_np(plan, ndim, channels_last) & plan.cut.reshape((-1,) + (1,) * (ndim - 1))
-    return torch.from_numpy(mask).to(device)
+    return torch.from_numpy(_box_mask_np(plan, ndim, channels_last)).to(device)
 
 
 def _combine_into(out: Any, x: Any, partners: list[Any], cols: list[Any], mask: Any) -> Any:
@@ -272,8 +279,7 @@ def _mix_generic(plan: MixPlan, x: Any, x_partner: Any, channels_last: bool) -> 
     for j in range(plan.num_sources - 1):
         out = out + partner(j) * cols[j + 1]
     if plan.has_cut:
-        mask = _box_mask_np(plan, x.ndim, channels_last) & plan.cut.reshape(shape)
-        out = xp.where(xp.asarray(mask), partner(0), out)
+        out = xp.where(xp.asarray(_box_mask_np(plan, x.ndim, channels_last)), partner(0), out)
     if integral:
         info = xp.iinfo(x.dtype)
         out = xp.astype(xp.clip(xp.round(out), info.min, info.max), x.dtype)
@@ -342,7 +348,7 @@ def _device(a: Any) -> Any:
 
 def apply_plan(
     plan: MixPlan,
-    x: Any,
+    x: ArrayT,
     y: Any = None,
     *,
     num_classes: int | None = None,
@@ -352,7 +358,7 @@ def apply_plan(
     out: Any = None,
     data_format: DataFormat = "channels_first",
     targets: TargetFormat = "dense",
-) -> tuple[Any, Any]:
+) -> tuple[ArrayT, Any]:
     """Mix a batch according to ``plan``.
 
     Args:
@@ -379,7 +385,7 @@ def apply_plan(
         ``y_mixed`` is None when ``y`` is None. The inputs are not modified unless
         ``out`` aliases them.
     """
-    check_choice("targets", targets, ("dense", "pair"))
+    check_choice("targets", targets, TARGET_FORMATS)
     check_plan_inputs(plan, x, y, x_partner=x_partner, y_partner=y_partner, data_format=data_format)
     channels_last = _is_channels_last(data_format, x)
     y_mixed = None if y is None else _mix_labels(plan, y, y_partner, num_classes, label_smoothing, targets)

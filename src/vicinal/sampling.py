@@ -201,14 +201,12 @@ def _generator(seed: int, counter: tuple[int, int, int, int]) -> np.random.Gener
         "has_uint32": 0,
         "uinteger": 0,
     }
-    return _local.gen
+    gen: np.random.Generator = _local.gen
+    return gen
 
 
 def _check_seed(seed: int) -> int:
-    seed = check_int("seed", seed, minimum=0)
-    if seed > _MAX_SEED:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    return seed
+    return check_int("seed", seed, minimum=0, maximum=_MAX_SEED)
 
 
 def plan_generator(seed: int, *, epoch: int = 0, step: int = 0, rank: int = 0) -> np.random.Generator:
@@ -259,12 +257,14 @@ def _log_gamma(rng: np.random.Generator, shape: float, size: int) -> np.ndarray:
     """
     g = rng.standard_gamma(shape + 1.0, size)
     u = 1.0 - rng.random(size)  # in (0, 1]: log is finite
-    return np.log(g) + np.log(u) / shape
+    out: np.ndarray = np.log(g) + np.log(u) / shape
+    return out
 
 
 def _sigmoid(d: np.ndarray) -> np.ndarray:
     # 1 / (1 + e^-d) without overflow, and without cancellation for very negative d.
-    return np.exp(-np.logaddexp(0.0, -d))
+    out: np.ndarray = np.exp(-np.logaddexp(0.0, -d))
+    return out
 
 
 def sample_beta(rng: np.random.Generator, alpha: float, beta: float, size: int) -> np.ndarray:
@@ -293,7 +293,7 @@ def sample_dirichlet(rng: np.random.Generator, alpha: float, k: int, size: int) 
     """
     lg = _log_gamma(rng, alpha, size * k).reshape(size, k)
     lg -= lg.max(axis=1, keepdims=True)
-    w = np.exp(lg)
+    w: np.ndarray = np.exp(lg)
     w /= w.sum(axis=1, keepdims=True)
     return w
 
