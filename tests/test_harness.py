@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +112,34 @@ def test_compare_runs_learns_and_writes_run_folder(toy_npz: Path, tmp_path: Path
     assert "| mixup |" in (run / "summary.md").read_text()
     # the mixed arm trains on soft targets: its training loss is higher than the plain arm's
     assert results[0].history[-1]["train_loss"] > results[1].history[-1]["train_loss"]
-    # both arms started from the same weights
     with pytest.raises(FileExistsError):
         run_compare(_tiny(toy_npz, epochs=3), run, progress=False)
+
+
+def test_both_arms_start_from_the_saved_initial_weights(
+    toy_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vicinal.experiments.compare as compare
+
+    starts: dict[str, dict[str, torch.Tensor]] = {}
+    real_train_arm = compare.train_arm
+
+    def recording_train_arm(name: str, model: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        starts[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return real_train_arm(name, model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compare, "train_arm", recording_train_arm)
+    run_compare(_tiny(toy_npz, epochs=1), tmp_path / "run", progress=False)
+    init = torch.load(tmp_path / "run" / "init.pt", weights_only=True)
+    assert set(starts) == {"mixup", "none"}
+    for state in starts.values():
+        assert state.keys() == init.keys()
+        for k in init:
+            assert torch.equal(state[k], init[k]), k
+    other = tmp_path / "other"
+    run_compare(_tiny(toy_npz, epochs=1, seed=2), other, progress=False)
+    other_init = torch.load(other / "init.pt", weights_only=True)
+    assert any(not torch.equal(other_init[k], init[k]) for k in init)
 
 
 def test_same_seed_same_results_and_parallel_equals_sequential(toy_npz: Path, tmp_path: Path) -> None:
@@ -147,22 +171,18 @@ def test_resume_after_kill_equals_uninterrupted_run(toy_npz: Path, tmp_path: Pat
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
+    # The trainer kills itself (SIGKILL) right after the mixed arm checkpoints epoch 1.
+    env = dict(os.environ, VICINAL_FAULT_KILL_AFTER_EPOCH="mixup:1")
+    proc = subprocess.run(
         [sys.executable, "-m", "vicinal", *args, "--out", str(killed)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        timeout=300,
     )
-    metrics = killed / "mixup" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    lines = (killed / "mixup" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
     assert not (killed / "mixup" / "result.json").exists()
 
     assert main(args + ["--out", str(killed), "--resume"]) == 0

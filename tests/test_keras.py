@@ -20,6 +20,19 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 B, H, W, C, NUM_CLASSES = 8, 6, 5, 3, 4
 
 
+def test_package_layout():
+    import vicinal.keras
+    from vicinal.keras import data, layer, ops
+
+    assert sorted(vicinal.keras.__all__) == sorted(
+        ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_tensors"]
+    )
+    assert (MixLayer, MixedBatches, SetEpoch) == (layer.MixLayer, data.MixedBatches, data.SetEpoch)
+    assert (mix_with_plan, plan_tensors) == (ops.mix_with_plan, ops.plan_tensors)
+    assert set(vicinal.keras.DATA_FORMATS) == {"channels_last", "channels_first"}  # importable as before the split
+    assert keras.saving.get_registered_object("vicinal>MixLayer") is MixLayer
+
+
 def _np(t):
     return np.asarray(keras.ops.convert_to_numpy(t))
 
@@ -53,7 +66,9 @@ def test_layer_output_equals_core(batch, name, one_hot):
     for step in range(2):
         out = layer({"images": x, "labels": labels})
         plan = sample_plan(config, B, seed=7, step=step, image_size=(H, W))
-        x_ref, y_ref = apply_plan(plan, x, labels, num_classes=NUM_CLASSES, label_smoothing=0.1, data_format="channels_last")
+        x_ref, y_ref = apply_plan(
+            plan, x, labels, num_classes=NUM_CLASSES, label_smoothing=0.1, data_format="channels_last"
+        )
         np.testing.assert_allclose(_np(out["images"]), x_ref, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(_np(out["labels"]), y_ref, rtol=1e-6, atol=1e-7)
         assert _np(out["labels"]).dtype == np.float32
@@ -212,6 +227,42 @@ def test_fit_runs_on_mixed_batches(one_hot):
 
     _tiny_model().fit(batches(), steps_per_epoch=3, epochs=1, shuffle=False, verbose=0)
     assert layer.step >= 3
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        "sparse_categorical_crossentropy",
+        lambda: keras.losses.SparseCategoricalCrossentropy(),
+        lambda: keras.losses.sparse_categorical_crossentropy,
+        lambda: {"probs": "sparse_categorical_crossentropy"},
+    ],
+    ids=["name", "class", "function", "dict"],
+)
+def test_set_epoch_refuses_a_class_id_loss(loss):
+    """Issue: MixedBatches yields soft (B, C) targets, so a sparse loss fails with Keras'
+    "target.shape=[16, 4], output.shape=[16, 4]"; SetEpoch says what to compile instead."""
+    rng = np.random.default_rng(6)
+    x = rng.random((32, 8, 8, 1), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, 32)
+    ds = MixedBatches(x, y, batch_size=16, mix=MixConfig(), num_classes=NUM_CLASSES)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(
+        inputs, keras.layers.Dense(NUM_CLASSES, "softmax", name="probs")(keras.layers.Flatten()(inputs))
+    )
+    model.compile(optimizer="adam", loss=loss if isinstance(loss, str) else loss())
+    # Keras builds the loss on the first batch before any callback runs; a model already
+    # evaluated on class ids has its loss built, so fit reaches SetEpoch's check first.
+    model.evaluate(x, y, verbose=0)
+    with pytest.raises(ValueError, match=r"soft labels, float32 \(B, C\).*loss='categorical_crossentropy'"):
+        model.fit(ds, epochs=1, shuffle=False, verbose=0, callbacks=[SetEpoch(ds)])
+    # Only a MixedBatches target triggers the check; other losses pass.
+    SetEpoch(MixLayer()).on_train_begin()
+    check = SetEpoch(ds)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    check.set_model(model)
+    check.on_train_begin()
 
 
 def test_save_and_load_a_model_containing_the_layer(tmp_path, batch):

@@ -166,10 +166,18 @@ def test_switch_probability() -> None:
     assert abs(plan.cut.mean() - 0.25) < 0.015
 
 
-def test_plan_shapes_for_a_large_batch() -> None:
-    # Timing lives in benchmarks/mix_throughput.py; this only checks the plan's shapes.
-    plan = sample_plan(MixConfig(), 256, seed=0)
-    assert plan.weights.shape == (256, 2) and plan.partners.shape == (256, 1)
+def test_plan_for_a_large_batch_is_a_valid_per_sample_roll_plan() -> None:
+    # Timing lives in benchmarks/mix_throughput.py; this checks the plan's contents.
+    b = 256
+    plan = sample_plan(MixConfig(), b, seed=0)
+    assert plan.weights.shape == (b, 2) and plan.partners.shape == (b, 1)
+    np.testing.assert_array_equal(plan.partners[:, 0], (np.arange(b) - 1) % b)
+    assert plan.shift == (1,)
+    np.testing.assert_allclose(plan.weights.sum(axis=1), 1.0, rtol=0, atol=1e-15)
+    assert (plan.weights >= 0).all() and (plan.weights <= 1).all()
+    # one λ per sample: 256 draws from a continuous law are (almost surely) distinct
+    assert len(np.unique(plan.lam)) > b - 5
+    assert plan.cut is None and plan.boxes is None and plan.stream_indices is None
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,11 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as exc:
+            raise ImportError(f"vicinal.{name} needs PyTorch: pip install 'vicinal[torch]' ({exc})") from exc
+        return getattr(module, name)
     raise AttributeError(f"module 'vicinal' has no attribute {name!r}")
 
 

@@ -1,4 +1,9 @@
-"""Command line: ``vicinal compare``, ``vicinal preview``."""
+"""The command line: ``vicinal compare | preview | study | report``.
+
+The top of the package: it parses options into the harness's configs
+(:mod:`vicinal.experiments.compare`, :mod:`vicinal.experiments.study`) and prints
+one clear line for bad options or data instead of a traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,15 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from vicinal.experiments.options import METHOD_DEFAULTS, MIX_POLICIES, PRECISIONS
 from vicinal.experiments.presets import PRESETS
-from vicinal.sampling import GRANULARITIES, PAIRINGS
+from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
 
-METHOD_CHOICES = ("mixup", "cutmix", "switch", "kway")
+
+def _method_default(option: str) -> str:
+    """Help text naming each method's default for ``option``."""
+    uses = [f"{m}: {d[option]}" for m, d in METHOD_DEFAULTS.items() if option in d]
+    return "default per method: " + ", ".join(uses)
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -46,35 +56,44 @@ def _add_mix_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mixing (the mixed arm)")
     g.add_argument(
         "--method",
-        choices=METHOD_CHOICES,
+        choices=METHODS,
         default="mixup",
         help="mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
         "--switch-prob else mixup; kway: Dirichlet mix of --k samples (default: %(default)s)",
     )
+    # None: the method's default. An option the chosen method doesn't use is refused.
     g.add_argument(
         "--alpha",
         type=float,
-        default=0.2,
+        default=None,
         help="Beta(alpha, alpha) concentration of mixup's lambda, or the Dirichlet's for kway; "
-        "0 disables mixing (default: %(default)s)",
+        f"0 disables mixing ({_method_default('alpha')})",
     )
     g.add_argument(
-        "--cutmix-alpha", type=float, default=1.0, help="Beta concentration of CutMix's area (default: %(default)s)"
+        "--cutmix-alpha",
+        type=float,
+        default=None,
+        help=f"Beta concentration of CutMix's area ({_method_default('cutmix_alpha')})",
     )
-    g.add_argument("--switch-prob", type=float, default=0.5, help="probability of CutMix under --method switch")
-    g.add_argument("--k", type=int, default=3, help="samples per mix under --method kway (default: %(default)s)")
+    g.add_argument(
+        "--switch-prob",
+        type=float,
+        default=None,
+        help=f"probability of CutMix under --method switch ({_method_default('switch_prob')})",
+    )
+    g.add_argument("--k", type=int, default=None, help=f"samples per mix under --method kway ({_method_default('k')})")
     g.add_argument(
         "--granularity",
         choices=GRANULARITIES,
-        default="elem",
-        help="one lambda per batch, per sample (elem, the reference) or per pair (default: %(default)s)",
+        default=None,
+        help="one lambda per batch, per sample (elem, the reference) or per pair (default: elem)",
     )
     g.add_argument(
         "--pairing",
         choices=PAIRINGS,
-        default="stream",
+        default=None,
         help="stream: partners from a second, independently shuffled pass (the reference); roll, flip, "
-        "permute, derange: partners within the batch (default: %(default)s)",
+        f"permute, derange: partners within the batch ({_method_default('pairing')})",
     )
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon, both arms (default: 0)")
 
@@ -98,7 +117,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format (slower on CPU)")
     g.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="bf16 autocast of the forward pass: for GPUs and AMX CPUs; slower on AVX2-only CPUs "
         "(default: %(default)s)",
@@ -108,7 +127,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument(
         "--mix-policy",
-        choices=("independent", "shared", "global"),
+        choices=MIX_POLICIES,
         default="independent",
         help="under torchrun: independent plans per rank, the same plans on every rank (shared), or "
         "one plan over the global batch (global: results independent of the world size)",

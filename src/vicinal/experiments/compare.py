@@ -22,33 +22,46 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.experiments._io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
-from vicinal.experiments.distributed import POLICIES, SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
+from vicinal.experiments.distributed import SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
 from vicinal.experiments.loader import InMemoryLoader
-from vicinal.experiments.models import build_model
-from vicinal.experiments.train import (
-    ArmResult,
-    OptimConfig,
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_json,
-    train_arm,
+from vicinal.experiments.models import available_models, build_model
+from vicinal.experiments.options import (
+    METHOD_DEFAULTS,
+    MIX_OPTIONS,
+    MIX_POLICIES,
+    PRECISIONS,
+    check_seed,
+    resolve_mixing,
 )
+from vicinal.experiments.train import ArmResult, OptimConfig, train_arm
 from vicinal.sampling import MixConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ARMS = ("mixup", "none")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a comparison run and a study cell share: data, model, length, mixing."""
+    """What a comparison run and a study cell share: data, model, length, mixing.
+
+    The mixing options (``alpha`` ... ``pairing``) are ``None`` for "the method's
+    default"; :meth:`resolved` fills them in from
+    :data:`~vicinal.experiments.options.METHOD_DEFAULTS` and sets the ones the method
+    doesn't use to ``None``. Runs record their resolved spec.
+    """
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -56,12 +69,12 @@ class RunSpec:
     epochs: int = 10
     batch_size: int = 64
     method: str = "mixup"
-    alpha: float = 0.2
-    cutmix_alpha: float = 1.0
-    switch_prob: float = 0.5
-    k: int = 3
-    granularity: str = "elem"
-    pairing: str = "stream"
+    alpha: float | None = None
+    cutmix_alpha: float | None = None
+    switch_prob: float | None = None
+    k: int | None = None
+    granularity: str | None = None
+    pairing: str | None = None
     label_smoothing: float = 0.0
     val_size: int = 2000
     train_limit: int | None = None
@@ -69,22 +82,42 @@ class RunSpec:
     seed: int = 0
     channels_last: bool = True
 
-    def mixing(self, *, pairing: str | None = None) -> MixConfig:
-        """The :class:`MixConfig` these fields name (validated); ``pairing`` overrides."""
-        return MixConfig(
-            self.method,  # type: ignore[arg-type]
-            alpha=self.alpha,
-            cutmix_alpha=self.cutmix_alpha,
-            switch_prob=self.switch_prob,
-            k=self.k if self.method == "kway" else 2,
-            granularity=self.granularity,  # type: ignore[arg-type]
-            pairing=pairing or self.pairing,  # type: ignore[arg-type]
-        )
+    def resolved(self, *, inherited: frozenset[str] = frozenset()) -> Self:
+        """This spec with the method's mixing defaults applied (see :func:`resolve_mixing`)."""
+        values = {name: getattr(self, name) for name in MIX_OPTIONS}
+        return replace(self, **resolve_mixing(self.method, values, inherited=inherited))
+
+    def check_common(self) -> None:
+        """Checks shared by every run: ranges of the data, length and seed options."""
+        check_seed("seed", self.seed)
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("val_size", self.val_size, minimum=0)
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        check_probability("label_smoothing", self.label_smoothing)
+        check_choice("model", self.model, available_models())
+
+    def mixing(self) -> MixConfig | None:
+        """The :class:`MixConfig` of the resolved spec (validated); None for ``method="none"``."""
+        spec = self.resolved()
+        if spec.method == "none":
+            return None
+        params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method]}
+        return MixConfig(spec.method, **params)  # type: ignore[arg-type]
+
+    def describe_mixing(self) -> str:
+        """One line naming the method and the options it uses, e.g. ``cutmix, cutmix_alpha=1``."""
+        spec = self.resolved()
+        if spec.method == "none":
+            return "no mixing"
+        return ", ".join([spec.method] + [f"{n}={getattr(spec, n)}" for n in METHOD_DEFAULTS[spec.method]])
 
 
 @dataclass(frozen=True)
 class CompareConfig(RunSpec):
-    """Everything that defines a comparison run (saved as ``config.json``)."""
+    """Everything that defines a comparison run (saved, resolved, as ``config.json``)."""
 
     device: str = "cpu"
     threads: int | None = None
@@ -96,35 +129,30 @@ class CompareConfig(RunSpec):
 
     def mix_config(self) -> MixConfig:
         """The mixing of the mixed arm (validated)."""
-        return self.mixing()
+        config = self.mixing()
+        if config is None:
+            raise ValueError("vicinal compare needs a mixing method for its mixed arm, got method='none'")
+        return config
 
     def validate(self) -> CompareConfig:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.val_size < 0:
-            raise ValueError(f"val_size must be >= 0, got {self.val_size}")
-        for name in ("train_limit", "test_limit"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {v}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        """Check every option (before anything is loaded or written); returns the resolved config."""
+        self.check_common()
+        if self.threads is not None:
+            check_int("threads", self.threads, minimum=1)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} was asked for but torch sees no CUDA device")
-        if self.mix_policy not in POLICIES:
-            raise ValueError(f"mix_policy must be one of {list(POLICIES)}, got {self.mix_policy!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_choice("mix_policy", self.mix_policy, MIX_POLICIES)
+        check_choice("precision", self.precision, PRECISIONS)
         if not self.dist_timeout_s > 0:
             raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         bad = [a for a in self.arms if a not in ARMS]
         if bad or not self.arms:
             raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {self.arms}")
-        self.mix_config()
-        return self
+        resolved = self.resolved()
+        resolved.mix_config()
+        return resolved
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompareConfig:
@@ -145,6 +173,7 @@ class Splits:
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
     class_names: tuple[str, ...]
+    rule: str = "first images (the keras.io reference's split)"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -166,20 +195,73 @@ def load_any(dataset: str, data_dir: str | None) -> ArrayDataset:
     )
 
 
-def make_splits(ds: ArrayDataset, cfg: CompareConfig) -> Splits:
-    """The reference's split: the first ``val_size`` training images are the validation set."""
+#: Datasets split as the keras.io reference splits Fashion-MNIST: the *first* images.
+FIRST_IMAGES_DATASETS = frozenset({"fashion-mnist", "mnist"})
+SPLIT_SEED = 0
+
+
+def stratified_order(labels: np.ndarray, seed: int = SPLIT_SEED) -> np.ndarray:
+    """A seeded shuffle of ``range(len(labels))`` in which every prefix is stratified.
+
+    Each sample is ranked by its position within its own class (in a random order of
+    that class) divided by the class's size, so that any prefix of the order holds the
+    classes in (nearly) their overall proportions: taking the first ``val_size`` for
+    validation and the next ``train_limit`` for training leaves no class out.
+    """
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(labels))
+    y = labels[perm]
+    quantile = np.empty(len(labels))
+    for c in np.unique(y):
+        where = np.flatnonzero(y == c)
+        quantile[where] = (np.arange(where.size) + rng.random()) / where.size
+    return perm[np.argsort(quantile, kind="stable")]
+
+
+def make_splits(ds: ArrayDataset, cfg: RunSpec) -> Splits:
+    """Validation, training and test splits.
+
+    For the reference datasets (:data:`FIRST_IMAGES_DATASETS`) the first ``val_size``
+    training images are the validation set and ``train_limit`` takes the first of the
+    rest, as in the keras.io example. Any other dataset (an image folder or ``.npz``,
+    often sorted by class) is first put in a seeded stratified order
+    (:func:`stratified_order`), so that neither split lacks a class. ``Splits.rule``
+    records which rule was used.
+    """
     n = len(ds.y_train)
     if cfg.val_size >= n:
         raise ValueError(f"val_size={cfg.val_size} leaves no training images (the training set has {n})")
-    xv, yv = ds.x_train[: cfg.val_size], ds.y_train[: cfg.val_size]
-    xt, yt = ds.x_train[cfg.val_size :], ds.y_train[cfg.val_size :]
+    x_all, y_all = ds.x_train, ds.y_train
+    rule = "first images (the keras.io reference's split)"
+    if cfg.dataset not in FIRST_IMAGES_DATASETS:
+        order = stratified_order(np.asarray(y_all))
+        x_all, y_all = x_all[order], y_all[order]
+        rule = f"stratified shuffle (seed {SPLIT_SEED})"
+    xv, yv = x_all[: cfg.val_size], y_all[: cfg.val_size]
+    xt, yt = x_all[cfg.val_size :], y_all[cfg.val_size :]
     if cfg.train_limit is not None:
         xt, yt = xt[: cfg.train_limit], yt[: cfg.train_limit]
     xs, ys = ds.x_test, ds.y_test
     if cfg.test_limit is not None:
         xs, ys = xs[: cfg.test_limit], ys[: cfg.test_limit]
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-    return Splits((as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys)), tuple(ds.class_names))
+    return Splits((as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys)), tuple(ds.class_names), rule)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], *, ignore: Collection[str] = ()) -> list[str]:
+    """``"name: saved -> current"`` for each option that differs, paths compared normalised."""
+
+    def norm(name: str, value: Any) -> Any:
+        if name == "data_dir" and value is not None:
+            return os.path.normpath(os.path.abspath(os.path.expanduser(str(value))))
+        return list(value) if isinstance(value, tuple) else value
+
+    names = (set(saved) | set(current)) - set(ignore)
+    return [
+        f"{name}: {saved.get(name)!r} -> {current.get(name)!r}"
+        for name in sorted(names)
+        if norm(name, saved.get(name)) != norm(name, current.get(name))
+    ]
 
 
 def make_loader(cfg: CompareConfig, splits: Splits, arm: str, dist: DistContext = SINGLE) -> InMemoryLoader:
@@ -267,7 +349,7 @@ def write_preview(cfg: CompareConfig, splits: Splits, path: Path) -> Path:
 
     loader = make_loader(replace(cfg, channels_last=False, device="cpu"), splits, "mixup")
     x, y = next(iter(loader.epoch(0)))
-    title = f"{cfg.method}, alpha={cfg.alpha}, {cfg.granularity} lambda, pairing={cfg.pairing}"
+    title = cfg.describe_mixing()
     return preview_grid(x[:9].numpy(), y[:9].numpy(), splits.class_names, path, title=title)
 
 
@@ -297,14 +379,21 @@ def run_compare(
     Under ``torchrun`` (WORLD_SIZE > 1) every arm trains with DistributedDataParallel
     across the ranks, one arm after the other, and only rank 0 writes files.
     """
-    cfg.validate()
+    cfg = cfg.validate()
     dist = init_from_env(cfg.device, cfg.dist_timeout_s) if launched_by_torchrun() else SINGLE
     run = Path(run_dir)
     cfg_path = run / "config.json"
     if resume and cfg_path.exists():
-        saved = CompareConfig.from_json(json.loads(cfg_path.read_text()))
-        if replace(saved, parallel=cfg.parallel, threads=cfg.threads) != cfg:
-            raise ValueError(f"--resume: {cfg_path} holds a different configuration; resume with the same options")
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--resume: {cfg_path} is not a readable config ({exc}); start a new run") from exc
+        diffs = config_differences(saved, asdict(cfg), ignore=("parallel", "threads"))
+        if diffs:
+            raise ValueError(
+                f"--resume: {cfg_path} was written with other options; resume with the same ones. "
+                f"Differences (saved -> now): {'; '.join(diffs)}"
+            )
     elif cfg_path.exists() and not resume:
         raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
     barrier(dist)  # every rank has checked the folder before rank 0 writes into it
@@ -355,11 +444,11 @@ def run_compare(
         table,
         "",
         f"Total wall time: {wall:.1f} s ({mode}).",
-        f"Mixed arm: {cfg.method}, alpha={cfg.alpha}, {cfg.granularity} lambda, pairing={cfg.pairing}"
+        f"Mixed arm: {cfg.describe_mixing()}"
         + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else "")
         + ".",
-        f"Training images: {len(splits.train[1])}, validation: {len(splits.val[1])}, test: {len(splits.test[1])}; "
-        f"seed {cfg.seed}.",
+        f"Training images: {len(splits.train[1])}, validation: {len(splits.val[1])}, test: {len(splits.test[1])} "
+        f"(split: {splits.rule}); seed {cfg.seed}.",
         "",
         "A single seed: differences of about a point are within seed-to-seed noise on Fashion-MNIST.",
         "",
@@ -370,6 +459,12 @@ def run_compare(
     atomic_write_bytes(run / "summary.md", "\n".join(summary).encode())
     atomic_write_json(
         run / "results.json",
-        {"wall_s": wall, "parallel": parallel, "world_size": dist.world_size, "arms": [asdict(r) for r in results]},
+        {
+            "wall_s": wall,
+            "parallel": parallel,
+            "world_size": dist.world_size,
+            "split_rule": splits.rule,
+            "arms": [asdict(r) for r in results],
+        },
     )
     return results

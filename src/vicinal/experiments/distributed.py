@@ -30,8 +30,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-POLICIES = ("independent", "shared", "global")
-
 
 @dataclass(frozen=True)
 class DistContext:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from vicinal._checks import check_choice, check_int
-from vicinal.experiments.distributed import POLICIES, SINGLE, DistContext, shard_positions
+from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
+from vicinal.experiments.options import MIX_POLICIES
 from vicinal.labels import to_soft
 from vicinal.sampling import MixConfig, epoch_order
 from vicinal.transforms import mix_indexed_batch
@@ -76,7 +77,7 @@ class InMemoryLoader:
         policy: str = "independent",
     ) -> None:
         self.dist = dist
-        self.policy = check_choice("policy", policy, POLICIES)
+        self.policy = check_choice("policy", policy, MIX_POLICIES)
         self.device = torch.device(device)
         self.images = torch.as_tensor(images).to(self.device)
         self.labels = torch.as_tensor(labels).long().to(self.device)

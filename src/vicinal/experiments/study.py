@@ -40,7 +40,9 @@ from typing import Any
 
 import torch
 
+from vicinal._checks import check_choice
 from vicinal.experiments.compare import RunSpec
+from vicinal.experiments.options import SCHEDULES
 from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import MixConfig
 
@@ -61,23 +63,22 @@ class CellSpec(RunSpec):
     baseline: str | None = None  # arm this one is compared with (default: chosen in the report)
 
     def mix_config(self) -> MixConfig | None:
-        if self.method == "none":
-            return None
-        # k-way needs k-1 partners: in-batch ones, not the second stream.
-        return self.mixing(pairing="permute" if self.method == "kway" and self.pairing == "stream" else None)
+        """The arm's mixing, or None for ``method="none"``."""
+        return self.mixing()
 
-    def validate(self) -> CellSpec:
+    def validate(self, *, inherited: frozenset[str] = frozenset()) -> CellSpec:
+        """Check every field; returns the resolved spec (see :meth:`RunSpec.resolved`)."""
         if not self.arm or "/" in self.arm or self.arm.startswith("."):
             raise ValueError(f"arm must be a plain folder name, got {self.arm!r}")
-        if self.method != "none":
-            self.mix_config()
+        self.check_common()
         if not 0 <= self.noise < 1:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        return self
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        resolved = self.resolved(inherited=inherited)
+        resolved.mixing()
+        return resolved
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,11 @@ def parse_study(text: str, *, overrides: dict[str, Any] | None = None, seeds: in
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if expand and grid else [{}]
         for combo in combos:
             arm_name = name + "".join(f"-{k}{_fmt(v)}" for k, v in combo.items())
-            values = {**defaults, **entry, **combo, "arm": arm_name, **(overrides or {})}
-            arms.append(CellSpec(**values).validate())
+            own = {**entry, **combo, "arm": arm_name, **(overrides or {})}
+            values = {**defaults, **own}
+            # Mixing options from [defaults] that an arm's method doesn't use are dropped;
+            # the same option set on the arm itself is an error.
+            arms.append(CellSpec(**values).validate(inherited=frozenset(defaults) - set(own)))
     names = [a.arm for a in arms]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -183,8 +187,8 @@ def init_path(study_dir: Path, cell: CellSpec) -> Path:
 
 
 def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
+    from vicinal.experiments._io import atomic_torch_save
     from vicinal.experiments.models import build_model
-    from vicinal.experiments.train import atomic_torch_save
 
     path = init_path(study_dir, cell)
     if path.exists():
@@ -197,10 +201,11 @@ def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
 
 def run_cell(study_dir: str, cell: CellSpec, threads: int) -> dict[str, Any]:
     """Train (or resume, or just read) one cell; returns its result record."""
+    from vicinal.experiments._io import atomic_write_json
     from vicinal.experiments.loader import InMemoryLoader
     from vicinal.experiments.models import build_model
     from vicinal.experiments.noise import symmetric_label_noise
-    from vicinal.experiments.train import RESULT, OptimConfig, atomic_write_json, train_arm
+    from vicinal.experiments.train import RESULT, OptimConfig, train_arm
 
     torch.set_num_threads(threads)
     root = Path(study_dir)
@@ -247,7 +252,8 @@ def run_study(
     spec: StudySpec, study_dir: str | os.PathLike, *, jobs: int = 1, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell of ``spec`` with ``jobs`` worker processes."""
-    from vicinal.experiments.train import RESULT, atomic_write_json
+    from vicinal.experiments._io import atomic_write_json
+    from vicinal.experiments.train import RESULT
 
     root = Path(study_dir)
     root.mkdir(parents=True, exist_ok=True)

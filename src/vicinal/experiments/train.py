@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,32 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from vicinal._checks import check_choice
+from vicinal.experiments._io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from vicinal.experiments.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
 from vicinal.experiments.loader import InMemoryLoader, to_model_input
+from vicinal.experiments.options import PRECISIONS, SCHEDULES
 from vicinal.losses import soft_target_cross_entropy
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -68,8 +53,7 @@ class OptimConfig:
     schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        check_choice("schedule", self.schedule, SCHEDULES)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -164,8 +148,7 @@ def train_arm(
             training and evaluation sums are reduced across ranks (every rank returns the
             same result), and only rank 0 writes files.
     """
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     device_type = next(model.parameters()).device.type
     out = Path(out_dir)
     writer = dist.is_main
@@ -274,6 +257,7 @@ def train_arm(
                 f.write(json.dumps(record) + "\n")
         if on_epoch is not None:
             on_epoch(record)
+        _fault_injection(name, epoch)
 
     test_loss, test_acc = evaluate(model, *test, channels_last=channels_last, dist=dist)
     best = max(history, key=lambda h: h["val_acc"]) if history else {"val_acc": math.nan, "epoch": -1}
@@ -302,6 +286,21 @@ def train_arm(
         atomic_write_json(out / RESULT, asdict(result))
     barrier(dist)  # no rank moves on (e.g. to the next arm) before the result is on disk
     return result
+
+
+#: Fault injection for tests: "ARM:EPOCH" (or "EPOCH") makes the process kill itself
+#: with SIGKILL once that arm has checkpointed that epoch, exactly like a `kill -9`
+#: at that point, with no dependence on the machine's speed.
+FAULT_ENV = "VICINAL_FAULT_KILL_AFTER_EPOCH"
+
+
+def _fault_injection(arm: str, epoch: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    target_arm, _, target_epoch = spec.rpartition(":")
+    if target_arm in ("", arm) and int(target_epoch) == epoch:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _rewrite_metrics(out: Path, history: list[dict[str, float]]) -> None:

@@ -1,0 +1,302 @@
+"""The mixing in ``keras.ops``: a :class:`~vicinal.sampling.MixPlan` applied to backend tensors.
+
+:func:`plan_tensors` turns a plan into fixed-shape arrays and :func:`mix_with_plan`
+mixes a batch by them, so the mixing also runs inside a traced function (``jax.jit``,
+``tf.function``, a ``tf.data`` map on the TensorFlow backend). The plans themselves are
+drawn on the host by the core (:func:`vicinal.sampling.sample_plan`); the argument
+helpers here are shared by :class:`~vicinal.keras.MixLayer` and
+:class:`~vicinal.keras.MixedBatches`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, cast
+
+import keras
+import numpy as np
+from array_api_compat import array_namespace
+from keras import ops
+
+from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.labels import check_labels
+from vicinal.mixing import DATA_FORMATS, DataFormat, check_plan_inputs, spatial_size
+from vicinal.sampling import MixConfig, MixPlan
+
+__all__ = [
+    "as_mix_config",
+    "is_integer_dtype",
+    "is_traced",
+    "mix_with_plan",
+    "plan_tensors",
+    "resolve_data_format",
+    "soft_labels",
+]
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def as_mix_config(name: str, value: Any, *, allow_none: bool) -> MixConfig | None:
+    """A :class:`~vicinal.sampling.MixConfig` from ``value``, checked.
+
+    Args:
+        name: the argument's name, for errors.
+        value: a ``MixConfig``, a dict of its fields (unknown keys raise a ValueError),
+            or None.
+        allow_none: whether None stays None (else it means ``MixConfig()``).
+
+    Returns:
+        The config, or None when ``value`` is None and ``allow_none`` is true.
+    """
+    if value is None:
+        return None if allow_none else MixConfig()
+    if isinstance(value, MixConfig):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(MixConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{name} has unknown MixConfig fields {unknown}; known: {sorted(known)}")
+        return MixConfig(**value)
+    expected = "a MixConfig, a dict of its fields, or None"
+    raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+
+
+def resolve_data_format(data_format: str | None) -> DataFormat:
+    """``"channels_last"`` or ``"channels_first"``: ``data_format`` checked, or
+    ``keras.config.image_data_format()`` when it is None."""
+    if data_format is None:
+        data_format = keras.config.image_data_format()
+    return cast(DataFormat, check_choice("data_format", data_format, DATA_FORMATS))
+
+
+def is_traced(x: Any) -> bool:
+    """True for a JAX tracer or a symbolic TensorFlow tensor, whose values are unknown
+    until the traced function runs; False for concrete arrays and tensors."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return isinstance(x, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(x, tf.Tensor) and not hasattr(x, "numpy")
+    return False
+
+
+def is_integer_dtype(x: Any) -> bool:
+    """True when ``x`` (any array, tensor or ``KerasTensor``) holds integers or bools."""
+    dtype: str = keras.backend.standardize_dtype(x.dtype)
+    return dtype.startswith(("int", "uint")) or dtype == "bool"
+
+
+def _check_label_values(name: str, y: Any, num_classes: int | None) -> int:
+    """The core's label checks (shape, dtype, class-id range) on a concrete batch."""
+    if is_traced(y):
+        raise TypeError(
+            f"{name} is a traced tensor: a MixPlan is drawn on the host for concrete batches; "
+            "inside a traced function pass plan_tensors(plan) to mix_with_plan instead"
+        )
+    try:
+        array_namespace(y)
+    except TypeError:  # not an array-API array (a TensorFlow tensor): check a NumPy copy
+        y = np.asarray(y)
+    return check_labels(y, num_classes)
+
+
+def _image_size(x: Any, data_format: DataFormat) -> tuple[int, int]:
+    """(H, W) of images ``x``, concrete or traced (then H and W must be static)."""
+    try:
+        return spatial_size(x, data_format)
+    except TypeError:  # int(None): a traced TensorFlow tensor of unknown height or width
+        raise ValueError(f"CutMix needs images with a known height and width, got shape {tuple(x.shape)}") from None
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def plan_tensors(plan: MixPlan) -> dict[str, np.ndarray]:
+    """A :class:`~vicinal.sampling.MixPlan` as plain arrays for :func:`mix_with_plan`.
+
+    Returns:
+        ``"weights"``: float32 (B, K) in [0, 1], the weight of each sample (column 0)
+        and its partners in the mixed label; rows sum to 1.
+        ``"image_weights"``: float32 (B, K), the same for the image
+        (:attr:`MixPlan.input_weights <vicinal.sampling.MixPlan.input_weights>`):
+        CutMix'ed rows are ``(1, 0, ...)``, their box is pasted instead.
+        ``"partners"``: int32 (B, K-1), partner rows in [0, B) (for a stream plan,
+        ``arange(B)``: row ``i`` of the partner batch).
+        ``"boxes"``: int32 (B, 4) ``(top, left, bottom, right)`` in pixels
+        (bottom/right exclusive), all 0 where nothing is pasted; present only for
+        CutMix and switch plans.
+
+    The key set and the shapes depend only on the config and the batch size, so the
+    arrays can be fed to a traced function without retracing.
+    """
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
+    out = {
+        "weights": plan.weights.astype(np.float32),
+        "image_weights": plan.input_weights.astype(np.float32),
+        "partners": plan.partners.astype(np.int32),
+    }
+    if plan.boxes is not None:
+        out["boxes"] = plan.boxes.astype(np.int32)
+    return out
+
+
+# --------------------------------------------------------------------------- keras.ops mixing
+
+
+# keras.ops counterpart of vicinal.labels.soft_unchecked, which needs array-API arrays and
+# cannot take a traced backend tensor; test_layer_output_equals_core checks they agree.
+def soft_labels(labels: Any, num_classes: int | None, label_smoothing: float) -> Any:
+    """float32 (B, C) targets, in ``keras.ops``. The labels are not checked here (traced
+    ones cannot be); :func:`mix_with_plan` checks concrete ones.
+
+    Args:
+        labels: int class ids (B,) in [0, num_classes) or float soft labels (B, C).
+        num_classes: C; required for class ids.
+        label_smoothing: ε in [0, 1]; targets become ``y·(1-ε) + ε/C``.
+
+    Returns:
+        A float32 (B, C) backend tensor.
+    """
+    if is_integer_dtype(labels):
+        if num_classes is None:
+            raise ValueError("num_classes is required when labels are integer class ids")
+        soft = ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+        c = num_classes
+    else:
+        soft = ops.cast(labels, "float32")
+        c = soft.shape[-1]
+    if label_smoothing > 0:
+        soft = soft * (1.0 - label_smoothing) + label_smoothing / c
+    return soft
+
+
+# keras.ops counterpart of the weighted sum in vicinal.mixing (NumPy/array-API or torch
+# only), for traced backend tensors; test_layer_output_equals_core checks they agree.
+def _combine(weights: Any, own: Any, partners: list[Any]) -> Any:
+    """Σ_j w[:, j]·source_j with w broadcast over the trailing axes (K=2: x·λ + x'·(1-λ))."""
+    w = ops.cast(weights, own.dtype)
+    expand = (None,) * (len(own.shape) - 1)  # indexing, not ops.reshape: ~0.2 ms less a column on torch
+    cols = [w[(slice(None), j) + expand] for j in range(len(partners) + 1)]
+    if len(partners) == 1:
+        cols[1] = 1 - cols[0]  # as the core writes it: 1-λ in the data's dtype
+    out = own * cols[0]
+    for p, c in zip(partners, cols[1:]):
+        out = out + p * c
+    return out
+
+
+# keras.ops counterpart of the core's NumPy box mask, built from boxes that may be traced
+# tensors (the core reads them from a host MixPlan); test_layer_output_equals_core and
+# test_cutmix_channels_first check they agree.
+def _box_mask(boxes: Any, height: int, width: int, ndim: int, data_format: DataFormat) -> Any:
+    """bool (B, H, W) mask from (B, 4) boxes, reshaped to broadcast against the images."""
+    boxes = ops.cast(boxes, "int32")
+    rows = ops.arange(height, dtype="int32")[None, :]
+    cols = ops.arange(width, dtype="int32")[None, :]
+    in_rows = ops.logical_and(rows >= boxes[:, 0:1], rows < boxes[:, 2:3])  # (B, H)
+    in_cols = ops.logical_and(cols >= boxes[:, 1:2], cols < boxes[:, 3:4])  # (B, W)
+    mask = ops.logical_and(in_rows[:, :, None], in_cols[:, None, :])  # (B, H, W)
+    if data_format == "channels_last":
+        shape = (-1,) + (1,) * (ndim - 4) + (height, width, 1)  # spatial axes -3, -2
+    else:
+        shape = (-1,) + (1,) * (ndim - 3) + (height, width)
+    return ops.reshape(mask, shape)
+
+
+def mix_with_plan(
+    plan: MixPlan | Mapping[str, Any],
+    x: Any,
+    y: Any = None,
+    *,
+    num_classes: int | None = None,
+    label_smoothing: float = 0.0,
+    data_format: str | None = None,
+    x_partner: Any = None,
+    y_partner: Any = None,
+    dtype: str = "float32",
+) -> tuple[Any, Any]:
+    """Mix a batch by a plan with ``keras.ops``: the Keras counterpart of
+    :func:`vicinal.apply_plan`, same arguments and formula (``x·λ + x_partner·(1-λ)``).
+
+    Args:
+        plan: a :class:`~vicinal.sampling.MixPlan` drawn for this batch (checked against
+            the inputs: eager only), or :func:`plan_tensors` of one (NumPy arrays or
+            backend tensors; not checked, so it can be traced).
+        x: images (B, H, W, C) for ``"channels_last"`` (the Keras default), or
+            (B, [C,] H, W) for ``"channels_first"``; any (B, ...) array when the plan
+            pastes no CutMix boxes. Floating ``x`` keeps its dtype; integer ``x``
+            (uint8) is mixed and returned in ``dtype``, not rescaled or rounded.
+        y: optional int class ids (B,) in [0, num_classes) or float soft labels (B, C).
+        num_classes: C, an int >= 1; required for int class ids.
+        label_smoothing: ε in [0, 1], applied before mixing: ``y·(1-ε) + ε/C``.
+        data_format: ``"channels_last"`` or ``"channels_first"``; default
+            ``keras.config.image_data_format()``.
+        x_partner, y_partner: the second batch, for plans drawn with
+            ``pairing="stream"`` (same shapes as ``x`` and ``y``).
+        dtype: the float dtype integer images are mixed in.
+
+    Returns:
+        ``(x_mixed, y_mixed)`` as backend tensors: ``x_mixed`` has ``x``'s shape;
+        ``y_mixed`` is float32 (B, C) with rows summing to 1 (for one-hot or smoothed
+        labels), or None when ``y`` is None.
+    """
+    fmt = resolve_data_format(data_format)
+    eps = check_probability("label_smoothing", label_smoothing)
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+    if isinstance(plan, MixPlan):
+        check_plan_inputs(plan, x, y, x_partner=x_partner, y_partner=y_partner, data_format=fmt)
+        if y is not None:
+            _check_label_values("y", y, num_classes)
+            if y_partner is not None:
+                _check_label_values("y_partner", y_partner, num_classes)
+        tensors: Mapping[str, Any] = plan_tensors(plan)
+    elif isinstance(plan, Mapping):
+        missing = sorted({"weights", "image_weights", "partners"} - set(plan))
+        if missing:
+            raise ValueError(f"plan is missing {missing}: pass a MixPlan or plan_tensors(plan)")
+        tensors = plan
+    else:
+        raise TypeError(f"plan must be a MixPlan or plan_tensors(plan), got {type(plan).__name__}")
+    if y is not None and (x_partner is None) != (y_partner is None):
+        raise ValueError("x_partner and y_partner must be given together")
+
+    x = ops.convert_to_tensor(x)
+    if is_integer_dtype(x):
+        x = ops.cast(x, dtype)
+    k1 = tensors["partners"].shape[-1]
+    partners = ops.convert_to_tensor(tensors["partners"], "int32")
+
+    def sources(own: Any, second: Any) -> list[Any]:
+        if second is not None:  # a stream plan: row i of the second batch
+            return [second]
+        return [ops.take(own, partners[:, j], axis=0) for j in range(k1)]
+
+    if x_partner is not None:
+        x_partner = ops.cast(ops.convert_to_tensor(x_partner), x.dtype)
+    x_sources = sources(x, x_partner)
+    if isinstance(plan, MixPlan) and bool(np.all(tensors["image_weights"][:, 0] == 1.0)):
+        x_mixed = x  # every row keeps its own image (CutMix, or nothing applied): x·1 + x'·0 = x
+    else:
+        x_mixed = _combine(ops.convert_to_tensor(tensors["image_weights"]), x, x_sources)
+    if "boxes" in tensors:
+        h, w = _image_size(x, fmt)
+        mask = _box_mask(ops.convert_to_tensor(tensors["boxes"]), h, w, len(x.shape), fmt)
+        x_mixed = ops.where(mask, x_sources[0], x_mixed)
+
+    y_mixed = None
+    if y is not None:
+        soft = soft_labels(ops.convert_to_tensor(y), num_classes, eps)
+        soft_partner = None
+        if y_partner is not None:
+            soft_partner = soft_labels(ops.convert_to_tensor(y_partner), num_classes, eps)
+        y_mixed = _combine(ops.convert_to_tensor(tensors["weights"]), soft, sources(soft, soft_partner))
+    return x_mixed, y_mixed
