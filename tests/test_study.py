@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,7 @@ from vicinal.experiments.cli import main
 from vicinal.experiments.metrics import brier, fgsm_accuracy, nll, reliability
 from vicinal.experiments.noise import symmetric_label_noise
 from vicinal.experiments.report import render_report
-from vicinal.experiments.stats import paired_test, summarize
-from vicinal.experiments.study import PRESETS, cell_dir, load_study, parse_study, run_study
+from vicinal.experiments.study import PRESETS, cell_dir, init_path, load_study, parse_study, run_study
 
 
 def test_reliability_and_ece_by_hand() -> None:
@@ -52,22 +52,6 @@ def test_fgsm_hurts_a_linear_model_as_expected() -> None:
     assert acc["0.0"] == 1.0
     assert acc["0.03"] == pytest.approx(4 / 6)  # .47 and .51 cross the boundary
     assert acc["0.2"] == pytest.approx(3 / 6)  # 0, .78 and 1 are more than 0.2 from the boundary
-
-
-def test_summarize_and_paired_test() -> None:
-    s = summarize([1.0, 2.0, 3.0])
-    assert s["mean"] == 2.0 and s["std"] == 1.0
-    assert s["ci_low"] == pytest.approx(2 - 4.302653 / math.sqrt(3), rel=1e-5)
-    assert math.isnan(summarize([1.0])["std"])
-    a = [0.86, 0.87, 0.88, 0.865, 0.875]
-    b = [x - 0.01 for x in a]
-    t = paired_test(a, b)
-    assert t["mean"] == pytest.approx(0.01) and t["wins"] == 5
-    assert t["t_p"] == 0.0 and t["perm_p"] == pytest.approx(2 / 32)  # exact: all-positive is 1 of 32 sign patterns
-    noisy = paired_test([1, 2, 3, 4], [1.1, 1.9, 3.2, 3.9])
-    assert 0.5 < noisy["t_p"] <= 1 and 0.5 < noisy["perm_p"] <= 1
-    with pytest.raises(ValueError, match="same length"):
-        paired_test([1, 2], [1])
 
 
 def test_symmetric_label_noise() -> None:
@@ -134,7 +118,21 @@ alpha = [0.2, 1.0, 4.0]
 """
 
 
-def test_study_runs_skips_finished_cells_and_reports(toy_npz: Path, tmp_path: Path) -> None:
+def test_study_runs_skips_finished_cells_and_reports(
+    toy_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vicinal.experiments.train as train_module
+
+    # Record the weights every cell's model holds when its training starts.
+    started: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    train_arm = train_module.train_arm
+
+    def recording_train_arm(name: str, model: nn.Module, *args, out_dir: Path, **kwargs):  # type: ignore[no-untyped-def]
+        seed = int(Path(out_dir).name.removeprefix("seed"))
+        started[(name, seed)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return train_arm(name, model, *args, out_dir=out_dir, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_arm", recording_train_arm)
     spec = parse_study(TOY_STUDY.format(npz=toy_npz))
     assert len(spec.cells()) == 8
     out = tmp_path / "study"
@@ -145,10 +143,19 @@ def test_study_runs_skips_finished_cells_and_reports(toy_npz: Path, tmp_path: Pa
         assert 0 <= r["metrics"]["last"]["ece"] <= 1
         assert set(r["metrics"]["last"]["fgsm"]) == {"0.01", "0.03", "0.1"}
         assert all("test_acc" in h for h in r["history"])
-    # Same seed, same initial weights for every arm: the paired design.
+    # Same seed, same initial weights for every arm (the paired design), tensor by tensor;
+    # different seeds, different initial weights.
     cells = spec.cells()
-    first = torch.load(out / "init" / "reference-cnn-seed0.pt", weights_only=True)
-    assert all(torch.is_tensor(v) for v in first.values())
+    assert set(started) == {(c.arm, c.seed) for c in cells}
+    for cell in cells:
+        first = started[(spec.arms[0].arm, cell.seed)]
+        saved = torch.load(init_path(out, cell), weights_only=True)
+        weights = started[(cell.arm, cell.seed)]
+        assert weights.keys() == first.keys() == saved.keys()
+        for key, tensor in weights.items():
+            assert torch.equal(tensor, first[key]) and torch.equal(tensor, saved[key]), (cell.arm, cell.seed, key)
+    seed0, seed1 = (started[(spec.arms[0].arm, s)] for s in spec.seeds[:2])
+    assert any(not torch.equal(seed0[k], seed1[k]) for k in seed0 if seed0[k].is_floating_point())
     # A finished cell is not retrained: delete one result, rerun, only that one comes back.
     victim = cell_dir(out, cells[3]) / "result.json"
     before = {c.arm + str(c.seed): (cell_dir(out, c) / "result.json").stat().st_mtime_ns for c in cells}
@@ -163,10 +170,80 @@ def test_study_runs_skips_finished_cells_and_reports(toy_npz: Path, tmp_path: Pa
     assert "| mixup-alpha1 |" in md and "Paired comparisons" in md
     assert (out / "figures" / "accuracy_vs_alpha.png").exists()
     assert (out / "figures" / "reliability.png").exists()
+    # The forest plot of paired differences comes first, the tables below it.
+    assert (out / "figures" / "forest.png").exists()
+    assert md.index("![Differences from the baseline](figures/forest.png)") < md.index("## Results")
+    assert md.count("| mixup-alpha") == 6  # 3 arms, each in both tables
     html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") >= 3  # figures embedded: self-contained
-    summary = json.loads((out / "summary.json").read_text())
+    assert html.count("data:image/png;base64,") >= 4  # figures embedded: self-contained
+    assert html.index('id="forest"') < html.index("<table")
+    assert (
+        "<td>mixup-alpha1</td>" in html
+        and ">nan<" not in html.lower()
+        and "n/a</td>" not in html
+        and "[n/a]" not in html
+    )
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=_no_nan)
     assert summary["comparisons"]["mixup-alpha0.2"]["baseline"] == "none"
+    assert summary["comparisons"]["mixup-alpha0.2"]["acc_last"]["perm_exact"] is True
+
+
+def _no_nan(token: str) -> None:
+    raise AssertionError(f"summary.json holds {token}")
+
+
+def _fake_result(acc: float) -> dict[str, object]:
+    """A stored cell result with the fields a report reads (no training needed)."""
+    history = [{"epoch": e, "val_acc": acc - 0.02 * (2 - e), "test_acc": acc - 0.02 * (2 - e)} for e in range(3)]
+    last = {"ece": 0.05 - acc / 100, "nll": 0.4, "brier": 0.2, "fgsm": {"0.03": acc / 2}}
+    return {
+        "name": "x",
+        "test_acc": acc,
+        "test_loss": 0.4,
+        "best_val_acc": acc,
+        "best_epoch": 2,
+        "wall_s": 1.0,
+        "history": history,
+        "metrics": {"last": last},
+    }
+
+
+def test_report_of_one_seed_shows_na_and_escapes_text(tmp_path: Path) -> None:
+    from dataclasses import asdict, replace
+
+    from vicinal.experiments.study import CellSpec
+
+    root = tmp_path / "one-seed"
+    odd = 'mix<up>&"x"'  # a legal folder name that is also markup
+    arms = [
+        CellSpec(arm="none", method="none", dataset="toy"),
+        CellSpec(arm=odd, method="mixup", alpha=0.2, baseline="none", dataset="toy"),
+    ]
+    record = {
+        "name": "<b>one</b>",
+        "description": "<script>alert(1)</script>",
+        "seeds": [0],
+        "arms": [asdict(a) for a in arms],
+    }
+    root.mkdir()
+    (root / "study.json").write_text(json.dumps(record))
+    for arm, acc in zip(arms, (0.80, 0.83)):
+        d = cell_dir(root, replace(arm, seed=0))
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(_fake_result(acc)))
+
+    paths = render_report(root, preview=False)
+    md = paths["markdown"].read_text()
+    row = next(line for line in md.splitlines() if line.startswith(f"| {odd} | none |"))
+    # One seed: a difference, but no interval and no test.
+    assert "+3.00 [n/a]" in row and row.count("n/a") >= 3 and "nan" not in md.lower()
+    assert (root / "figures" / "forest.png").exists()
+    html = paths["html"].read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<b>one</b>" not in html and "mix&lt;up&gt;&amp;" in html
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+    assert '+3.00<span class="detail">[n/a]</span>' in text and not re.search(r"\bnan\b", text, re.IGNORECASE)
+    json.loads((root / "summary.json").read_text(), parse_constant=_no_nan)
 
 
 def test_study_cli_with_two_jobs(toy_npz: Path, tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _config_from(args: argparse.Namespace):
     from vicinal.experiments.compare import CompareConfig
 
     values = {

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vicinal._checks import check_choice, check_int, check_probability
-from vicinal.experiments._io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from vicinal.experiments._atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
 from vicinal.experiments.distributed import SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
 from vicinal.experiments.loader import InMemoryLoader
@@ -290,12 +290,12 @@ def initial_weights(cfg: CompareConfig, splits: Splits, run_dir: Path) -> dict[s
     return state
 
 
-def _progress_factory(position: int, arm: str, enabled: bool):  # type: ignore[no-untyped-def]
+def _progress_factory(position: int, arm: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    def make(epoch: int, steps: int):  # type: ignore[no-untyped-def]
+    def make(epoch: int, steps: int):
         return tqdm(
             total=steps,
             desc=f"{arm:>6} epoch {epoch + 1}",
@@ -324,15 +324,15 @@ def _train_one(
     model = build_model(cfg.model, splits.input_shape, len(splits.class_names))
     model.load_state_dict(state)
     model.to(cfg.device)
-    val = tuple(t.to(cfg.device) for t in splits.val)
-    test = tuple(t.to(cfg.device) for t in splits.test)
+    val = (splits.val[0].to(cfg.device), splits.val[1].to(cfg.device))
+    test = (splits.test[0].to(cfg.device), splits.test[1].to(cfg.device))
     return train_arm(
         arm,
         model,
         make_loader(cfg, splits, arm, dist),
         val=val,
         test=test,
-        epochs=cfg.epochs,  # type: ignore[arg-type]
+        epochs=cfg.epochs,
         out_dir=Path(run_dir) / arm,
         optim=OptimConfig(),
         resume=resume,

@@ -92,7 +92,7 @@ def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
     if ctx.enabled:
         try:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        except (RuntimeError, dist.DistBackendError) as exc:  # type: ignore[attr-defined]
+        except (RuntimeError, dist.DistBackendError) as exc:
             raise _collective_failed(ctx, "all_reduce", exc) from exc
     return tensor
 
@@ -101,7 +101,7 @@ def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         try:
             dist.barrier()
-        except (RuntimeError, dist.DistBackendError) as exc:  # type: ignore[attr-defined]
+        except (RuntimeError, dist.DistBackendError) as exc:
             raise _collective_failed(ctx, "barrier", exc) from exc
 
 

@@ -138,7 +138,7 @@ class InMemoryLoader:
         self, idx: np.ndarray, epoch: int, step: int, rank: int, offset: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.mix is not None
-        return mix_indexed_batch(  # type: ignore[no-any-return]
+        return mix_indexed_batch(
             self.mix,
             self._fetch,
             idx,

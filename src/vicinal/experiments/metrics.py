@@ -50,7 +50,7 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS)
     idx = (torch.bucketize(conf, edges[1:-1], right=False)).clamp_(0, bins - 1)
     n = conf.numel()
     ece = 0.0
-    out = []
+    out: list[dict[str, float | int | None]] = []
     for i in range(bins):
         sel = idx == i
         count = int(sel.sum())
@@ -112,7 +112,7 @@ def predict_probs(
 ) -> torch.Tensor:
     """Softmax probabilities float32 (N, C) of uint8 images (N, C, H, W)."""
     model.eval()
-    out = []
+    out: list[torch.Tensor] = []
     for start in range(0, int(images.shape[0]), batch_size):
         x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
         out.append(torch.softmax(model(x).float(), 1))

@@ -1,6 +1,6 @@
 """Figures of a run, drawn with matplotlib (Agg: no display needed).
 
-Every function writes a PNG atomically and returns its path.
+Every drawing function writes its PNG with :func:`save_figure` (atomically) and returns its path.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from vicinal.experiments._atomic import atomic_write
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -22,12 +24,26 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110, close: bool = False) -> Path:
+    """Write a matplotlib figure to ``path`` as a PNG, atomically; returns the path.
+
+    The image is drawn into a temporary file next to ``path`` and renamed over it
+    (:func:`vicinal.experiments._atomic.atomic_write`): a reader sees the old file or the
+    whole new one, never half an image. Missing parent folders are created.
+
+    Args:
+        fig: a :class:`matplotlib.figure.Figure`.
+        path: where the PNG goes.
+        dpi: resolution; the bounding box is tight around what was drawn.
+        close: close the figure afterwards (frees pyplot's memory for it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    finally:
+        if close:
+            _pyplot().close(fig)
     return path
 
 
@@ -63,9 +79,7 @@ def preview_grid(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, close=True)
 
 
 def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike) -> Path:
@@ -100,6 +114,4 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path
         fontsize=8,
     )
     fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, close=True)

@@ -2,26 +2,33 @@
 
 ``render_report(dir)`` accepts a study folder (``study.json``) or a ``vicinal compare``
 run folder (``results.json``), and writes ``report.md``, ``report.html`` (figures
-embedded, one self-contained file) and ``figures/*.png``.
+embedded, one self-contained file, rendered from the Jinja2 template
+``templates/report.html.j2``), ``summary.json`` and ``figures/*.png``.
+
+Tables are built once as structured rows (:class:`Table`) and written both as Markdown
+and as HTML. A value that needs at least two seeds (a standard deviation, an interval,
+a p-value) reads "n/a" with one seed; a metric a run did not record reads "–".
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
-from vicinal.experiments.stats import paired_test, summarize
+from vicinal.experiments._atomic import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.compare import RunSpec
+from vicinal.experiments.options import MIX_OPTIONS
+from vicinal.experiments.plots import save_figure
+from vicinal.experiments.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
 from vicinal.experiments.study import CellSpec, load_results
-from vicinal.experiments.train import atomic_write_bytes, atomic_write_json
 
 FGSM_KEY = "0.03"
 
@@ -108,16 +115,88 @@ def _baseline_of(arm: CellSpec, arms: dict[str, CellSpec]) -> str | None:
 
 # --------------------------------------------------------------------------- tables
 
+NA = "n/a"  # cannot be computed from the seeds there are (one seed: no spread, no test)
+MISSING = "–"  # the runs did not record it
 
-def _fmt_summary(s: dict[str, Any], scale: float, digits: int = 2) -> str:
-    if s["n"] == 0:
-        return "–"
-    if s["n"] == 1:
-        return f"{s['mean'] * scale:.{digits}f}"
+
+def _num(v: float | None) -> float:
+    """A stored value as a float for plotting; ``None`` (not computable) becomes NaN."""
+    return math.nan if v is None else float(v)
+
+
+Cell: TypeAlias = str | tuple[str, str]  # a value, or (value, detail): the detail (an interval) is set below it in HTML
+
+
+def _fmt_summary(s: dict[str, Any], scale: float, digits: int = 2) -> Cell:
+    if s["n"] == 0 or s["mean"] is None:
+        return MISSING
+    mean = f"{s['mean'] * scale:.{digits}f}"
+    if s["n"] < 2 or s["std"] is None:
+        return f"{mean} ± {NA}"
     return (
-        f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f} "
-        f"[{s['ci_low'] * scale:.{digits}f}, {s['ci_high'] * scale:.{digits}f}]"
+        f"{mean} ± {s['std'] * scale:.{digits}f}",
+        f"[{s['ci_low'] * scale:.{digits}f}, {s['ci_high'] * scale:.{digits}f}]",
     )
+
+
+def _fmt_diff(c: dict[str, Any] | None) -> Cell:
+    """A paired difference in points with its interval."""
+    if not c or c.get("mean") is None:
+        return MISSING
+    mean = f"{100 * c['mean']:+.2f}"
+    if c.get("ci_low") is None or c.get("ci_high") is None:
+        return (mean, f"[{NA}]")
+    return (mean, f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]")
+
+
+def _fmt_p(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return NA
+    return f"{v:.3g}"
+
+
+@dataclass
+class Table:
+    """A table as structured rows: ``rows`` are lists of cells, one per column.
+
+    A cell is a string or a ``(value, detail)`` pair; Markdown writes the pair on one
+    line, HTML sets the detail (a confidence interval) in small type below the value.
+    """
+
+    columns: list[str]
+    rows: list[list[Cell]]
+    numeric: list[bool]  # per column: right-aligned numbers
+
+    def drop_empty(self, first: int) -> Table:
+        """Leave out the columns from ``first`` on in which no row has a value."""
+        keep = [i for i in range(len(self.columns)) if i < first or any(r[i] != MISSING for r in self.rows)]
+        return Table(
+            [self.columns[i] for i in keep], [[r[i] for i in keep] for r in self.rows], [self.numeric[i] for i in keep]
+        )
+
+    def markdown(self) -> str:
+        def cell(c: Cell) -> str:
+            text = c if isinstance(c, str) else " ".join(c)
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        lines = [
+            "| " + " | ".join(cell(c) for c in self.columns) + " |",
+            "|" + "".join(" ---: |" if num else " --- |" for num in self.numeric),
+        ]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def context(self) -> dict[str, Any]:
+        """What the HTML template needs: ``columns`` and ``rows`` of ``{text, detail, numeric}`` cells."""
+
+        def cell(c: Cell, numeric: bool) -> dict[str, Any]:
+            text, detail = (c, "") if isinstance(c, str) else c
+            return {"text": text, "detail": detail, "numeric": numeric}
+
+        return {
+            "columns": [cell(c, num) for c, num in zip(self.columns, self.numeric)],
+            "rows": [[cell(c, num) for c, num in zip(row, self.numeric)] for row in self.rows],
+        }
 
 
 def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
@@ -138,7 +217,7 @@ def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
         common = sorted(set(by_arm[arm]) & set(by_arm[base]))
         if not common:
             continue
-        comp = {"baseline": base, "seeds": common}
+        comp: dict[str, Any] = {"baseline": base, "seeds": common}
         for key in ("acc_last", "acc_best_epoch", "ece", "fgsm" + FGSM_KEY):
             a = [_metric(by_arm[arm][s], key) for s in common]
             b = [_metric(by_arm[base][s], key) for s in common]
@@ -154,40 +233,55 @@ def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
-def _results_table(agg: dict[str, Any]) -> str:
-    head = "| arm | seeds | " + " | ".join(label for _, label, _ in METRICS) + " |"
-    lines = [head, "|" + " --- |" * (len(METRICS) + 2)]
+def results_table(agg: dict[str, Any]) -> Table:
+    """One row per arm: mean ± std [95% CI] of every metric over its seeds."""
+    rows = []
     for arm, summ in agg["arms"].items():
-        cells = [_fmt_summary(summ[key], scale, 2 if scale == 100 else 4) for key, _, scale in METRICS]
-        lines.append(f"| {arm} | {len(agg['seeds'][arm])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells: list[Cell] = [_fmt_summary(summ[key], scale, 2 if scale == 100 else 4) for key, _, scale in METRICS]
+        rows.append([arm, str(len(agg["seeds"][arm])), *cells])
+    table = Table(["arm", "seeds"] + [label for _, label, _ in METRICS], rows, [False] + [True] * (len(METRICS) + 1))
+    return table.drop_empty(first=2)
 
 
-def _comparison_table(agg: dict[str, Any]) -> str:
-    lines = [
-        "| arm | vs | seeds | Δ test acc, last epoch (points) [95% CI] | paired t p | sign-flip p | wins | "
-        "Δ best-epoch acc | Δ ECE (points) | Δ FGSM acc ε=0.03 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+def _perm_cell(c: dict[str, Any]) -> str:
+    p = _fmt_p(c.get("perm_p"))
+    return f"{p} (MC)" if p != NA and c.get("perm_exact") is False else p
+
+
+def comparison_table(agg: dict[str, Any]) -> Table:
+    """One row per compared arm: paired differences with its baseline, p-values, wins."""
+    columns = [
+        "arm",
+        "vs",
+        "seeds",
+        "Δ test acc, last epoch (points) [95% CI]",
+        "paired t p",
+        "sign-flip p",
+        "wins",
+        "Δ best-epoch acc",
+        "Δ ECE (points)",
+        "Δ FGSM acc ε=" + FGSM_KEY,
     ]
-
-    def d(c: dict[str, Any] | None) -> str:
-        if not c:
-            return "–"
-        if c["n"] < 2:
-            return f"{100 * c['mean']:+.2f}"
-        return f"{100 * c['mean']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
-
+    rows = []
     for arm, comp in agg["comparisons"].items():
         acc = comp.get("acc_last")
         if not acc:
             continue
-        p = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
-        lines.append(
-            f"| {arm} | {comp['baseline']} | {len(comp['seeds'])} | {d(acc)} | {p(acc['t_p'])} | "
-            f"{p(acc['perm_p'])} | {acc['wins']}/{acc['n']} | {d(comp.get('acc_best_epoch'))} | "
-            f"{d(comp.get('ece'))} | {d(comp.get('fgsm' + FGSM_KEY))} |"
+        rows.append(
+            [
+                arm,
+                comp["baseline"],
+                str(len(comp["seeds"])),
+                _fmt_diff(acc),
+                _fmt_p(acc.get("t_p")),
+                _perm_cell(acc),
+                f"{acc['wins']}/{acc['n']}",
+                _fmt_diff(comp.get("acc_best_epoch")),
+                _fmt_diff(comp.get("ece")),
+                _fmt_diff(comp.get("fgsm" + FGSM_KEY)),
+            ]
         )
-    return "\n".join(lines)
+    return Table(columns, rows, [False, False] + [True] * 8).drop_empty(first=7)
 
 
 # --------------------------------------------------------------------------- figures
@@ -203,18 +297,59 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from vicinal.experiments.plots import _save as save_png
+    return save_figure(fig, path, close=True)
 
-    out = save_png(fig, path)
-    _plt().close(fig)
-    return out
+
+FOREST_PANELS = [
+    ("acc_last", "test accuracy, last epoch", "higher is better"),
+    ("ece", "ECE (15 bins)", "lower is better"),
+    ("fgsm" + FGSM_KEY, f"FGSM accuracy, ε={FGSM_KEY}", "higher is better"),
+]
+
+
+def _fig_forest(agg: dict[str, Any], out: Path) -> Path | None:
+    """Every compared arm's paired difference with its baseline and 95% CI, one panel per metric."""
+    comps = [(arm, c) for arm, c in agg["comparisons"].items() if c.get("acc_last")]
+    panels = [p for p in FOREST_PANELS if any(c.get(p[0]) for _, c in comps)]
+    if not comps or not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(1.8 + 3.6 * len(panels), max(2.4, 1.4 + 0.42 * len(comps))), sharey=True, squeeze=False
+    )
+    ys = np.arange(len(comps))
+    # "$" would start matplotlib math text in an arm name.
+    labels = [f"{arm} − {c['baseline']}  (n={len(c['seeds'])})".replace("$", r"\$") for arm, c in comps]
+    for ax, (key, title, better) in zip(axes[0], panels):
+        ax.axvline(0, color="0.3", lw=1, zorder=1)
+        for y, (_, c) in zip(ys, comps):
+            d = c.get(key)
+            if not d or d.get("mean") is None:
+                ax.text(0, y, "not recorded", ha="center", va="center", fontsize=7, color="0.5")
+                continue
+            mean, lo, hi = 100 * d["mean"], d.get("ci_low"), d.get("ci_high")
+            if lo is None or hi is None:  # one seed: a point without an interval
+                ax.plot(mean, y, "o", mfc="white", mec="0.4", zorder=3)
+                continue
+            lo, hi = 100 * lo, 100 * hi
+            color = "tab:blue" if lo > 0 or hi < 0 else "0.45"
+            ax.errorbar(mean, y, xerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=3, zorder=3)
+        ax.set_title(f"{title}\n({better})", fontsize=10)
+        ax.set_xlabel("difference (points)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+    axes[0][0].set_yticks(ys, labels)
+    axes[0][0].set_ylim(len(comps) - 0.5, -0.5)  # first arm on top
+    fig.suptitle("Paired differences with the baseline: mean and 95% CI over seeds", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out / "forest.png")
 
 
 def _fig_alpha(agg: dict[str, Any], out: Path) -> Path | None:
     specs = {k: CellSpec(**v) for k, v in agg["specs"].items()}
     groups: dict[tuple[str, float], list[str]] = defaultdict(list)
     for arm, s in specs.items():
-        if s.method != "none":
+        if s.method != "none" and s.alpha is not None:  # alpha None: a method without it (cutmix)
             groups[(s.method, s.noise)].append(arm)
     groups = {k: v for k, v in groups.items() if len({specs[a].alpha for a in v}) >= 3}
     if not groups:
@@ -222,16 +357,16 @@ def _fig_alpha(agg: dict[str, Any], out: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for (method, noise), arms in groups.items():
-        arms.sort(key=lambda a: specs[a].alpha)
-        xs = [specs[a].alpha for a in arms]
-        ms = [100 * agg["arms"][a]["acc_last"]["mean"] for a in arms]
-        es = [100 * np.nan_to_num(agg["arms"][a]["acc_last"]["std"]) for a in arms]
+        arms.sort(key=lambda a: _num(specs[a].alpha))
+        xs = [_num(specs[a].alpha) for a in arms]
+        ms = [100 * _num(agg["arms"][a]["acc_last"]["mean"]) for a in arms]
+        es = [100 * (agg["arms"][a]["acc_last"]["std"] or 0.0) for a in arms]
         ax.errorbar(xs, ms, yerr=es, marker="o", capsize=3, label=f"{method}" + (f", noise {noise:g}" if noise else ""))
         base = _baseline_of(specs[arms[0]], specs)
         if base:
             b = agg["arms"][base]["acc_last"]
-            ax.axhline(100 * b["mean"], color="gray", ls="--", label=f"{base} (mean)")
-            if b["n"] > 1:
+            ax.axhline(100 * _num(b["mean"]), color="gray", ls="--", label=f"{base} (mean)")
+            if b["std"] is not None:
                 ax.axhspan(100 * (b["mean"] - b["std"]), 100 * (b["mean"] + b["std"]), color="gray", alpha=0.15)
     ax.set(
         xscale="log", xlabel="α", ylabel="test accuracy, last epoch (%)", title="Accuracy vs α (mean ± std over seeds)"
@@ -243,9 +378,9 @@ def _fig_alpha(agg: dict[str, Any], out: Path) -> Path | None:
 
 def _fig_noise(agg: dict[str, Any], out: Path) -> Path | None:
     specs = {k: CellSpec(**v) for k, v in agg["specs"].items()}
-    groups: dict[tuple[str, float], list[str]] = defaultdict(list)
+    groups: dict[tuple[str, float | None], list[str]] = defaultdict(list)
     for arm, s in specs.items():
-        groups[(s.method, s.alpha if s.method != "none" else 0.0)].append(arm)
+        groups[(s.method, s.alpha if s.method != "none" else None)].append(arm)
     groups = {k: v for k, v in groups.items() if len({specs[a].noise for a in v}) >= 2}
     if not groups:
         return None
@@ -254,10 +389,10 @@ def _fig_noise(agg: dict[str, Any], out: Path) -> Path | None:
     for (method, alpha), arms in groups.items():
         arms.sort(key=lambda a: specs[a].noise)
         xs = [100 * specs[a].noise for a in arms]
-        label = "no mixing" if method == "none" else f"{method} α={alpha:g}"
+        label = "no mixing" if method == "none" else method + ("" if alpha is None else f" α={alpha:g}")
         for ax, key in zip(axes, ("acc_last", "acc_best_epoch")):
-            ms = [100 * agg["arms"][a][key]["mean"] for a in arms]
-            es = [100 * np.nan_to_num(agg["arms"][a][key]["std"]) for a in arms]
+            ms = [100 * _num(agg["arms"][a][key]["mean"]) for a in arms]
+            es = [100 * (agg["arms"][a][key]["std"] or 0.0) for a in arms]
             ax.errorbar(xs, ms, yerr=es, marker="o", capsize=3, label=label)
     axes[0].set(title="Last epoch", xlabel="label noise (%)", ylabel="test accuracy (%)")
     axes[1].set(title="Best epoch", xlabel="label noise (%)")
@@ -318,6 +453,9 @@ def _fig_reliability(cells: list[tuple[CellSpec, dict[str, Any]]], out: Path) ->
     return _save(fig, out / "reliability.png")
 
 
+_RUN_FIELDS = frozenset(f.name for f in fields(RunSpec))
+
+
 def _fig_preview(record: dict[str, Any], out: Path) -> Path | None:
     from vicinal.experiments.compare import CompareConfig, load_any, make_splits, write_preview
 
@@ -326,20 +464,10 @@ def _fig_preview(record: dict[str, Any], out: Path) -> Path | None:
         if spec.method == "none":
             continue
         try:
-            cfg = CompareConfig(
-                dataset=spec.dataset,
-                data_dir=spec.data_dir,
-                method=spec.method,
-                alpha=spec.alpha,
-                cutmix_alpha=spec.cutmix_alpha,
-                switch_prob=spec.switch_prob,
-                k=spec.k,
-                granularity=spec.granularity,
-                pairing=spec.mix_config().pairing,  # type: ignore[union-attr]
-                val_size=spec.val_size,
-                train_limit=spec.train_limit,
-                seed=spec.seed,
-            )
+            # Stored arms may carry options their method doesn't use (written before the
+            # options were resolved): treat them as inherited, not asked for.
+            resolved = asdict(spec.resolved(inherited=frozenset(MIX_OPTIONS)))
+            cfg = CompareConfig(**{k: v for k, v in resolved.items() if k in _RUN_FIELDS})
             return write_preview(cfg, make_splits(load_any(cfg.dataset, cfg.data_dir), cfg), out / "preview.png")
         except (ValueError, OSError):
             return None  # the data is not here: the report goes on without the grid
@@ -348,76 +476,112 @@ def _fig_preview(record: dict[str, Any], out: Path) -> Path | None:
 
 # --------------------------------------------------------------------------- rendering
 
+TEMPLATE = "report.html.j2"
 
-def _md_table_to_html(md: str) -> str:
-    rows = [r.strip().strip("|").split("|") for r in md.strip().splitlines()]
-    head, body = rows[0], rows[2:]
-    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"]
-    for r in body:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+
+def _template() -> Any:
+    """The HTML template (package data ``vicinal/experiments/templates/``), autoescaping on."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("vicinal.experiments", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template(TEMPLATE)
+
+
+def _notes() -> list[str]:
+    exact_seeds = int(math.log2(EXACT_MAX_PATTERNS))
+    return [
+        "Values are mean ± sample std [95% Student-t confidence interval of the mean] over seeds. "
+        "Accuracies, ECE and FGSM accuracies in percent; NLL and Brier on the test set at the last epoch. "
+        "'Best epoch' is the highest test accuracy over epochs (the mixup paper's Table 2 convention).",
+        "Comparisons are paired by seed: both arms of a seed start from the same initial weights and see the "
+        "same data order. Δ is arm minus baseline, in points. 'paired t p' is the two-sided paired t-test; "
+        "'sign-flip p' is the two-sided permutation test of the mean difference (each seed's difference "
+        f"keeps or flips its sign), exact over all 2^n sign patterns up to n = {exact_seeds} seeds, beyond that "
+        f"Monte Carlo over {MONTE_CARLO_RESAMPLES:,} seeded random patterns, marked (MC). "
+        "'wins' counts the seeds on which the arm beat its baseline.",
+        f"{NA}: needs at least two seeds. {MISSING}: not recorded by these runs.",
+    ]
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str, Path]:
-    """Write report.md, report.html and figures/*.png into ``path``; returns their paths."""
+    """Write report.md, report.html, summary.json and figures/*.png into ``path``.
+
+    Returns:
+        ``{"markdown": ..., "html": ..., <figure title>: <png path>, ...}``.
+    """
     root = Path(path)
     record, cells = _load_any(root)
     if not cells:
         raise ValueError(f"{root} has no finished runs to report on")
     agg = aggregate(cells)
     figdir = root / "figures"
-    figs = {
+    forest = _fig_forest(agg, figdir)
+    drawn = {
         "Accuracy vs α": _fig_alpha(agg, figdir),
         "Accuracy vs label noise": _fig_noise(agg, figdir),
         "Learning curves": _fig_curves(agg, cells, figdir),
         "Reliability diagrams (last epoch, pooled over seeds)": _fig_reliability(cells, figdir),
         "Mixed training images": _fig_preview(record, figdir) if preview else None,
     }
-    figs = {k: v for k, v in figs.items() if v is not None}
-    results_md = _results_table(agg)
-    comp_md = _comparison_table(agg)
-    intro = [
-        f"# vicinal report: {record['name']}",
-        "",
-        record.get("description", ""),
-        "",
-        "Values are mean ± sample std [95% Student-t confidence interval of the mean] over seeds. "
-        "Accuracies, ECE and FGSM accuracies in percent; NLL and Brier on the test set at the last epoch. "
-        "'Best epoch' is the highest test accuracy over epochs (the mixup paper's Table 2 convention). "
-        "Comparisons are paired by seed: both arms of a seed start from the same initial weights and see the "
-        "same data order.",
-        "",
-    ]
-    md = intro + ["## Results", "", results_md, "", "## Paired comparisons with the baseline", "", comp_md, ""]
+    figs: dict[str, Path] = {k: v for k, v in drawn.items() if v is not None}
+    forest_title = "Differences from the baseline"
+    forest_caption = (
+        "Each row is one arm minus its baseline, paired by seed: the dot is the mean difference, the bar its "
+        "95% Student-t interval (blue where it excludes 0, grey where it does not; an open dot: one seed, no "
+        "interval). Right of the line at 0 the arm scores higher."
+    )
+    results = results_table(agg)
+    comparisons = comparison_table(agg)
+    notes = _notes()
+    n_seeds = len({s for seeds in agg["seeds"].values() for s in seeds})
+    meta = f"{len(agg['arms'])} arms × {n_seeds} seeds, {len(cells)} finished runs"
+
+    md = [f"# vicinal report: {record['name']}", ""]
+    if record.get("description"):
+        md += [record["description"], ""]
+    md += [meta, ""]
+    if forest is not None:
+        md += [f"## {forest_title}", "", f"![{forest_title}]({forest.relative_to(root).as_posix()})", ""]
+        md += [forest_caption, ""]
+    for note in notes:
+        md += [note, ""]
+    md += ["## Results", "", results.markdown(), ""]
+    md += ["## Paired comparisons with the baseline", ""]
+    md += [comparisons.markdown() if comparisons.rows else "No arm has a baseline to compare with.", ""]
     for title, fig in figs.items():
         md += [f"## {title}", "", f"![{title}]({fig.relative_to(root).as_posix()})", ""]
     atomic_write_bytes(root / "report.md", "\n".join(md).encode())
 
-    parts = [
-        f"<h1>vicinal report: {html.escape(record['name'])}</h1>",
-        f"<p>{html.escape(record.get('description', ''))}</p>",
-        f"<p>{html.escape(intro[4])}</p>",
-        "<h2>Results</h2>",
-        _md_table_to_html(results_md),
-        "<h2>Paired comparisons with the baseline</h2>",
-        _md_table_to_html(comp_md),
-    ]
-    for title, fig in figs.items():
-        data = base64.b64encode(fig.read_bytes()).decode()
-        parts += [
-            f"<h2>{html.escape(title)}</h2>",
-            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">',
-        ]
-    style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>vicinal report</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    page = _template().render(
+        name=record["name"],
+        description=record.get("description", ""),
+        meta=meta,
+        forest=None if forest is None else {"title": forest_title, "caption": forest_caption, "src": _data_uri(forest)},
+        notes=notes,
+        tables=[
+            {"id": "results", "title": "Results", "table": results.context(), "empty": "No results."},
+            {
+                "id": "comparisons",
+                "title": "Paired comparisons with the baseline",
+                "table": comparisons.context(),
+                "empty": "No arm has a baseline to compare with.",
+            },
+        ],
+        figures=[{"title": title, "src": _data_uri(fig)} for title, fig in figs.items()],
     )
     atomic_write_bytes(root / "report.html", page.encode())
     atomic_write_json(root / "summary.json", agg)
-    return {"markdown": root / "report.md", "html": root / "report.html", **{k: v for k, v in figs.items()}}
+    out: dict[str, Path] = {"markdown": root / "report.md", "html": root / "report.html"}
+    if forest is not None:
+        out[forest_title] = forest
+    return {**out, **figs}

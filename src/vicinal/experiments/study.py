@@ -162,7 +162,7 @@ def load_study(preset_or_path: str, *, overrides: dict[str, Any] | None = None, 
 _DATA_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
-def _splits_for(cell: CellSpec):  # type: ignore[no-untyped-def]
+def _splits_for(cell: CellSpec):
     from vicinal.experiments.compare import CompareConfig, load_any, make_splits
 
     key = (cell.dataset, cell.data_dir, cell.val_size, cell.train_limit, cell.test_limit)
@@ -187,7 +187,7 @@ def init_path(study_dir: Path, cell: CellSpec) -> Path:
 
 
 def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
-    from vicinal.experiments._io import atomic_torch_save
+    from vicinal.experiments._atomic import atomic_torch_save
     from vicinal.experiments.models import build_model
 
     path = init_path(study_dir, cell)
@@ -201,7 +201,7 @@ def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
 
 def run_cell(study_dir: str, cell: CellSpec, threads: int) -> dict[str, Any]:
     """Train (or resume, or just read) one cell; returns its result record."""
-    from vicinal.experiments._io import atomic_write_json
+    from vicinal.experiments._atomic import atomic_write_json
     from vicinal.experiments.loader import InMemoryLoader
     from vicinal.experiments.models import build_model
     from vicinal.experiments.noise import symmetric_label_noise
@@ -252,7 +252,7 @@ def run_study(
     spec: StudySpec, study_dir: str | os.PathLike, *, jobs: int = 1, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell of ``spec`` with ``jobs`` worker processes."""
-    from vicinal.experiments._io import atomic_write_json
+    from vicinal.experiments._atomic import atomic_write_json
     from vicinal.experiments.train import RESULT
 
     root = Path(study_dir)

@@ -176,11 +176,11 @@ def _read_images(paths: list[Path], image_size: tuple[int, int] | None, grayscal
     out = np.empty((len(paths), h, w, channels), dtype=np.uint8)
     for i, p in enumerate(paths):
         try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if im.size != (w, h):
-                    im = im.resize((w, h), resample)
-                arr = np.asarray(im, dtype=np.uint8)
+            with Image.open(p) as opened:
+                converted = opened.convert(mode)
+                if converted.size != (w, h):
+                    converted = converted.resize((w, h), resample)
+                arr = np.asarray(converted, dtype=np.uint8)
         except Exception as exc:
             raise _open_error(p, exc) from exc
         out[i] = arr.reshape(h, w, channels)
