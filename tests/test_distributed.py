@@ -58,6 +58,7 @@ shutdown(ctx)
 """
 
 
+@pytest.mark.slow
 def test_mixing_policies_across_two_ranks(tmp_path: Path) -> None:
     script = tmp_path / "policies.py"
     script.write_text(textwrap.dedent(POLICY_SCRIPT))
@@ -122,6 +123,7 @@ with open(f"{out}/rank{rank}.json", "w") as f:
 """
 
 
+@pytest.mark.slow
 def test_ddp_compare_run_same_metrics_on_every_rank(tmp_path: Path, toy_npz: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(TRAIN_SCRIPT))
@@ -164,6 +166,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_dead_rank_fails_the_others_with_a_clear_error(tmp_path: Path) -> None:
     script = tmp_path / "dead.py"
     script.write_text(textwrap.dedent(DEAD_SCRIPT))

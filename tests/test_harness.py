@@ -142,6 +142,7 @@ def test_both_arms_start_from_the_saved_initial_weights(
     assert any(not torch.equal(other_init[k], init[k]) for k in init)
 
 
+@pytest.mark.slow
 def test_same_seed_same_results_and_parallel_equals_sequential(toy_npz: Path, tmp_path: Path) -> None:
     a = run_compare(_tiny(toy_npz), tmp_path / "a", progress=False)
     b = run_compare(_tiny(toy_npz, parallel=True, threads=2), tmp_path / "b", progress=False)
@@ -150,6 +151,7 @@ def test_same_seed_same_results_and_parallel_equals_sequential(toy_npz: Path, tm
         assert [h["train_loss"] for h in ra.history] == [h["train_loss"] for h in rb.history]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(toy_npz: Path, tmp_path: Path) -> None:
     args = [
         "compare",

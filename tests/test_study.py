@@ -246,6 +246,7 @@ def test_report_of_one_seed_shows_na_and_escapes_text(tmp_path: Path) -> None:
     json.loads((root / "summary.json").read_text(), parse_constant=_no_nan)
 
 
+@pytest.mark.slow
 def test_study_cli_with_two_jobs(toy_npz: Path, tmp_path: Path) -> None:
     toml = tmp_path / "s.toml"
     toml.write_text(TOY_STUDY.format(npz=toy_npz).replace("alpha = [0.2, 1.0, 4.0]", "alpha = [0.2]"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -26,10 +26,10 @@ Granularity = Literal["batch", "elem", "pair"]
 Pairing = Literal["roll", "flip", "permute", "derange", "stream"]
 ApplyMode = Literal["batch", "elem"]
 
-METHODS: tuple[str, ...] = ("mixup", "cutmix", "switch", "kway")
-GRANULARITIES: tuple[str, ...] = ("batch", "elem", "pair")
-PAIRINGS: tuple[str, ...] = ("roll", "flip", "permute", "derange", "stream")
-APPLY_MODES: tuple[str, ...] = ("batch", "elem")
+METHODS: tuple[str, ...] = get_args(Method)
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
+PAIRINGS: tuple[str, ...] = get_args(Pairing)
+APPLY_MODES: tuple[str, ...] = get_args(ApplyMode)
 
 _MAX_SEED = 2**63 - 1
 # Counter word 3 separates independent uses of one (seed, epoch): plans vs. epoch orders.
