@@ -9,6 +9,7 @@ file is removed on every failure path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -44,12 +45,33 @@ def _atomic_target(path: Path) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+class DiskFullError(OSError):
+    """No space left on the device while writing a run-folder file."""
+
+
+def _no_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch.save reports a failed write as "PytorchStreamWriter failed writing file ...".
+    return isinstance(exc, RuntimeError) and "failed writing file" in str(exc)
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` atomically and durably with ``write(file)``."""
-    with _atomic_target(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``path`` atomically and durably with ``write(file)``.
+
+    Raises:
+        DiskFullError: the file system is full (the temporary file is removed and the
+            previous version of ``path``, if any, is left as it was).
+    """
+    try:
+        with _atomic_target(path) as tmp, open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:
+        if _no_space(exc):
+            raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}") from exc
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -67,3 +89,65 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+class UnreadableFileError(ValueError):
+    """A run-folder file that is truncated, corrupt or unsafe to load; names the file."""
+
+
+def load_tensors(path: Path) -> Any:
+    """``torch.load`` of a checkpoint or weights file, refusing anything but data.
+
+    ``weights_only=True``: tensors, numbers, strings and containers of them load;
+    anything that would run code when unpickled (a callable, a custom class) is refused,
+    so a run folder that someone else can write can't execute code on this machine.
+
+    Raises:
+        UnreadableFileError: the file is empty, truncated, corrupt or holds code.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnreadableFileError(
+            f"{path} holds objects other than tensors and plain data; refused, since loading it could run code "
+            "(delete it to retrain from scratch)"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableFileError(
+            f"{path} is truncated or corrupt ({reason}); delete it to redo that part of the run"
+        ) from exc
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run folder; a clear error naming it if it is corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableFileError(f"{path} is not valid JSON ({exc}); delete it to redo that part of the run") from exc
+
+
+def check_writable_folder(folder: Path, *, option: str = "--out") -> None:
+    """Refuse, before any work, a run folder that can't be created or written.
+
+    Checks the folder itself if it exists, else its nearest existing parent; creates
+    nothing.
+    """
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise NotADirectoryError(f"{option} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {folder}: {probe} is not writable")

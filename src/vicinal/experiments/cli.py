@@ -14,6 +14,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from vicinal.experiments._atomic import DiskFullError, check_writable_folder
 from vicinal.experiments.options import METHOD_DEFAULTS, MIX_POLICIES, PRECISIONS
 from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
@@ -211,6 +212,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.out:
+        check_writable_folder(Path(args.out))
     overrides = {
         k: v
         for k, v in (
@@ -281,6 +284,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_writable_folder(out)
     t0 = time.perf_counter()
     results = run_compare(cfg, out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -306,12 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileExistsError) as exc:
-        # Bad options and bad data end with one clear line, not a traceback.
+    except (ValueError, FileExistsError, PermissionError, NotADirectoryError, DiskFullError) as exc:
+        # Bad options, bad data, a full disk or an unwritable folder end with one clear
+        # line, not a traceback.
         from vicinal.experiments.data import DatasetError
 
         kind = "data error" if isinstance(exc, DatasetError) else "error"
-        print(f"vicinal: {kind}: {exc}", file=sys.stderr)
+        message = exc.strerror if isinstance(exc, DiskFullError) else exc
+        print(f"vicinal: {kind}: {message}", file=sys.stderr)
         return 2
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vicinal._checks import check_choice, check_int, check_probability
-from vicinal.experiments._atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from vicinal.experiments._atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_tensors
 from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
 from vicinal.experiments.distributed import SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
 from vicinal.experiments.loader import InMemoryLoader
@@ -92,7 +92,8 @@ class RunSpec:
         check_seed("seed", self.seed)
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
-        check_int("val_size", self.val_size, minimum=0)
+        # 0 would leave no validation set: "best epoch" and early stopping need one.
+        check_int("val_size", self.val_size, minimum=1)
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1)
@@ -174,6 +175,7 @@ class Splits:
     test: tuple[torch.Tensor, torch.Tensor]
     class_names: tuple[str, ...]
     rule: str = "first images (the keras.io reference's split)"
+    source: str = ""
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -245,7 +247,11 @@ def make_splits(ds: ArrayDataset, cfg: RunSpec) -> Splits:
     if cfg.test_limit is not None:
         xs, ys = xs[: cfg.test_limit], ys[: cfg.test_limit]
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-    return Splits((as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys)), tuple(ds.class_names), rule)
+    source = str(ds.source)
+    if ds.name in available_datasets():
+        source += " (the SHA-256 of every file matched the published checksums)"
+    train, val, test = (as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys))
+    return Splits(train, val, test, tuple(ds.class_names), rule, source)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], *, ignore: Collection[str] = ()) -> list[str]:
@@ -283,7 +289,7 @@ def initial_weights(cfg: CompareConfig, splits: Splits, run_dir: Path) -> dict[s
     """The shared initial weights: loaded from ``init.pt`` if the run has them, else made."""
     path = run_dir / "init.pt"
     if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensors(path)
     torch.manual_seed(cfg.seed)
     state = build_model(cfg.model, splits.input_shape, len(splits.class_names)).state_dict()
     atomic_torch_save(state, path)
@@ -449,6 +455,7 @@ def run_compare(
         + ".",
         f"Training images: {len(splits.train[1])}, validation: {len(splits.val[1])}, test: {len(splits.test[1])} "
         f"(split: {splits.rule}); seed {cfg.seed}.",
+        f"Data: {splits.source}.",
         "",
         "A single seed: differences of about a point are within seed-to-seed noise on Fashion-MNIST.",
         "",
@@ -464,6 +471,7 @@ def run_compare(
             "parallel": parallel,
             "world_size": dist.world_size,
             "split_rule": splits.rule,
+            "data_source": splits.source,
             "arms": [asdict(r) for r in results],
         },
     )

@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from vicinal._checks import check_choice
-from vicinal.experiments._atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from vicinal.experiments._atomic import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 from vicinal.experiments.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
 from vicinal.experiments.loader import InMemoryLoader, to_model_input
 from vicinal.experiments.options import PRECISIONS, SCHEDULES
@@ -40,6 +46,10 @@ from vicinal.losses import soft_target_cross_entropy
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or inf; names the arm, epoch and step."""
 
 
 @dataclass(frozen=True)
@@ -155,8 +165,7 @@ def train_arm(
     if writer:
         out.mkdir(parents=True, exist_ok=True)
     if resume and (out / RESULT).exists():
-        data = json.loads((out / RESULT).read_text())
-        return ArmResult(**data)
+        return ArmResult(**read_json(out / RESULT))
 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -173,7 +182,7 @@ def train_arm(
     start_epoch, elapsed = 0, 0.0
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = load_tensors(ckpt_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched is not None:
@@ -198,6 +207,9 @@ def train_arm(
         bar = progress(epoch, len(loader)) if progress else None
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
+        # The first step whose loss was NaN or inf, kept on the loss's device and read once
+        # per epoch (no host sync per step); -1: none.
+        first_bad = torch.full((), -1, dtype=torch.int64, device=next(model.parameters()).device)
         seen = 0
         for step, (x, target) in enumerate(loader.epoch(epoch)):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -210,6 +222,8 @@ def train_arm(
                 sched.step()
             with torch.no_grad():
                 b = x.shape[0]
+                bad_now = (first_bad < 0) & ~torch.isfinite(loss.detach())
+                first_bad = torch.where(bad_now, step, first_bad)
                 loss_sum += loss.detach().double() * b
                 correct += (logits.argmax(1) == target.argmax(1)).sum()
                 seen += b
@@ -217,6 +231,11 @@ def train_arm(
                 bar.update(1)
                 if step % 50 == 0:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
+        if int(first_bad) >= 0:
+            raise NonFiniteLossError(
+                f"arm {name!r}: the training loss became NaN or inf at epoch {epoch + 1}, step {int(first_bad)}; "
+                f"stopped (the checkpoint of epoch {epoch} is kept). Lower the learning rate or check the data"
+            )
         sums = all_reduce_sum(
             dist, torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
         )
