@@ -173,7 +173,7 @@ def test_study_runs_skips_finished_cells_and_reports(
     # The forest plot of paired differences comes first, the tables below it.
     assert (out / "figures" / "forest.png").exists()
     assert md.index("![Differences from the baseline](figures/forest.png)") < md.index("## Results")
-    assert md.count("| mixup-alpha") == 6  # 3 arms, each in both tables
+    assert md.count("| mixup-alpha") == 9  # 3 arms, each in the results, comparison and settings tables
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") >= 4  # figures embedded: self-contained
     assert html.index('id="forest"') < html.index("<table")

@@ -243,6 +243,19 @@ def results_table(agg: dict[str, Any]) -> Table:
     return table.drop_empty(first=2)
 
 
+def settings(record: dict[str, Any]) -> tuple[str, Table]:
+    """What actually ran (overrides included): the settings common to every arm as one
+    line, and a table of the settings that differ between arms."""
+    arms = record["arms"]
+    names = [k for k in arms[0] if k not in ("arm", "seed")] if arms else []
+    varying = [k for k in names if len({json.dumps(a.get(k)) for a in arms}) > 1]
+    common = [k for k in names if k not in varying and arms[0].get(k) is not None]
+    line = "Common to every arm: " + ", ".join(f"{k}={arms[0][k]}" for k in common) if arms else ""
+    line += f"; seeds {', '.join(str(s) for s in record.get('seeds', []))}."
+    rows: list[list[Cell]] = [[a["arm"]] + ["–" if a.get(k) is None else str(a[k]) for k in varying] for a in arms]
+    return line, Table(["arm", *varying], rows, [False] * (1 + len(varying)))
+
+
 def _perm_cell(c: dict[str, Any]) -> str:
     p = _fmt_p(c.get("perm_p"))
     return f"{p} (MC)" if p != NA and c.get("perm_exact") is False else p
@@ -558,6 +571,8 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     md += ["## Results", "", results.markdown(), ""]
     md += ["## Paired comparisons with the baseline", ""]
     md += [comparisons.markdown() if comparisons.rows else "No arm has a baseline to compare with.", ""]
+    settings_line, settings_table = settings(record)
+    md += ["## Settings that ran", "", settings_line, "", settings_table.markdown(), ""]
     for title, fig in figs.items():
         md += [f"## {title}", "", f"![{title}]({fig.relative_to(root).as_posix()})", ""]
     atomic_write_bytes(root / "report.md", "\n".join(md).encode())
@@ -575,6 +590,13 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
                 "title": "Paired comparisons with the baseline",
                 "table": comparisons.context(),
                 "empty": "No arm has a baseline to compare with.",
+            },
+            {
+                "id": "settings",
+                "title": "Settings that ran",
+                "table": settings_table.context(),
+                "empty": settings_line,
+                "caption": settings_line,
             },
         ],
         figures=[{"title": title, "src": _data_uri(fig)} for title, fig in figs.items()],

@@ -1,0 +1,38 @@
+"""A study's report states the settings that actually ran, overrides included."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from test_study import _fake_result
+from vicinal.experiments.report import render_report
+from vicinal.experiments.study import cell_dir, parse_study
+
+
+def test_report_states_the_settings_that_ran_not_the_preset(tmp_path: Path) -> None:
+    preset = (
+        "name='p'\ndescription='ten epochs on everything'\n[defaults]\ndataset='toy'\nepochs=10\npairing='stream'\n"
+        "[[arms]]\nname='none'\nmethod='none'\n[[arms]]\nname='mixup'\nmethod='mixup'\nalpha=0.4\nbaseline='none'\n"
+    )
+    spec = parse_study(preset, overrides={"epochs": 2, "train_limit": 300}, seeds=2)
+    root = tmp_path / "study"
+    root.mkdir()
+    record = {"name": spec.name, "description": spec.description, "seeds": list(spec.seeds)}
+    record["arms"] = [asdict(a) for a in spec.arms]
+    (root / "study.json").write_text(json.dumps(record))
+    for arm in spec.arms:
+        for seed, acc in ((0, 0.8), (1, 0.81)):
+            d = cell_dir(root, replace(arm, seed=seed))
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps(_fake_result(acc + (0.01 if arm.method == "mixup" else 0))))
+    md = render_report(root, preview=False)["markdown"].read_text()
+    settings = md[md.index("## Settings that ran") :]
+    assert "epochs=2" in settings and "train_limit=300" in settings and "epochs=10" not in settings
+    assert "seeds 0, 1" in settings
+    rows = {line.split("|")[1].strip(): line for line in settings.splitlines() if line.startswith("| ")}
+    assert "stream" in rows["mixup"] and "0.4" in rows["mixup"]
+    assert "stream" not in rows["none"]  # the default pairing is not an option of no mixing
+    html = (root / "report.html").read_text()
+    assert "Settings that ran" in html and "train_limit=300" in html
