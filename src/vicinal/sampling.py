@@ -61,6 +61,12 @@ class MixConfig:
             once per batch or once per λ draw (unmixed samples keep their own label).
         switch_prob: probability of CutMix under ``method="switch"``.
         k: number of samples combined by ``method="kway"`` (>= 2).
+        correct_lam: CutMix label weight: the exact fraction of pixels kept once the box
+            is clipped to the image (True), or the sampled λ (False, timm's
+            ``correct_lam=False``).
+        cutmix_minmax: ``(lo, hi)`` with ``0 <= lo < hi <= 1``: draw each box side
+            uniformly in ``[lo, hi)`` of the image side instead of from the area λ
+            (timm's ``cutmix_minmax``); the label weight is then the exact kept area.
     """
 
     method: Method = "mixup"
@@ -73,6 +79,8 @@ class MixConfig:
     p_mode: ApplyMode = "batch"
     switch_prob: float = 0.5
     k: int = 2
+    correct_lam: bool = True
+    cutmix_minmax: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -96,6 +104,17 @@ class MixConfig:
             raise ValueError("method='kway' does not support granularity='pair'")
         if self.method != "kway" and self.k != 2:
             raise ValueError(f"k is only used by method='kway'; got k={self.k} with method={self.method!r}")
+        if not isinstance(self.correct_lam, bool):
+            raise TypeError(f"correct_lam must be a bool, got {type(self.correct_lam).__name__}")
+        if self.cutmix_minmax is not None:
+            mm = self.cutmix_minmax
+            if (
+                len(mm) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mm)
+                or not 0 <= mm[0] < mm[1] <= 1
+            ):
+                raise ValueError(f"cutmix_minmax must be (lo, hi) with 0 <= lo < hi <= 1, got {mm!r}")
+            object.__setattr__(self, "cutmix_minmax", (float(mm[0]), float(mm[1])))
 
     @property
     def num_sources(self) -> int:
@@ -113,8 +132,9 @@ class MixPlan:
 
     Attributes:
         weights: float64 (B, K); row ``i`` weighs sample ``i`` (column 0) and its
-            partners (columns 1..K-1). Rows are >= 0 and sum to 1. For CutMix rows the
-            partner weight is the exact fraction of pixels pasted from the partner.
+            partners (columns 1..K-1) in the mixed label. Rows are >= 0 and sum to 1.
+            For CutMix rows the partner weight is the exact fraction of pixels pasted
+            from the partner (the sampled λ with ``correct_lam=False``).
         partners: int64 (B, K-1); indices into the batch, or for ``source == "stream"``
             into the second batch (then ``partners[:, 0] == arange(B)``).
         shift: for ``pairing="roll"``, ``partners[:, j] == (arange(B) - shift[j]) % B``,
@@ -173,6 +193,24 @@ class MixPlan:
         w[self.cut] = 0.0
         w[self.cut, 0] = 1.0
         return w
+
+
+def identity_plan(plan: MixPlan) -> MixPlan:
+    """A plan of the same shape as ``plan`` that leaves every sample as it is.
+
+    Used to switch mixing off (``Mixer.enabled``, ``off_epoch``) without changing what
+    a batch looks like: same partners and source, weights ``(1, 0, ...)``, no boxes.
+    """
+    weights = np.zeros_like(plan.weights)
+    weights[:, 0] = 1.0
+    return MixPlan(
+        weights=weights,
+        partners=plan.partners,
+        source=plan.source,
+        shift=plan.shift,
+        image_size=plan.image_size,
+        stream_indices=plan.stream_indices,
+    )
 
 
 # --------------------------------------------------------------------------- generators
@@ -367,6 +405,19 @@ def _cutmix_boxes(
     return boxes, exact_lam
 
 
+def _minmax_boxes(
+    rng: np.random.Generator, n: int, image_size: tuple[int, int], minmax: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes whose sides are uniform in ``[lo, hi)`` of the image's, placed inside it."""
+    h, w = image_size
+    cut_h = rng.integers(int(h * minmax[0]), max(int(h * minmax[1]), int(h * minmax[0]) + 1), size=n)
+    cut_w = rng.integers(int(w * minmax[0]), max(int(w * minmax[1]), int(w * minmax[0]) + 1), size=n)
+    top = rng.integers(0, h - cut_h + 1)
+    left = rng.integers(0, w - cut_w + 1)
+    boxes = np.stack([top, left, top + cut_h, left + cut_w], axis=1)
+    return boxes, 1.0 - cut_h * cut_w / float(h * w)
+
+
 def sample_plan(
     config: MixConfig,
     batch_size: int,
@@ -439,11 +490,16 @@ def sample_plan(
             # "no mixing" by convention.
             lam = np.full(n_units, 0.0 if (config.alpha == 0 and beta > 0) else 1.0)
         if cut_units is not None:
-            if config.cutmix_alpha > 0:
-                area_lam = sample_beta(rng, config.cutmix_alpha, config.cutmix_alpha, n_units)
+            assert image_size is not None
+            if config.cutmix_minmax is not None:
+                boxes_units, cut_lam = _minmax_boxes(rng, n_units, image_size, config.cutmix_minmax)
             else:
-                area_lam = np.ones(n_units)
-            boxes_units, cut_lam = _cutmix_boxes(rng, area_lam, image_size)  # type: ignore[arg-type]
+                if config.cutmix_alpha > 0:
+                    area_lam = sample_beta(rng, config.cutmix_alpha, config.cutmix_alpha, n_units)
+                else:
+                    area_lam = np.ones(n_units)
+                boxes_units, exact_lam = _cutmix_boxes(rng, area_lam, image_size)
+                cut_lam = exact_lam if config.correct_lam else area_lam
             lam = np.where(cut_units, cut_lam, lam)
         weights_units = np.stack([lam, 1.0 - lam], axis=1)
 

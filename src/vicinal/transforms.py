@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
-from vicinal._checks import check_choice, check_int, check_probability
+from vicinal._checks import check_choice, check_concentration, check_int, check_probability
 from vicinal.labels import batch_size_of
 from vicinal.mixing import DATA_FORMATS, DataFormat, TargetFormat, apply_plan, spatial_size
-from vicinal.sampling import ApplyMode, Granularity, MixConfig, MixPlan, Pairing, sample_plan
+from vicinal.sampling import ApplyMode, Granularity, MixConfig, MixPlan, Pairing, identity_plan, sample_plan
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -63,6 +63,12 @@ class Mixer:
         targets: ``"dense"`` float32 (B, C) targets or ``"pair"`` (y_a, y_b, lam).
         data_format: ``"channels_first"`` (B, C, H, W) or ``"channels_last"``
             (B, H, W, C); the axis order, which only CutMix needs.
+        off_epoch: from this epoch on, batches pass through unmixed (labels still become
+            soft targets, smoothed): timm's ``mixup_off_epoch``. ``None``: never.
+
+    Attributes:
+        enabled: set to False to pass batches through unmixed (timm's
+            ``mixup_enabled``); steps are still counted.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class Mixer:
         rank: int = 0,
         targets: TargetFormat = "dense",
         data_format: DataFormat = "channels_first",
+        off_epoch: int | None = None,
     ) -> None:
         if not isinstance(config, MixConfig):
             raise TypeError(f"config must be a MixConfig, got {type(config).__name__}")
@@ -87,8 +94,79 @@ class Mixer:
         self.data_format: DataFormat = check_choice("data_format", data_format, DATA_FORMATS)  # type: ignore[assignment]
         if targets == "pair" and config.num_sources != 2:
             raise ValueError("targets='pair' needs a two-source mixing (not method='kway')")
+        self.off_epoch = None if off_epoch is None else check_int("off_epoch", off_epoch, minimum=0)
+        self.enabled = True
         self.epoch = 0
         self._step = 0
+
+    @classmethod
+    def from_timm(
+        cls,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: str = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        off_epoch: int | None = None,
+    ) -> Mixer:
+        """A mixer with timm's ``Mixup`` arguments, defaults and semantics.
+
+        Partners are the flipped batch (``i <-> B-1-i``); ``mode`` is ``"batch"`` (one λ
+        and one mixup-or-cutmix decision per batch), ``"pair"`` (per pair of partners) or
+        ``"elem"`` (per sample); ``prob`` is tossed per batch, pair or sample likewise.
+        Both alphas > 0 switch between MixUp and CutMix with ``switch_prob``; ``cutmix_minmax`` forces CutMix
+        with side ratios drawn in that range. Unlike timm, the plans are a pure function
+        of ``(seed, epoch, step)``, λ is kept in float64 (timm rounds it to float32,
+        which leaves λ = 1 for a few percent of samples at small α), and the input is
+        not modified unless ``out=x`` is passed.
+
+        >>> mix = Mixer.from_timm(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+        >>> mix.config.method, mix.config.pairing, mix.label_smoothing
+        ('switch', 'flip', 0.1)
+        """
+        check_choice("mode", mode, ("batch", "pair", "elem"))
+        check_concentration("mixup_alpha", mixup_alpha)
+        cutmix_on = check_concentration("cutmix_alpha", cutmix_alpha) > 0 or cutmix_minmax is not None
+        if mixup_alpha > 0 and cutmix_on:
+            method = "switch"
+        elif cutmix_on:
+            method = "cutmix"
+        elif mixup_alpha > 0:
+            method = "mixup"
+        else:
+            raise ValueError("one of mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax must be given")
+        config = MixConfig(
+            method,  # type: ignore[arg-type]
+            alpha=mixup_alpha if mixup_alpha > 0 else 1.0,
+            cutmix_alpha=1.0 if cutmix_minmax is not None else (cutmix_alpha if cutmix_alpha > 0 else 1.0),
+            switch_prob=switch_prob,
+            granularity=mode,  # type: ignore[arg-type]
+            pairing="flip",
+            p=prob,
+            p_mode="batch" if mode == "batch" else "elem",  # timm tosses prob per pair in "pair" mode
+            correct_lam=correct_lam,
+            cutmix_minmax=cutmix_minmax,
+        )
+        return cls(
+            config,
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            seed=seed,
+            rank=rank,
+            off_epoch=off_epoch,
+        )
+
+    def is_active(self, epoch: int | None = None) -> bool:
+        """Whether batches of ``epoch`` (default: the current one) are mixed."""
+        epoch = self.epoch if epoch is None else epoch
+        return self.enabled and (self.off_epoch is None or epoch < self.off_epoch)
 
     @classmethod
     def _from_options(cls, method: str, params: dict[str, Any], options: MixOptions) -> dict[str, Any]:
@@ -141,6 +219,8 @@ class Mixer:
         """
         counted = step is None
         plan = self.plan(x, step=self._step if counted else step, epoch=epoch)  # type: ignore[arg-type]
+        if not self.is_active(epoch):
+            plan = identity_plan(plan)
         mixed = apply_plan(
             plan,
             x,
