@@ -4,10 +4,13 @@ Prints, for each batch shape, dtype and thread count: median time, images/s, GB/
 (bytes of input read + output written) and the ratio of each path's speed to the
 "floor" (one 3-stream elementwise pass over the same bytes: ``torch.add(a, b, out=c)``).
 Peers (timm, torchvision, kornia, keras) get rows when they import; they are not
-dependencies. Nothing is asserted: this machine is shared and noisy, so compare rows
-of one run only.
+dependencies. Then, side by side in the same run, the training-loop paths: mixing a
+tensor that requires grad (out of place) against one that does not, and
+``torch.compile`` of the tensor-plan path against eager; and the uint8 path (mixing in
+the collate) against float32. Nothing is asserted: this machine is shared and noisy,
+so compare rows of one run only.
 
-    python benchmarks/mix_throughput.py [--repeats 30] [--quick]
+    python benchmarks/mix_throughput.py [--repeats 30] [--quick] [--compile-backend inductor]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from vicinal import MixConfig, apply_plan, sample_plan
+from vicinal.mixing import plan_to_tensors
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -125,10 +129,62 @@ def bench_plans(repeats: int) -> None:
         print(f"sample_plan B=256 {cfg_name:<22} {t * 1e6:8.1f} us")
 
 
+def bench_training_paths(repeats: int, quick: bool, backend: str) -> None:
+    """Autograd on vs off, and compiled vs eager, for MixUp and CutMix (float32, 1 thread)."""
+    torch.set_num_threads(1)
+    shapes = [(64, (1, 28, 28))] if quick else [(64, (1, 28, 28)), (128, (3, 32, 32))]
+    print(f"\n== training-loop paths (1 thread; compiled with backend={backend!r})")
+    print("speed: relative to 'eager, no grad' (the compiled row: to 'eager, tensor plan')")
+    print(f"{'path':<60} {'median':>10} {'img/s':>11} {'speed':>8}")
+    for batch, shape in shapes:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand((batch, *shape), generator=gen)
+        xg = x.clone().requires_grad_()
+        y = torch.randint(0, 10, (batch,), generator=gen)
+        for name, cfg in (("mixup", MixConfig(alpha=0.2)), ("cutmix", MixConfig("cutmix"))):
+            plan = sample_plan(cfg, batch, seed=0, image_size=shape[-2:])
+            t = plan_to_tensors(plan)
+
+            def mix_t(t, x, y):  # type: ignore[no-untyped-def]
+                return apply_plan(t, x, y, num_classes=10, validate=False)
+
+            torch._dynamo.reset()
+            try:
+                compiled = torch.compile(mix_t, fullgraph=True, backend=backend)
+                compiled(t, x, y)
+            except Exception as exc:  # e.g. no C++ compiler for inductor
+                print(f"  ({backend} failed: {type(exc).__name__}; falling back to aot_eager)")
+                torch._dynamo.reset()
+                compiled = torch.compile(mix_t, fullgraph=True, backend="aot_eager")
+
+            def backward() -> None:
+                apply_plan(plan, xg, y, num_classes=10)[0].sum().backward()
+
+            rows = {
+                "eager, no grad (in-place fast path)": lambda: apply_plan(plan, x, y, num_classes=10),
+                "eager, x requires grad (out of place)": lambda: apply_plan(plan, xg, y, num_classes=10),
+                "eager, x requires grad, fwd + bwd": backward,
+                "eager, tensor plan, validate=False": lambda: mix_t(t, x, y),
+                "compiled, tensor plan, validate=False": lambda: compiled(t, x, y),
+            }
+            times = {label: _median_seconds(fn, repeats) for label, fn in rows.items()}
+            base = times["eager, no grad (in-place fast path)"]
+            eager_t = times["eager, tensor plan, validate=False"]
+            title = f"{name} {batch} x {'x'.join(map(str, shape))}"
+            for label, sec in times.items():
+                ref = eager_t if label.startswith("compiled") else base
+                print(f"{title + ': ' + label:<60} {sec * 1e3:8.3f}ms {batch / sec:11.0f} {ref / sec:7.2f}x")
+            print(
+                f"{title}: grad on / off = {times['eager, x requires grad (out of place)'] / base:.2f}x time; "
+                f"compiled / eager = {times['compiled, tensor plan, validate=False'] / eager_t:.2f}x time"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="only the small shape, 1 repeat set")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     args = parser.parse_args()
     shapes = [(64, (1, 28, 28)), (256, (1, 28, 28))]
     if not args.quick:
@@ -151,6 +207,7 @@ def main() -> None:
             f = summary[(batch, shape, threads, "float32", key)]
             u = summary[(batch, shape, threads, "uint8", key)]
             print(f"{batch} x {'x'.join(map(str, shape))}, {threads} thread(s): uint8/float32 = {u / f:.2f}x")
+    bench_training_paths(args.repeats, args.quick, args.compile_backend)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from vicinal import CutMix, KWayMix, MixConfig, MixUp, MixUpOrCutMix, apply_plan, sample_plan
 from vicinal.labels import to_soft
+from vicinal.mixing import plan_to_tensors
 
 CONFIGS = {
     "mixup-elem-roll": MixConfig(alpha=0.4),
@@ -117,6 +118,40 @@ def test_torch_paths_match_generic_formula(name: str, b: int) -> None:
     res, _ = apply_plan(plan, xi, out=xi)
     assert res.data_ptr() == xi.data_ptr()
     torch.testing.assert_close(xi, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_tensor_plan_mixes_as_the_host_plan(name: str, dtype: torch.dtype) -> None:
+    b = 7
+    x = torch.randint(0, 256, (b, 3, 6, 5)).to(dtype)
+    y = torch.randint(0, 4, (b,))
+    plan = sample_plan(CONFIGS[name], b, seed=5, image_size=(6, 5))
+    t = plan_to_tensors(plan)
+    assert t.weights.dtype == torch.float32 and t.partners.dtype == torch.int64
+    assert (t.boxes is not None) == (plan.boxes is not None)  # boxes even when no row is cut: a fixed structure
+    np.testing.assert_array_equal(t.partners.numpy(), plan.partners)
+    np.testing.assert_array_equal(t.input_weights.numpy(), plan.input_weights.astype(np.float32))
+    want = apply_plan(plan, x, y, num_classes=4)
+    got = apply_plan(t, x, y, num_classes=4)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+    buf = torch.empty_like(x)
+    assert apply_plan(t, x, out=buf)[0] is buf
+    torch.testing.assert_close(buf, want[0], rtol=0, atol=0)
+
+
+def test_torch_labels_with_numpy_inputs_and_the_reverse() -> None:
+    plan = sample_plan(MixConfig("kway", k=3, pairing="permute"), 6, seed=1)
+    x = np.random.default_rng(0).random((6, 4)).astype(np.float32)
+    y = np.arange(6) % 3
+    ref_x, ref_y = apply_plan(plan, x, y, num_classes=3)
+    got_x, got_y = apply_plan(plan, x, torch.from_numpy(y), num_classes=3)
+    np.testing.assert_array_equal(got_x, ref_x)
+    np.testing.assert_allclose(got_y.numpy(), ref_y, atol=1e-7)
+    got_x, got_y = apply_plan(plan, torch.from_numpy(x), y, num_classes=3)
+    np.testing.assert_allclose(got_x.numpy(), ref_x, atol=1e-6)
+    np.testing.assert_array_equal(got_y, ref_y)
 
 
 @pytest.mark.parametrize("block_bytes", [1 << 20, 4000])  # one block; blocks of 3 samples

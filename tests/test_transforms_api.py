@@ -83,3 +83,17 @@ def test_torch_only_names_are_exported() -> None:
         SoftTargetCrossEntropy("avg")  # type: ignore[arg-type]
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         vicinal.nothing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_mixer_passes_its_input_checks_to_apply_plan() -> None:
+    x = np.ones((4, 3), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match="2"):
+        MixUp(num_classes=3, check_finite=True)(x, np.arange(4) % 3)
+    multi_hot = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0], [0, 0, 1]], np.float32)
+    _, mixed = MixUp(alpha=1.0, multi_label=True)(np.ones((4, 3), np.float32), multi_hot)
+    assert mixed.shape == (4, 3) and (mixed <= 1).all() and (mixed >= 0).all()
+    with pytest.raises(ValueError, match="multi_label"):
+        MixUp(alpha=1.0)(np.ones((4, 3), np.float32), multi_hot)
+    with pytest.raises(TypeError, match="validate"):
+        MixUp(validate="no")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from vicinal.mixing import MixedTargets, apply_plan
+from vicinal.mixing import MixedTargets, PlanTensors, apply_plan, plan_to_tensors
 from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
 from vicinal.transforms import CutMix, KWayMix, Mixer, MixOptions, MixUp, MixUpOrCutMix, cutmix, mixup
 
@@ -60,6 +60,7 @@ __all__ = [
     "MixUpOrCutMix",
     "MixedTargets",
     "Mixer",
+    "PlanTensors",
     "SoftTargetCrossEntropy",
     "apply_plan",
     "cutmix",
@@ -67,6 +68,7 @@ __all__ = [
     "mixed_loss",
     "mixing_loader",
     "mixup",
+    "plan_to_tensors",
     "sample_plan",
     "soft_target_cross_entropy",
 ]

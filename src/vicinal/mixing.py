@@ -2,9 +2,12 @@
 
 Inputs are any ``(B, ...)`` array: images NCHW or NHWC, or features such as
 ``(B, T, F)``. NumPy (and any array-API library) goes through a generic path that
-evaluates the textbook formula ``x·λ + x_partner·(1-λ)``; PyTorch tensors take fast
+evaluates the textbook formula ``x·λ + x_partner·(1-λ)``; PyTorch tensors take torch
 paths that stay on the input's device and dtype:
 
+* the plan enters as a few small tensors (:class:`PlanTensors`), copied to the device
+  in one non-blocking transfer; CutMix masks are built on the device from the (B, 4)
+  boxes. With ``validate=False`` a call makes no device→host read at all.
 * floating tensors are mixed with one fused ``lerp`` pass. With ``pairing="roll"`` or a
   second stream the partner is read as a view, so no gather is needed; in place
   (``out=x``) costs at most one scratch batch. ``lerp`` rounds once, so it can differ
@@ -12,19 +15,33 @@ paths that stay on the input's device and dtype:
 * ``uint8`` tensors (for a DataLoader ``collate_fn``) are mixed in float32 with the
   very same ops, a few samples at a time to stay in cache, then rounded half-to-even
   and stored as ``uint8``: the result equals the float path rounded.
+* when autograd records (grad mode on and ``x`` or ``x_partner`` requires grad: hidden
+  states, embeddings) and inside ``torch.compile``, the same ops run out of place, so
+  gradients flow to ``x`` and ``x_partner``, and the graph has no ``out=`` ops. The
+  values are the same as the in-place path's.
+
+Inside ``torch.compile(fullgraph=True)`` pass the plan as tensors, built outside the
+compiled function (NumPy is not traced)::
+
+    tensors = plan_to_tensors(mixer.plan(x, step=step), x.device)
+    x_mixed, y_mixed = compiled_step(x, y, tensors)  # calls apply_plan(tensors, x, y, ...)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args
+import sys
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
-from array_api_compat import array_namespace, is_torch_array
+from array_api_compat import array_namespace
 
 from vicinal._checks import check_choice, check_probability
-from vicinal.labels import batch_size_of, check_labels, is_class_ids, soft_unchecked
+from vicinal.labels import batch_size_of, check_labels, is_class_ids, is_torch_tensor, soft_unchecked, torch_compiling
 from vicinal.sampling import MixPlan
+
+if TYPE_CHECKING:
+    import torch
 
 TargetFormat = Literal["dense", "pair"]
 DataFormat = Literal["channels_first", "channels_last"]
@@ -61,7 +78,132 @@ class MixedTargets:
     lam: Any
 
 
+@dataclass(frozen=True, eq=False)
+class PlanTensors:
+    """A :class:`~vicinal.sampling.MixPlan` as torch tensors on one device.
+
+    Built by :func:`plan_to_tensors`; :func:`apply_plan` takes it in place of the plan
+    and then runs torch ops only (no NumPy, no array-API wrappers), so a call traces
+    into ``torch.compile(fullgraph=True)``. The tensors' shapes and the other fields
+    depend only on the config, the batch size and the image size, so a compiled
+    function is not recompiled from one step's plan to the next.
+
+    Attributes:
+        weights: float32 (B, K): the label weights (:attr:`MixPlan.weights`).
+        input_weights: float32 (B, K): the weights that blend the inputs
+            (:attr:`MixPlan.input_weights`: ``(1, 0, ...)`` on CutMix'ed rows).
+        partners: int64 (B, K-1): partner rows (:attr:`MixPlan.partners`).
+        boxes: int64 (B, 4) ``(top, left, bottom, right)``, all 0 on rows without a
+            box; present for every CutMix and switch plan, else None.
+        source: ``"batch"`` or ``"stream"`` (partners from ``x_partner``).
+        shift: the roll shifts (:attr:`MixPlan.shift`), or None.
+        image_size: (H, W) for plans with boxes, else None.
+    """
+
+    weights: torch.Tensor
+    input_weights: torch.Tensor
+    partners: torch.Tensor
+    boxes: torch.Tensor | None
+    source: Literal["batch", "stream"]
+    shift: tuple[int, ...] | None
+    image_size: tuple[int, int] | None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def num_sources(self) -> int:
+        return int(self.weights.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
+
+def plan_to_tensors(plan: MixPlan, device: Any = None) -> PlanTensors:
+    """``plan``'s numbers as torch tensors on ``device`` (default: the CPU).
+
+    For an accelerator: one host→device transfer, non-blocking (from pinned memory on
+    CUDA), so no sync. On the CPU the integer tensors share memory with the plan's
+    arrays. Call it outside a compiled function and pass the result to
+    :func:`apply_plan` inside it.
+
+    >>> import torch
+    >>> from vicinal import MixConfig, sample_plan
+    >>> plan = sample_plan(MixConfig("cutmix"), 4, seed=0, image_size=(8, 8))
+    >>> t = plan_to_tensors(plan)
+    >>> tuple(t.weights.shape), tuple(t.partners.shape), tuple(t.boxes.shape), t.image_size
+    ((4, 2), (4, 1), (4, 4), (8, 8))
+    """
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
+    return _to_tensors(plan, device, keep_boxes=True)
+
+
+def _to_tensors(plan: MixPlan, device: Any, *, keep_boxes: bool) -> PlanTensors:
+    """:func:`plan_to_tensors`; ``keep_boxes=False`` drops boxes when no row has one
+    (eager calls then skip the mask)."""
+    import torch
+
+    b, k = plan.batch_size, plan.num_sources
+    boxes = plan.boxes if plan.boxes is not None and (keep_boxes or plan.has_cut) else None
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    if dev.type == "cpu":  # no transfer: wrap the plan's arrays (~3x less overhead than packing)
+        weights = torch.from_numpy(plan.weights.astype(np.float32))
+        input_weights = torch.from_numpy(plan.input_weights.astype(np.float32)) if plan.has_cut else weights
+        partners = torch.from_numpy(np.ascontiguousarray(plan.partners, dtype=np.int64))
+        t_boxes = None if boxes is None else torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.int64))
+    else:
+        # One byte buffer, one transfer: int64 (B, n_int) [partners | boxes], then float32
+        # (B, 2K) [weights | input_weights]; the int64 block first keeps both aligned.
+        n_int = k - 1 + (0 if boxes is None else 4)
+        int_bytes = b * n_int * 8
+        raw = np.empty(int_bytes + b * 2 * k * 4, dtype=np.uint8)
+        ints = raw[:int_bytes].view(np.int64).reshape(b, n_int)
+        floats = raw[int_bytes:].view(np.float32).reshape(b, 2 * k)
+        ints[:, : k - 1] = plan.partners
+        if boxes is not None:
+            ints[:, k - 1 :] = boxes
+        floats[:, :k] = plan.weights
+        floats[:, k:] = plan.input_weights
+        buf = torch.from_numpy(raw)
+        # From pinned memory the copy is asynchronous: no sync (pageable memory may sync).
+        buf = (buf.pin_memory() if dev.type == "cuda" else buf).to(dev, non_blocking=True)
+        t_int = buf[:int_bytes].view(torch.int64).view(b, n_int)
+        t_float = buf[int_bytes:].view(torch.float32).view(b, 2 * k)
+        weights, input_weights = t_float[:, :k], t_float[:, k:]
+        partners = t_int[:, : k - 1]
+        t_boxes = None if boxes is None else t_int[:, k - 1 :]
+    return PlanTensors(
+        weights=weights,
+        input_weights=input_weights,
+        partners=partners,
+        boxes=t_boxes,
+        source=plan.source,
+        shift=plan.shift,
+        image_size=plan.image_size if boxes is not None else None,
+    )
+
+
+def _tensors_on(t: PlanTensors, device: Any) -> PlanTensors:
+    if t.device == device:
+        return t
+    boxes = None if t.boxes is None else t.boxes.to(device)
+    return replace(
+        t,
+        weights=t.weights.to(device),
+        input_weights=t.input_weights.to(device),
+        partners=t.partners.to(device),
+        boxes=boxes,
+    )
+
+
 # --------------------------------------------------------------------------- validation
+
+
+def _torch() -> Any:
+    return sys.modules["torch"]  # only called for torch tensors: torch is imported
 
 
 def _is_channels_last(data_format: str, x: Any) -> bool:
@@ -76,7 +218,7 @@ def _is_channels_last(data_format: str, x: Any) -> bool:
     if data_format == "channels_first":
         return False
     if (
-        is_torch_array(x)
+        is_torch_tensor(x)
         and x.ndim == 4
         and x.shape[1] > 1
         and not x.is_contiguous()
@@ -88,12 +230,6 @@ def _is_channels_last(data_format: str, x: Any) -> bool:
             "(the memory format is kept either way)"
         )
     return True
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
 
 
 def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, int]:
@@ -115,7 +251,7 @@ def spatial_size(x: Any, data_format: DataFormat = "channels_first") -> tuple[in
 
 
 def check_plan_inputs(
-    plan: MixPlan,
+    plan: MixPlan | PlanTensors,
     x: Any,
     y: Any = None,
     *,
@@ -125,11 +261,12 @@ def check_plan_inputs(
 ) -> None:
     """Raise a clear error unless ``x``, ``y`` and the partners fit ``plan``.
 
-    The checks :func:`apply_plan` makes before it mixes; front ends that apply a plan
-    with other ops (:mod:`vicinal.keras`) call it to refuse the same inputs.
+    The checks :func:`apply_plan` makes before it mixes (shapes only: no values are
+    read); front ends that apply a plan with other ops (:mod:`vicinal.keras`) call it to
+    refuse the same inputs.
     """
-    if not isinstance(plan, MixPlan):
-        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
+    if not isinstance(plan, (MixPlan, PlanTensors)):
+        raise TypeError(f"plan must be a MixPlan or PlanTensors, got {type(plan).__name__}")
     b = batch_size_of("x", x)
     if b != plan.batch_size:
         raise ValueError(f"x has batch size {b} but the plan was drawn for batch_size={plan.batch_size}")
@@ -149,10 +286,40 @@ def check_plan_inputs(
             raise ValueError("y_partner must have the same shape as y")
     elif x_partner is not None or y_partner is not None:
         raise ValueError("x_partner/y_partner are only used by plans with pairing='stream'")
-    if plan.cut is not None:
+    has_boxes = plan.cut is not None if isinstance(plan, MixPlan) else plan.boxes is not None
+    if has_boxes:
         size = spatial_size(x, data_format)
         if size != plan.image_size:
             raise ValueError(f"x has spatial size {size} but the plan was drawn for image_size={plan.image_size}")
+
+
+def _check_finite(name: str, a: Any) -> None:
+    """Raise naming the samples of ``a`` that hold NaN or inf (``check_finite=True``)."""
+    if is_torch_tensor(a):
+        torch = _torch()
+        if not a.is_floating_point() or a.device.type == "meta":
+            return
+        if torch_compiling():
+            torch._assert_async(torch.isfinite(a).all(), f"{name} holds NaN or inf")
+            return
+        lo, hi = torch.aminmax(a.detach().reshape(a.shape[0], -1), dim=1)  # one read; NaN propagates
+        bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
+        if not bool(bad.any()):
+            return
+        rows: list[int] = bad.nonzero().flatten().tolist()
+    else:
+        xp = array_namespace(a)
+        if not xp.isdtype(a.dtype, "real floating"):
+            return
+        bad = ~xp.all(xp.isfinite(xp.reshape(a, (a.shape[0], -1))), axis=1)
+        rows = [int(i) for i in np.flatnonzero(np.asarray(bad))]
+        if not rows:
+            return
+    shown = f"{rows[:8]}" + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+    raise ValueError(
+        f"{name} holds NaN or inf in samples {shown}: mixing would spread them into the samples "
+        "paired with them (check_finite=True)"
+    )
 
 
 def _box_mask_np(plan: MixPlan, ndim: int, channels_last: bool) -> np.ndarray:
@@ -176,30 +343,40 @@ def _box_mask_np(plan: MixPlan, ndim: int, channels_last: bool) -> np.ndarray:
 # --------------------------------------------------------------------------- torch paths
 
 
-def _weight_columns(plan: MixPlan, dtype: Any, device: Any, ndim: int) -> list[Any]:
+def _box_mask(t: PlanTensors, ndim: int, channels_last: bool, device: Any) -> Any:
+    """:func:`_box_mask_np` on the device, from the (B, 4) boxes: no host copy."""
+    torch = _torch()
+    assert t.boxes is not None and t.image_size is not None
+    h, w = t.image_size
+    b = t.batch_size
+    corners = t.boxes.reshape(b, 2, 2, 1)  # [[top, left], [bottom, right]]
+    ar = torch.arange(max(h, w), device=device)
+    inside = (ar >= corners[:, 0]) & (ar < corners[:, 1])  # (B, 2, max(H, W)): row i / column j in the box
+    if torch_compiling():  # the compiler fuses the ops (and Inductor's C++ cannot bitcast bool)
+        return torch.reshape(inside[:, 0, :h, None] & inside[:, 1, None, :w], _mask_shape(b, h, w, ndim, channels_last))
+    # Eager: & on uint8 viewed as bool is ~4x faster than & on bool on the CPU.
+    inside = inside.view(torch.uint8)
+    mask = (inside[:, 0, :h, None] & inside[:, 1, None, :w]).view(torch.bool)  # (B, H, W)
+    return mask.reshape(_mask_shape(b, h, w, ndim, channels_last))
+
+
+def _mask_shape(b: int, h: int, w: int, ndim: int, channels_last: bool) -> list[int]:
+    """The shape that broadcasts a (B, H, W) mask against x."""
+    ah, _ = _spatial_axes(ndim, channels_last)
+    shape = [b] + [1] * (ndim - 1)
+    shape[ah], shape[ah + 1] = h, w
+    return shape
+
+
+def _weight_columns(t: PlanTensors, dtype: Any, ndim: int) -> list[Any]:
     """K tensors (B, 1, ..., 1): the weight of each source. CutMix rows get (1, 0, ...)
     here; their box is pasted afterwards."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(plan.input_weights.T, dtype=np.float32)).to(dtype=dtype)
-    if t.device != device:
-        t = t.to(device, non_blocking=True)
-    t = t.reshape((plan.num_sources, -1) + (1,) * (ndim - 1))
-    return list(t.unbind(0))
-
-
-def _cut_mask(plan: MixPlan, ndim: int, channels_last: bool, device: Any) -> Any:
-    import torch
-
-    if not plan.has_cut:
-        return None
-    return torch.from_numpy(_box_mask_np(plan, ndim, channels_last)).to(device)
+    return list(t.input_weights.to(dtype).T.reshape((t.num_sources, -1) + (1,) * (ndim - 1)).unbind(0))
 
 
 def _combine_into(out: Any, x: Any, partners: list[Any], cols: list[Any], mask: Any) -> Any:
     """out = Σ_j cols[j]·source_j, then paste CutMix boxes from partner 0."""
-    import torch
-
+    torch = _torch()
     if len(partners) == 1:
         torch.lerp(x, partners[0], cols[1], out=out)
     else:
@@ -211,51 +388,130 @@ def _combine_into(out: Any, x: Any, partners: list[Any], cols: list[Any], mask: 
     return out
 
 
-def _gather_partners(plan: MixPlan, x: Any, x_partner: Any, rows: slice = slice(None)) -> list[Any]:
-    import torch
-
-    if plan.source == "stream":
+def _gather_partners(t: PlanTensors, x: Any, x_partner: Any, rows: slice = slice(None)) -> list[Any]:
+    if t.source == "stream":
         return [x_partner[rows]]
-    idx = torch.from_numpy(plan.partners[rows]).to(x.device)
-    return [x.index_select(0, idx[:, j]) for j in range(idx.shape[1])]
+    idx = t.partners[rows]
+    return [x.index_select(0, idx[:, j]) for j in range(t.num_sources - 1)]
 
 
-def _mix_float_torch(plan: MixPlan, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
+def _mix_float_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
     """Mix a floating tensor; ``out`` may be ``x`` itself (in place) or another buffer."""
-    import torch
-
-    if plan.shift is not None and plan.num_sources == 2 and not plan.has_cut:
+    torch = _torch()
+    if t.shift is not None and t.num_sources == 2 and t.boxes is None:
         # Roll pairing: the partner of rows [s:] is rows [:-s], a view; no gather pass.
-        b, s = plan.batch_size, plan.shift[0] % plan.batch_size
+        b, s = t.batch_size, t.shift[0] % t.batch_size
         src = x.clone() if out.data_ptr() == x.data_ptr() else x  # in place would read rows it wrote
-        w = torch.from_numpy(plan.weights[:, 1].astype(np.float32)).to(device=x.device, dtype=x.dtype)
-        w = w.view((-1,) + (1,) * (x.ndim - 1))
+        w = t.input_weights[:, 1].to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
         if s == 0:
             out.copy_(src)
         else:
             torch.lerp(src[s:], src[:-s], w[s:], out=out[s:])
             torch.lerp(src[:s], src[b - s :], w[:s], out=out[:s])
         return out
-    cols = _weight_columns(plan, x.dtype, x.device, x.ndim)
-    partners = _gather_partners(plan, x, x_partner)  # gathered copies: safe when out is x
-    return _combine_into(out, x, partners, cols, _cut_mask(plan, x.ndim, channels_last, x.device))
+    cols = _weight_columns(t, x.dtype, x.ndim)
+    partners = _gather_partners(t, x, x_partner)  # gathered copies: safe when out is x
+    mask = None if t.boxes is None else _box_mask(t, x.ndim, channels_last, x.device)
+    return _combine_into(out, x, partners, cols, mask)
 
 
-def _mix_uint8_torch(plan: MixPlan, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
+def _mix_uint8_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
     """Same float32 ops as the float path, a few rows at a time, then rounded."""
-    import torch
-
-    cols = _weight_columns(plan, torch.float32, x.device, x.ndim)
-    mask = _cut_mask(plan, x.ndim, channels_last, x.device)
+    torch = _torch()
+    cols = _weight_columns(t, torch.float32, x.ndim)
+    mask = None if t.boxes is None else _box_mask(t, x.ndim, channels_last, x.device)
     src = x.clone() if out.data_ptr() == x.data_ptr() else x
     rows_per_chunk = max(1, _UINT8_CHUNK_BYTES // max(1, x[0].numel()))
-    for start in range(0, plan.batch_size, rows_per_chunk):
+    for start in range(0, t.batch_size, rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
-        partners = [p.to(torch.float32) for p in _gather_partners(plan, src, x_partner, rows)]
+        partners = [p.to(torch.float32) for p in _gather_partners(t, src, x_partner, rows)]
         xf = src[rows].to(torch.float32)
         _combine_into(xf, xf, partners, [c[rows] for c in cols], None if mask is None else mask[rows])
         out[rows].copy_(xf.round_())  # integral values in [0, 255]: the cast is exact
     return out
+
+
+def _mix_functional(t: PlanTensors, x: Any, x_partner: Any, channels_last: bool) -> Any:
+    """The torch mixing out of place: differentiable, and free of ``out=`` ops for
+    ``torch.compile``. Same ops as the in-place paths, so the same values."""
+    torch = _torch()
+    uint8 = x.dtype == torch.uint8
+    work = x.to(torch.float32) if uint8 else x
+    work_partner = x_partner.to(torch.float32) if uint8 and x_partner is not None else x_partner
+    k = t.num_sources
+
+    def partner(j: int) -> Any:
+        if t.source == "stream":
+            return work_partner
+        if t.shift is not None:  # partners[:, j] == (i - shift[j]) % B: a roll
+            return torch.roll(work, t.shift[j], 0)
+        return work.index_select(0, t.partners[:, j])
+
+    partners = [partner(j) for j in range(k - 1)]
+    cols = _weight_columns(t, work.dtype, x.ndim)
+    if k == 2:
+        mixed = torch.lerp(work, partners[0], cols[1])
+    else:
+        mixed = torch.mul(work, cols[0])
+        for p, c in zip(partners, cols[1:]):
+            mixed = torch.addcmul(mixed, p, c)
+    if t.boxes is not None:
+        mixed = torch.where(_box_mask(t, x.ndim, channels_last, x.device), partners[0], mixed)
+    if uint8:
+        mixed = mixed.round().to(torch.uint8)
+    # Keep x's memory format (gathers and masks return NCHW-contiguous tensors).
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        mixed = mixed.contiguous(memory_format=torch.channels_last)
+    return mixed
+
+
+def _mix_torch(
+    plan: MixPlan | PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, tensors: PlanTensors | None
+) -> Any:
+    """Dispatch among the torch paths; ``tensors`` is ``plan`` as tensors on x's device
+    when already built."""
+    torch = _torch()
+    grad = torch.is_grad_enabled() and (x.requires_grad or (x_partner is not None and x_partner.requires_grad))
+    functional = grad or torch_compiling() or x.device.type == "meta"
+    if isinstance(plan, MixPlan) and plan.is_identity:
+        if out is None:
+            return x.clone()
+        if functional or out.data_ptr() != x.data_ptr():
+            out.copy_(x)
+        return out
+    t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
+    if functional:
+        mixed = _mix_functional(t, x, x_partner, channels_last)
+        return mixed if out is None else out.copy_(mixed)  # out: only under torch.compile
+    if out is None:
+        out = torch.empty_like(x)
+    if x.is_floating_point():
+        return _mix_float_torch(t, x, x_partner, out, channels_last)
+    return _mix_uint8_torch(t, x, x_partner, out, channels_last)
+
+
+def _check_torch_x(x: Any, x_partner: Any, out: Any, plan: MixPlan | PlanTensors) -> None:
+    torch = _torch()
+    if not (x.is_floating_point() or x.dtype == torch.uint8):
+        raise TypeError(f"x must be a floating-point or uint8 tensor, got dtype {x.dtype}")
+    if isinstance(plan, PlanTensors) and plan.device != x.device:
+        raise ValueError(
+            f"the plan's tensors are on {plan.device} but x is on {x.device}: build them with "
+            "plan_to_tensors(plan, x.device)"
+        )
+    if out is None:
+        return
+    if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(
+            f"out must match x's shape, dtype and device {tuple(x.shape)}/{x.dtype}/{x.device}, "
+            f"got {tuple(out.shape)}/{out.dtype}/{out.device}"
+        )
+    grad = x.requires_grad or out.requires_grad or (x_partner is not None and x_partner.requires_grad)
+    if torch.is_grad_enabled() and grad:
+        raise ValueError(
+            "out= mixes in place, which autograd cannot differentiate, but x, x_partner or out requires grad: "
+            "pass out=None (the result is then a new tensor in the graph), or mix under torch.no_grad()"
+        )
 
 
 # --------------------------------------------------------------------------- generic path
@@ -286,32 +542,74 @@ def _mix_generic(plan: MixPlan, x: Any, x_partner: Any, channels_last: bool) -> 
     return out
 
 
+def _check_generic_x(x: Any) -> None:
+    xp = array_namespace(x)
+    if not (xp.isdtype(x.dtype, "real floating") or xp.isdtype(x.dtype, "integral")):
+        raise TypeError(f"x must be a floating-point or integer array, got dtype {x.dtype}")
+
+
 # --------------------------------------------------------------------------- labels
 
 
-def _mix_labels(
-    plan: MixPlan, y: Any, y_partner: Any, num_classes: int | None, label_smoothing: float, targets: str
+def _mix_labels_torch(
+    t: PlanTensors,
+    y: Any,
+    y_partner: Any,
+    num_classes: int | None,
+    eps: float,
+    targets: str,
+    multi_label: bool,
+    validate: bool,
 ) -> Any:
-    xp = array_namespace(y)
-    eps = check_probability("label_smoothing", label_smoothing)
-    c = check_labels(y, num_classes)
+    """Torch labels mixed by plan tensors ``t`` on ``y``'s device; torch ops only."""
+    c = check_labels(y, num_classes, multi_label=multi_label, validate=validate)
     if y_partner is not None:
-        check_labels(y_partner, c)
+        check_labels(y_partner, c, multi_label=multi_label, validate=validate, name="y_partner")
 
-    torch_labels = is_torch_array(y)
+    def partner(form: Any, form_partner: Any, j: int) -> Any:
+        return form_partner if t.source == "stream" else form.index_select(0, t.partners[:, j])
+
+    if targets == "pair":
+        if is_class_ids(y) and eps == 0:
+            ya, yp = y, y_partner
+        else:
+            ya = soft_unchecked(y, c, eps)
+            yp = None if y_partner is None else soft_unchecked(y_partner, c, eps)
+        return MixedTargets(y_a=ya, y_b=partner(ya, yp, 0), lam=t.weights[:, 0].contiguous())
+
+    soft = soft_unchecked(y, c, eps)
+    soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
+    cols = [t.weights[:, j : j + 1] for j in range(t.num_sources)]
+    if t.num_sources == 2:
+        cols[1] = 1 - cols[0]
+    mixed = soft * cols[0]
+    for j in range(t.num_sources - 1):
+        mixed = mixed + partner(soft, soft_p, j) * cols[j + 1]
+    return mixed
+
+
+def _mix_labels(
+    plan: MixPlan,
+    y: Any,
+    y_partner: Any,
+    num_classes: int | None,
+    eps: float,
+    targets: str,
+    multi_label: bool,
+    validate: bool,
+) -> Any:
+    """Array-API (non-torch) labels mixed by a host plan."""
+    xp = array_namespace(y)
+    c = check_labels(y, num_classes, multi_label=multi_label, validate=validate)
+    if y_partner is not None:
+        check_labels(y_partner, c, multi_label=multi_label, validate=validate, name="y_partner")
 
     def partner(form: Any, form_partner: Any, j: int) -> Any:
         if plan.source == "stream":
             return form_partner
-        if torch_labels:  # direct call: the array-API wrappers cost more than the gather here
-            import torch
-
-            return form.index_select(0, torch.from_numpy(plan.partners[:, j]).to(form.device))
         return xp.take(form, xp.asarray(plan.partners[:, j], device=_device(y)), axis=0)
 
     if targets == "pair":
-        if plan.num_sources != 2:
-            raise ValueError("targets='pair' needs a two-source plan (not method='kway')")
         if is_class_ids(y) and eps == 0:
             ya, yp = y, y_partner
         else:
@@ -322,12 +620,7 @@ def _mix_labels(
 
     soft = soft_unchecked(y, c, eps)
     soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
-    if torch_labels:
-        import torch
-
-        w = torch.from_numpy(plan.weights.astype(np.float32)).to(y.device)
-    else:
-        w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
+    w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
     cols = [w[:, j : j + 1] for j in range(plan.num_sources)]
     if plan.num_sources == 2:
         cols[1] = 1 - cols[0]
@@ -347,7 +640,7 @@ def _device(a: Any) -> Any:
 
 
 def apply_plan(
-    plan: MixPlan,
+    plan: MixPlan | PlanTensors,
     x: ArrayT,
     y: Any = None,
     *,
@@ -358,20 +651,30 @@ def apply_plan(
     out: Any = None,
     data_format: DataFormat = "channels_first",
     targets: TargetFormat = "dense",
+    validate: bool = True,
+    check_finite: bool = False,
+    multi_label: bool = False,
 ) -> tuple[ArrayT, Any]:
     """Mix a batch according to ``plan``.
 
     Args:
-        plan: from :func:`vicinal.sampling.sample_plan`, for this batch size.
+        plan: from :func:`vicinal.sampling.sample_plan`, for this batch size; or, for
+            torch tensors, the same plan as tensors on x's device
+            (:func:`plan_to_tensors`), e.g. inside ``torch.compile``.
         x: (B, ...) inputs: NumPy array or torch tensor, floating or integer (uint8
-            images are mixed in float and rounded half-to-even back to uint8).
-        y: optional labels: int class ids (B,) with ``num_classes``, or floating soft
-            labels (B, C).
+            images are mixed in float and rounded half-to-even back to uint8; bool is
+            refused). Tensors that require grad are mixed out of place, so gradients
+            flow to ``x`` and ``x_partner``.
+        y: optional labels: int class ids (B,) with ``num_classes``, floating soft
+            labels (B, C) (rows: distributions), or with ``multi_label`` multi-label
+            targets (B, C) (see :mod:`vicinal.labels`).
         label_smoothing: ε applied to the labels before mixing (see :mod:`vicinal.labels`).
         x_partner, y_partner: the second batch, for plans drawn with ``pairing="stream"``.
         out: torch only: a preallocated tensor like ``x`` to write into; pass ``x``
             itself to mix in place. Reusing a buffer avoids page-faulting a fresh batch
-            every step.
+            every step. In-place writes cannot be differentiated: ``out`` raises a
+            ValueError when grad mode is on and ``x``, ``x_partner`` or ``out`` requires
+            grad (pass ``out=None`` there).
         data_format: ``"channels_first"``: images are (B, C, H, W) (or (B, H, W));
             ``"channels_last"``: (B, H, W, C). Only CutMix needs to know. This is the
             order of the axes, not torch's memory format: an NCHW tensor in
@@ -379,36 +682,69 @@ def apply_plan(
             output keeps the input's memory format.
         targets: ``"dense"`` returns float32 (B, C) soft targets; ``"pair"`` returns
             :class:`MixedTargets` ``(y_a, y_b, lam)``.
+        validate: check the label *values* (class ids in ``[0, num_classes)``; soft
+            labels finite, >= 0, rows summing to 1 within
+            :data:`vicinal.labels.SOFT_LABEL_TOLERANCE`; multi-label targets in
+            [0, 1]). For tensors on an accelerator this is one device→host sync per
+            call; ``validate=False`` skips it (shapes and dtypes are still checked), and
+            the call then makes no host read at all (out-of-range class ids give
+            all-zero one-hot rows). Inside ``torch.compile`` the checks are
+            ``torch._assert_async`` calls instead (no sync, no graph break).
+        check_finite: raise a ValueError naming the samples of ``x`` (and
+            ``x_partner``) that hold NaN or inf, which mixing would otherwise spread
+            silently into their partners. Costs one extra read of the inputs and one
+            device→host sync per call; off by default.
+        multi_label: ``y`` (B, C) holds independent per-class probabilities in [0, 1]
+            (multi-hot targets; float, int or bool), not distributions: no row-sum check
+            and no renormalisation (timm's ``multi_label``).
 
     Returns:
         ``(x_mixed, y_mixed)``; ``x_mixed`` has ``x``'s shape, dtype and device;
         ``y_mixed`` is None when ``y`` is None. The inputs are not modified unless
-        ``out`` aliases them.
+        ``out`` aliases them. A ``meta`` tensor gives a ``meta`` result of the right
+        shape (its values are not checked).
     """
     check_choice("targets", targets, TARGET_FORMATS)
+    eps = check_probability("label_smoothing", label_smoothing)
     check_plan_inputs(plan, x, y, x_partner=x_partner, y_partner=y_partner, data_format=data_format)
+    if targets == "pair" and plan.num_sources != 2:
+        raise ValueError("targets='pair' needs a two-source plan (not method='kway')")
     channels_last = _is_channels_last(data_format, x)
-    y_mixed = None if y is None else _mix_labels(plan, y, y_partner, num_classes, label_smoothing, targets)
-
-    if is_torch_array(x):
-        import torch
-
-        if out is None:
-            out = torch.empty_like(x)
-        elif tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype or out.device != x.device:
-            raise ValueError(
-                f"out must match x's shape, dtype and device {tuple(x.shape)}/{x.dtype}/{x.device}, "
-                f"got {tuple(out.shape)}/{out.dtype}/{out.device}"
+    torch_x = is_torch_tensor(x)
+    tensors = plan if isinstance(plan, PlanTensors) else None
+    if torch_x:
+        _check_torch_x(x, x_partner, out, plan)
+    else:
+        if tensors is not None:
+            raise TypeError(
+                f"a PlanTensors plan mixes torch tensors, got x of type {type(x).__name__}: pass the MixPlan itself"
             )
-        if plan.is_identity:
-            if out.data_ptr() != x.data_ptr():
-                out.copy_(x)
-            return out, y_mixed
-        if x.is_floating_point():
-            return _mix_float_torch(plan, x, x_partner, out, channels_last), y_mixed
-        if x.dtype == torch.uint8:
-            return _mix_uint8_torch(plan, x, x_partner, out, channels_last), y_mixed
-        raise TypeError(f"x must be a floating-point or uint8 tensor, got dtype {x.dtype}")
-    if out is not None:
-        raise ValueError("out is only supported for torch tensors")
+        if out is not None:
+            raise ValueError("out is only supported for torch tensors")
+        _check_generic_x(x)
+    if check_finite:
+        _check_finite("x", x)
+        if x_partner is not None:
+            _check_finite("x_partner", x_partner)
+
+    y_mixed = None
+    if y is not None:
+        args = (num_classes, eps, targets, multi_label, validate)
+        if is_torch_tensor(y):
+            if tensors is not None:
+                ty = _tensors_on(tensors, y.device)
+            else:
+                assert isinstance(plan, MixPlan)
+                ty = _to_tensors(plan, y.device, keep_boxes=False)
+                if torch_x and y.device == getattr(x, "device", None):
+                    tensors = ty  # one transfer serves x too
+            y_mixed = _mix_labels_torch(ty, y, y_partner, *args)
+        elif isinstance(plan, PlanTensors):
+            raise TypeError(f"a PlanTensors plan mixes torch labels, got y of type {type(y).__name__}")
+        else:
+            y_mixed = _mix_labels(plan, y, y_partner, *args)
+
+    if torch_x:
+        return _mix_torch(plan, x, x_partner, out, channels_last, tensors), y_mixed
+    assert isinstance(plan, MixPlan)
     return _mix_generic(plan, x, x_partner, channels_last), y_mixed

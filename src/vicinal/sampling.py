@@ -35,6 +35,7 @@ _MAX_SEED = 2**63 - 1
 # Counter word 3 separates independent uses of one (seed, epoch): plans vs. epoch orders.
 _PURPOSE_PLAN = 0
 _PURPOSE_ORDER = 1 << 32
+_PURPOSE_CHOICE = 2 << 32
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,23 @@ def plan_generator(seed: int, *, epoch: int = 0, step: int = 0, rank: int = 0) -
     if rank >= 1 << 32:
         raise ValueError(f"rank must be < 2**32, got {rank}")
     return _generator(seed, (0, step, epoch, _PURPOSE_PLAN | rank))
+
+
+def sample_choice(probs: np.ndarray, *, seed: int, epoch: int = 0, step: int = 0, rank: int = 0) -> int:
+    """An index drawn with probabilities ``probs``, a pure function of its arguments.
+
+    Independent of the plan of the same ``(seed, epoch, step, rank)``: Manifold Mixup
+    uses it to choose the layer a step mixes at.
+
+    Args:
+        probs: float (n,), >= 0, summing to 1.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 1 or probs.size == 0 or (probs < 0).any() or not np.isclose(probs.sum(), 1.0):
+        raise ValueError(f"probs must be a non-empty 1-d array of probabilities summing to 1, got {probs}")
+    plan_generator(seed, epoch=epoch, step=step, rank=rank)  # validates the counter
+    rng = _generator(seed, (0, step, epoch, _PURPOSE_CHOICE | rank))
+    return int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right").clip(0, probs.size - 1))
 
 
 @functools.lru_cache(maxsize=16)

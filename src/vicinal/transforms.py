@@ -47,6 +47,9 @@ class MixOptions(TypedDict, total=False):
     rank: int
     targets: TargetFormat
     data_format: DataFormat
+    validate: bool
+    check_finite: bool
+    multi_label: bool
 
 
 _CONFIG_KEYS = frozenset({"granularity", "pairing", "p", "p_mode"})
@@ -65,6 +68,9 @@ class Mixer:
             (B, H, W, C); the axis order, which only CutMix needs.
         off_epoch: from this epoch on, batches pass through unmixed (labels still become
             soft targets, smoothed): timm's ``mixup_off_epoch``. ``None``: never.
+        validate, check_finite, multi_label: passed to :func:`vicinal.apply_plan`
+            (``validate=False``: no host read per call, for GPU loops; ``check_finite``:
+            refuse NaN/inf inputs naming the samples; ``multi_label``: multi-hot targets).
 
     Attributes:
         enabled: set to False to pass batches through unmixed (timm's
@@ -82,6 +88,9 @@ class Mixer:
         targets: TargetFormat = "dense",
         data_format: DataFormat = "channels_first",
         off_epoch: int | None = None,
+        validate: bool = True,
+        check_finite: bool = False,
+        multi_label: bool = False,
     ) -> None:
         if not isinstance(config, MixConfig):
             raise TypeError(f"config must be a MixConfig, got {type(config).__name__}")
@@ -95,6 +104,10 @@ class Mixer:
         if targets == "pair" and config.num_sources != 2:
             raise ValueError("targets='pair' needs a two-source mixing (not method='kway')")
         self.off_epoch = None if off_epoch is None else check_int("off_epoch", off_epoch, minimum=0)
+        for name, flag in (("validate", validate), ("check_finite", check_finite), ("multi_label", multi_label)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        self.validate, self.check_finite, self.multi_label = validate, check_finite, multi_label
         self.enabled = True
         self.epoch = 0
         self._step = 0
@@ -232,6 +245,9 @@ class Mixer:
             out=out,
             data_format=self.data_format,
             targets=self.targets,
+            validate=self.validate,
+            check_finite=self.check_finite,
+            multi_label=self.multi_label,
         )
         if counted:  # a call that raised does not use up a step
             self._step += 1
@@ -318,7 +334,9 @@ def cutmix(
 
 
 _CALL_KEYS = frozenset({"x_partner", "y_partner", "out"})
-_MIXER_KEYS = frozenset({"targets", "label_smoothing", "data_format", "rank"})
+_MIXER_KEYS = frozenset(
+    {"targets", "label_smoothing", "data_format", "rank", "validate", "check_finite", "multi_label"}
+)
 
 
 def _one_call(
@@ -354,6 +372,7 @@ def mix_indexed_batch(
     label_smoothing: float = 0.0,
     in_place: bool = False,
     data_format: DataFormat = "channels_first",
+    check_finite: bool = False,
 ) -> tuple[Any, Any]:
     """Fetch rows ``indices`` of an in-memory dataset and mix them by the step's plan.
 
@@ -368,6 +387,7 @@ def mix_indexed_batch(
         dataset_size, stream_offset: where the second stream's batch lies
             (see :func:`~vicinal.sampling.sample_plan`).
         in_place: torch only: mix into the fetched ``x`` (it is a fresh copy).
+        check_finite: refuse rows holding NaN or inf (see :func:`vicinal.apply_plan`).
 
     Returns:
         ``(x_mixed, y_mixed)``: inputs like ``fetch``'s and float32 (B, C) targets.
@@ -397,4 +417,5 @@ def mix_indexed_batch(
         y_partner=y_partner,
         out=x if in_place else None,
         data_format=data_format,
+        check_finite=check_finite,
     )
