@@ -246,12 +246,20 @@ def test_npz_column_labels_and_float_ids(tmp_path):
         ({"y": [0, 1]}, r"missing array\(s\) \['x'\]"),
         ({"x": rng_images(3, 4, 4), "y": [0, 1]}, "2 labels for 3 images"),
         ({"x": rng_images(3, 4, 4), "y": [0, -1, 1]}, "negative label -1 at index 1"),
-        ({"x": np.full((2, 4, 4), 1.5), "y": [0, 1]}, r"float pixels must be in \[0, 1\].*divide by 255"),
+        ({"x": np.full((2, 4, 4, 1), 1.5), "y": [0, 1]}, r"float pixels must be in \[0, 1\].*divide by 255"),
         ({"x": np.full((2, 4, 4), np.nan), "y": [0, 1]}, "NaN or infinity"),
         ({"x": np.full((2, 4, 4), 300), "y": [0, 1]}, r"integer pixels must be in 0\.\.255"),
         ({"x": np.zeros((2, 4, 4), bool), "y": [0, 1]}, "pixels must be uint8 or float"),
         ({"x": rng_images(2, 3, 5, 3), "y": [0, 1]}, "cannot tell the channel axis"),
-        ({"x": rng_images(2, 5), "y": [0, 1]}, r"expected images of shape \(N, H, W\)"),
+        ({"x": rng_images(2, 5, 5, 5, 5), "y": [0, 1]}, r"expected images of shape \(N, H, W\)"),
+        ({"x": np.zeros((2, 5), bool), "y": [0, 1]}, "features must be a real .* got bool"),
+        ({"x": np.array([[0.0, np.inf]]), "y": [0]}, "features contain NaN or infinity"),
+        ({"x": np.array([[0.0, 1e300]]), "y": [0]}, "beyond the float32 range"),
+        ({"x": np.zeros((2, 3)), "y": [0, 1], "x_test": np.zeros((1, 4)), "y_test": [0]}, r"\(F,\) or \(T, F\)"),
+        ({"x": np.zeros((2, 3)), "y": [0, 1, 1]}, "3 labels for 2 samples"),
+        ({"x": np.zeros((2, 3)), "y": [0, 1], "kind": np.array("tabular")}, "'kind' must be 'images' or 'features'"),
+        ({"x": np.zeros((2, 3)), "y": [0, 1], "kind": np.array([1])}, "'kind' must be one string"),
+        ({"x": rng_images(2, 3, 4, 5), "y": [0, 1], "kind": np.array("features")}, r"\(N, T, F\)"),
         ({"x": rng_images(0, 4, 4), "y": np.zeros(0, int)}, "holds no images"),
         ({"x": rng_images(2, 4, 4), "y": [0.5, 1]}, "integer class ids"),
         ({"x": rng_images(2, 4, 4), "y": [[0.3, 0.7], [1, 0]]}, "must be one-hot"),
@@ -289,3 +297,31 @@ def test_npz_bad_files(tmp_path):
     p = npz(tmp_path, x=rng_images(2, 3, 3), y=[0, 1], class_names=np.array(["a", None], dtype=object))
     with pytest.raises(DatasetError, match="'class_names' cannot be loaded without pickle"):
         load_npz(p)
+
+
+def test_npz_tabular_features(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 7))  # float64: stored as float32, unscaled
+    y = np.arange(40) % 2
+    ds = load_npz(npz(tmp_path, x=x, y=y), test_fraction=0.25, seed=0)
+    assert ds.kind == "features" and ds.input_shape == (7,) and ds.x_train.dtype == np.float32
+    assert (len(ds.x_train), len(ds.x_test)) == (30, 10)
+    both = np.concatenate([ds.x_train, ds.x_test])
+    np.testing.assert_array_equal(np.sort(both, axis=0), np.sort(x.astype(np.float32), axis=0))
+    counts = load_npz(npz(tmp_path, x=np.arange(12).reshape(4, 3), y=[0, 1, 0, 1]), test_fraction=0)
+    assert counts.kind == "features" and counts.x_train[3].tolist() == [9.0, 10.0, 11.0]  # integers: not pixels
+
+
+def test_npz_sequences_by_range_or_kind(tmp_path):
+    x = np.random.default_rng(1).normal(size=(6, 5, 3)).astype(np.float32)  # outside [0, 1]: sequences
+    ds = load_npz(npz(tmp_path, x=x, y=[0, 1] * 3, x_test=x[:2], y_test=[1, 0]))
+    assert ds.kind == "features" and ds.input_shape == (5, 3)
+    np.testing.assert_array_equal(ds.x_train, x)
+    unit = np.linspace(0, 1, 90, dtype=np.float32).reshape(6, 5, 3)  # in [0, 1]: images unless told
+    assert load_npz(npz(tmp_path, x=unit, y=[0] * 6), test_fraction=0).kind == "images"
+    told = load_npz(npz(tmp_path, x=unit, y=[0] * 6, kind=np.array("features")), test_fraction=0)
+    assert told.kind == "features" and told.input_shape == (5, 3)
+    np.testing.assert_array_equal(told.x_train, unit)
+    argued = load_npz(npz(tmp_path, x=unit, y=[0] * 6), test_fraction=0, kind="features")
+    assert argued.kind == "features"
+    with pytest.raises(DatasetError, match="kind must be one of"):
+        load_npz(npz(tmp_path, x=unit, y=[0] * 6), kind="audio")

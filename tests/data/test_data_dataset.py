@@ -41,8 +41,15 @@ def test_empty_test_set_allowed():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"x_train": np.zeros((4, 1, 3, 2), np.float32)}, "x_train must be uint8, got float32"),
+        ({"x_train": np.zeros((4, 1, 3, 2), np.float32)}, r"x_train must have shape \(N, F\) or \(N, T, F\)"),
+        ({"x_train": np.zeros((4, 1, 3, 2), np.float64)}, "x_train must be uint8 images .* got float64"),
         ({"x_train": np.zeros((4, 3, 2), np.uint8)}, r"x_train must have shape \(N, C, H, W\)"),
+        ({"x_train": np.full((4, 3), np.nan, np.float32)}, "x_train holds NaN or infinite features"),
+        (
+            {"x_train": np.zeros((4, 6), np.float32), "x_test": np.zeros((2, 6), np.float64)},
+            "x_test must be uint8 images .* got float64",
+        ),
+        ({"x_train": np.zeros((4, 6), np.float32)}, "x_train holds features .* x_test holds uint8"),
         ({"y_train": np.array([0, 1, 2, 1], np.int32)}, "y_train must be int64"),
         ({"y_test": np.array([[2], [0]], np.int64)}, r"y_test must have shape \(N,\)"),
         ({"y_train": np.array([0, 1, 2], np.int64)}, "x_train has 4 samples but y_train has 3"),
@@ -63,3 +70,16 @@ def test_empty_test_set_allowed():
 def test_invalid(overrides, message):
     with pytest.raises(DatasetError, match=message):
         make(**overrides)
+
+
+def test_features_tabular_and_sequences():
+    tab = make(x_train=np.zeros((4, 6), np.float32), x_test=np.ones((2, 6), np.float32))
+    assert tab.kind == "features" and tab.input_shape == (6,)
+    assert "features" in repr(tab) and "input_shape=(6,)" in repr(tab)
+    seq = make(
+        x_train=np.zeros((4, 5, 3), np.float32), x_test=np.zeros((0, 5, 3), np.float32), y_test=np.zeros(0, np.int64)
+    )
+    assert seq.kind == "features" and seq.input_shape == (5, 3)
+    assert make().kind == "images"
+    with pytest.raises(DatasetError, match=r"test samples have \(5,\)"):
+        make(x_train=np.zeros((4, 6), np.float32), x_test=np.zeros((2, 5), np.float32))

@@ -16,6 +16,7 @@ def test_public_api():
         [
             "ArrayDataset",
             "DatasetError",
+            "InputKind",
             "available_datasets",
             "load_dataset",
             "load_image_folder",

@@ -1,7 +1,9 @@
-"""In-memory batches for datasets that fit in RAM (the MNISTs, CIFAR-sized sets).
+"""In-memory batches for datasets that fit in RAM (the MNISTs, CIFAR-sized sets, tables).
 
 Images stay ``uint8`` in one tensor; each step gathers its rows (1 byte per pixel),
-converts them to float32 in [0, 1] and mixes them in place. The order of each epoch is
+converts them to float32 in [0, 1] and mixes them in place. Feature arrays (``float32``
+``(N, F)`` tabular rows or ``(N, T, F)`` sequences) are gathered and mixed as they are:
+see :func:`input_kind`. The order of each epoch is
 :func:`vicinal.sampling.epoch_order` of the seed, and the mixing plan of each step is
 :func:`vicinal.sampling.sample_plan` of ``(seed, epoch, step, rank)``, so an epoch is
 reproducible on its own: resuming at epoch ``e`` replays exactly what an uninterrupted
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from vicinal._checks import check_choice, check_int
+from vicinal.experiments.data import InputKind
 from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
 from vicinal.experiments.options import MIX_POLICIES
 from vicinal.labels import to_soft
@@ -23,18 +26,94 @@ from vicinal.sampling import MixConfig, epoch_order
 from vicinal.transforms import mix_indexed_batch
 
 
-def to_model_input(images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
-    """uint8 images (B, C, H, W) -> float32 in [0, 1], as the reference scales them
-    (``float32(x) / 255``), optionally in channels-last memory format."""
-    x = images.to(torch.float32).div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def input_kind(x: np.ndarray | torch.Tensor, *, name: str = "images") -> InputKind:
+    """What a batch or dataset tensor holds, told by its dtype and number of dims.
+
+    Returns:
+        ``"images"`` for ``uint8`` (N, C, H, W); ``"features"`` for a floating dtype
+        with shape (N, F) (tabular rows) or (N, T, F) (sequences).
+
+    Raises:
+        ValueError: anything else, naming ``name`` and the shapes expected.
+    """
+    dtype, ndim = x.dtype, x.ndim
+    if isinstance(dtype, torch.dtype):
+        uint8, floating = dtype == torch.uint8, dtype.is_floating_point
+    else:
+        uint8, floating = dtype == np.uint8, bool(np.issubdtype(dtype, np.floating))
+    if uint8 and ndim == 4:
+        return "images"
+    if floating and ndim in (2, 3):
+        return "features"
+    raise ValueError(
+        f"{name} must be uint8 images (N, C, H, W) or float features (N, F) / (N, T, F), got {dtype} {tuple(x.shape)}"
+    )
+
+
+def to_model_input(x: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """A batch as the model takes it.
+
+    uint8 images (B, C, H, W) -> float32 in [0, 1], as the reference scales them
+    (``float32(x) / 255``, a new tensor), optionally in channels-last memory format.
+    Float features (B, F) or (B, T, F) -> float32, otherwise unchanged (the same
+    tensor when it is float32 already: not a copy); ``channels_last`` does not apply.
+    """
+    if x.dtype == torch.uint8:
+        out = x.to(torch.float32).div_(255.0)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last and out.ndim == 4 else out
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"x must be uint8 images or float features, got {x.dtype} {tuple(x.shape)}")
+    return x.to(torch.float32)
+
+
+def check_mixing_fits(mix: MixConfig | None, x: np.ndarray | torch.Tensor) -> None:
+    """Refuse a mixing that can't apply to the data ``x`` (a batch or a whole split).
+
+    CutMix (``method="cutmix"``, and ``"switch"``, which uses it) pastes a box of an
+    image, so it needs images (N, C, H, W); tabular rows and sequences are mixed by
+    interpolation only (``mixup``, ``kway``, or Manifold Mixup of hidden states).
+
+    Raises:
+        ValueError: naming the method, the data's per-sample shape and what to use.
+    """
+    if mix is None or input_kind(x) == "images" or not mix.needs_image_size:
+        return
+    raise ValueError(
+        f"method={mix.method!r} pastes image boxes (CutMix) and needs images (N, C, H, W); this dataset has "
+        f"features of shape {tuple(x.shape[1:])}: use --method mixup, kway or manifold"
+    )
+
+
+def check_data_fits(x: np.ndarray | torch.Tensor, *, model: str | None, mix: MixConfig | None) -> None:
+    """Refuse a model or a mixing that can't take the data ``x`` (the training split).
+
+    Cheap and free of side effects (the model is built on the ``meta`` device; no
+    random numbers are drawn), so a run can call it before it writes anything.
+
+    Args:
+        x: uint8 images (N, C, H, W) or float features (N, F) / (N, T, F).
+        model: a registered model name (see
+            :func:`vicinal.experiments.models.check_model_input`), or None to skip.
+        mix: the mixing of the data loader, or None.
+
+    Raises:
+        ValueError: the data is neither images nor features; the model needs other
+            inputs (e.g. ``reference-cnn`` on tabular rows); CutMix on features.
+    """
+    input_kind(x, name="x")
+    if model is not None:
+        from vicinal.experiments.models import check_model_input
+
+        check_model_input(model, tuple(int(d) for d in x.shape[1:]))
+    check_mixing_fits(mix, x)
 
 
 class InMemoryLoader:
     """Shuffled, optionally mixed batches of an in-memory dataset.
 
     Args:
-        images: uint8 (N, C, H, W) (NumPy or torch).
+        images: uint8 images (N, C, H, W), or float features (N, F) or (N, T, F)
+            (NumPy or torch; features are kept as float32). See :func:`input_kind`.
         labels: int class ids (N,).
         num_classes: number of classes C.
         batch_size: samples per step; the last step of an epoch may be smaller unless
@@ -45,7 +124,8 @@ class InMemoryLoader:
             over the data; other pairings mix within the batch.
         label_smoothing: ε for the targets.
         shuffle: reshuffle every epoch (else dataset order).
-        channels_last: hand out batches in channels-last memory format.
+        channels_last: hand out image batches in channels-last memory format (no
+            effect on features).
         device: where the images live and batches are made (``"cpu"``, ``"cuda"``).
         dist: this process's place in a distributed job. ``batch_size`` is then the
             per-rank batch: step ``s`` covers positions ``[s·B·W, (s+1)·B·W)`` of the
@@ -56,7 +136,12 @@ class InMemoryLoader:
         policy: cross-rank mixing, see :mod:`vicinal.experiments.distributed`.
 
     Iterating ``loader.epoch(e)`` yields ``(x, targets)``: float32 (B, C, H, W) in
-    [0, 1] and float32 (B, C) soft targets.
+    [0, 1] (images) or float32 (B, F) / (B, T, F) (features, as stored, mixed), and
+    float32 (B, num_classes) soft targets.
+
+    Raises:
+        ValueError: bad arguments, or a CutMix ``mix`` on features
+            (:func:`check_mixing_fits`).
     """
 
     def __init__(
@@ -80,9 +165,10 @@ class InMemoryLoader:
         self.policy = check_choice("policy", policy, MIX_POLICIES)
         self.device = torch.device(device)
         self.images = torch.as_tensor(images).to(self.device)
+        self.kind: InputKind = input_kind(self.images)
+        if self.kind == "features":
+            self.images = self.images.to(torch.float32)
         self.labels = torch.as_tensor(labels).long().to(self.device)
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
             raise ValueError(
                 f"labels must be (N,) with N = {self.images.shape[0]} to match images, got {tuple(self.labels.shape)}"
@@ -94,6 +180,7 @@ class InMemoryLoader:
         self.seed = check_int("seed", seed, minimum=0)
         if mix is not None and not isinstance(mix, MixConfig):
             raise TypeError(f"mix must be a MixConfig or None, got {type(mix).__name__}")
+        check_mixing_fits(mix, self.images)
         self.mix = mix
         self.label_smoothing = label_smoothing
         self.shuffle = shuffle

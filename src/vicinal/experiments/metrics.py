@@ -1,7 +1,8 @@
 """Evaluation metrics: accuracy, NLL, Brier score, calibration, FGSM robustness.
 
 The pure functions take probabilities (N, C) and labels (N,) as torch tensors;
-:func:`evaluate_all` runs a model over a uint8 test set and gathers everything.
+:func:`evaluate_all` runs a model over a test set (uint8 images (N, C, H, W), or float
+features (N, F) / (N, T, F)) and gathers everything.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vicinal.experiments.loader import to_model_input
+from vicinal.experiments.loader import input_kind, to_model_input
 
 ECE_BINS = 15
 FGSM_EPSILONS = (0.01, 0.03, 0.1)
@@ -82,35 +83,66 @@ def fgsm_accuracy(
     batch_size: int = 500,
     channels_last: bool = False,
 ) -> dict[str, float]:
-    """Accuracy under the fast gradient sign attack, one step of size ε on [0, 1] inputs.
+    """Accuracy under the fast gradient sign attack, one step of size ε.
 
-    ``x_adv = clip(x + ε·sign(∇_x CE(model(x), y)), 0, 1)`` with the model in eval mode.
+    Images (uint8 (N, C, H, W), scaled to [0, 1]):
+    ``x_adv = clip(x + ε·sign(∇_x CE(model(x), y)), 0, 1)``. Features (float (N, F) or
+    (N, T, F)): ``x_adv = x + ε·sign(∇_x CE)``, unclipped, so ε is in feature units:
+    on standardised features, a fraction of one standard deviation per feature. The
+    model is in eval mode.
+
+    Args:
+        images: uint8 images or float features (see :func:`~vicinal.experiments.loader.input_kind`).
+        labels: int64 class ids (N,).
 
     Returns:
         ``{str(ε): accuracy}``.
     """
     model.eval()
+    clip = input_kind(images) == "images"
     correct = {float(e): 0 for e in epsilons}
     n = int(images.shape[0])
-    for start in range(0, n, batch_size):
-        x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
-        y = labels[start : start + batch_size]
-        x.requires_grad_(True)
-        loss = F.cross_entropy(model(x).float(), y)
-        (grad,) = torch.autograd.grad(loss, x)
-        sign = grad.sign()
-        with torch.no_grad():
-            for e in correct:
-                adv = (x + e * sign).clamp_(0.0, 1.0)
-                correct[e] += int((model(adv).argmax(1) == y).sum())
+    # cuDNN's RNN backward runs in training mode only: recurrent models take the native kernels.
+    has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    with torch.backends.cudnn.flags(enabled=not has_rnn and torch.backends.cudnn.enabled):
+        for start in range(0, n, batch_size):
+            _fgsm_batch(model, images, labels, start, batch_size, correct, clip=clip, channels_last=channels_last)
     return {str(e): c / n for e, c in correct.items()}
+
+
+def _fgsm_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    start: int,
+    batch_size: int,
+    correct: dict[float, int],
+    *,
+    clip: bool,
+    channels_last: bool,
+) -> None:
+    """Add the FGSM hits of rows ``[start, start + batch_size)`` to ``correct`` (ε -> count)."""
+    x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
+    if not clip:
+        x = x.detach().clone()  # features pass through to_model_input as views of the test set
+    y = labels[start : start + batch_size]
+    x.requires_grad_(True)
+    loss = F.cross_entropy(model(x).float(), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    sign = grad.sign()
+    with torch.no_grad():
+        for e in correct:
+            adv = x + e * sign
+            if clip:
+                adv.clamp_(0.0, 1.0)
+            correct[e] += int((model(adv).argmax(1) == y).sum())
 
 
 @torch.no_grad()
 def predict_probs(
     model: nn.Module, images: torch.Tensor, *, batch_size: int = 256, channels_last: bool = False
 ) -> torch.Tensor:
-    """Softmax probabilities float32 (N, C) of uint8 images (N, C, H, W)."""
+    """Softmax probabilities float32 (N, C) of uint8 images (N, C, H, W) or float features (N, F) / (N, T, F)."""
     model.eval()
     out: list[torch.Tensor] = []
     for start in range(0, int(images.shape[0]), batch_size):
@@ -127,7 +159,11 @@ def evaluate_all(
     channels_last: bool = False,
     epsilons: Sequence[float] = FGSM_EPSILONS,
 ) -> dict[str, Any]:
-    """accuracy, nll, brier, ece, reliability bins and FGSM accuracies of ``model``."""
+    """accuracy, nll, brier, ece, reliability bins and FGSM accuracies of ``model``.
+
+    ``images``: uint8 images (N, C, H, W) or float features (N, F) / (N, T, F); for
+    features FGSM's ε is in feature units (see :func:`fgsm_accuracy`).
+    """
     probs = predict_probs(model, images, channels_last=channels_last)
     rel = reliability(probs, labels)
     return {

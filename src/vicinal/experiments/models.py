@@ -1,8 +1,13 @@
-"""Model registry and the keras.io reference CNN (PyTorch).
+"""Model registry: the keras.io reference CNN, a small ResNet, an MLP and a GRU (PyTorch).
 
 Models return logits; the softmax of the reference lives in the loss
 (:func:`vicinal.losses.soft_target_cross_entropy`), which is the numerically stable
 form of Keras' ``softmax`` + ``categorical_crossentropy``.
+
+A factory takes the shape of one sample and the number of classes. The shape says
+what the data is: ``(C, H, W)`` images, ``(F,)`` tabular features, ``(T, F)``
+sequences of ``T`` steps of ``F`` features. A factory refuses a shape it can't take
+with a message naming the model and a registered one that fits.
 """
 
 from __future__ import annotations
@@ -12,8 +17,37 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-ModelFactory = Callable[[tuple[int, int, int], int], nn.Module]
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+
+#: Per-sample layouts by number of dims, and the registered model suggested for each.
+_LAYOUTS = {1: ("features", "(F,)", "mlp"), 2: ("sequences", "(T, F)", "gru"), 3: ("images", "(C, H, W)", None)}
+_IMAGE_MODELS = "reference-cnn or preact-resnet-small"
+
+
+def describe_input(input_shape: tuple[int, ...]) -> str:
+    """``"features of shape (30,)"``, ``"sequences of shape (28, 28)"``, ``"images of shape (1, 28, 28)"``."""
+    kind = _LAYOUTS.get(len(input_shape), ("inputs",))[0]
+    return f"{kind} of shape {tuple(input_shape)}"
+
+
+def refuse_input(model: str, needs: int, input_shape: tuple[int, ...]) -> ValueError:
+    """The error of model ``model`` that takes per-sample shapes of ``needs`` dims only.
+
+    The message names what the model needs, what the data is, and the ``--model`` to use.
+    """
+    kind, layout, _ = _LAYOUTS[needs]
+    have = len(input_shape)
+    suggestion = (_LAYOUTS[have][2] or _IMAGE_MODELS) if have in _LAYOUTS else None
+    message = f"model {model!r} needs {kind} {layout}; this dataset has {describe_input(input_shape)}"
+    if suggestion:
+        message += f": use --model {suggestion}"
+    if have == 3 and needs == 2:
+        message += (
+            " (a .npz whose 3-D float x lies in [0, 1] is read as (N, H, W) images: "
+            "store kind='features' in it to read (N, T, F) sequences)"
+        )
+    return ValueError(message)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -32,11 +66,28 @@ def available_models() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Instantiate a registered model for (C, H, W) inputs and ``num_classes`` outputs."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Instantiate a registered model for samples of ``input_shape`` and ``num_classes`` outputs.
+
+    Args:
+        input_shape: one sample's shape: ``(C, H, W)``, ``(F,)`` or ``(T, F)``.
+
+    Raises:
+        ValueError: an unknown name, or a shape the model can't take (see :func:`refuse_input`).
+    """
     if name not in _REGISTRY:
         raise ValueError(f"model must be one of {list(available_models())}, got {name!r}")
-    return _REGISTRY[name](input_shape, num_classes)
+    return _REGISTRY[name](tuple(int(d) for d in input_shape), num_classes)
+
+
+def check_model_input(name: str, input_shape: tuple[int, ...], num_classes: int = 2) -> None:
+    """Raise the error :func:`build_model` would raise for this shape, without its cost.
+
+    The model is built on the ``meta`` device (no memory for its weights) and the
+    global random state is restored afterwards, so the check changes nothing.
+    """
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        build_model(name, input_shape, num_classes)
 
 
 def keras_init_(module: nn.Module) -> nn.Module:
@@ -87,7 +138,9 @@ class ReferenceCNN(nn.Module):
 
 
 @register_model("reference-cnn")
-def _reference_cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _reference_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 3:
+        raise refuse_input("reference-cnn", 3, input_shape)
     c, h, w = input_shape
     if h < 16 or w < 16:
         raise ValueError(f"reference-cnn needs inputs of at least 16x16 pixels, got {h}x{w}")
@@ -148,5 +201,70 @@ class PreActResNet(nn.Module):
 
 
 @register_model("preact-resnet-small")
-def _preact_resnet_small(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _preact_resnet_small(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 3:
+        raise refuse_input("preact-resnet-small", 3, input_shape)
     return PreActResNet(input_shape[0], num_classes)
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron for feature vectors.
+
+    Flatten → ``block1`` (Linear ``hidden``, ReLU, Dropout) → ``block2`` (the same) →
+    ``head`` (Linear ``num_classes``, logits). ``block1``, ``block2`` and ``head`` are
+    named so that :class:`vicinal.manifold.ManifoldMixup` can mix their outputs.
+
+    Input: float32 (B, *input_shape), flattened to (B, prod(input_shape)): tabular
+    rows (B, F) as they are; output: float32 (B, num_classes) logits. Default
+    initialisation of PyTorch's ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 128, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.block2 = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.block1(x.flatten(1))))
+
+
+@register_model("mlp")
+def _mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 1:
+        raise refuse_input("mlp", 1, input_shape)
+    return MLP(input_shape[0], num_classes)
+
+
+class GRUClassifier(nn.Module):
+    """A one-layer GRU over sequences of feature vectors; the last step's state classifies.
+
+    ``embed`` (Linear F → ``hidden`` applied at every step, then ReLU) → ``gru``
+    (one layer, ``hidden`` units, batch first) → its output at the last step →
+    ``head`` (Linear ``num_classes``, logits).
+
+    Input: float32 (B, T, F); output: float32 (B, num_classes) logits.
+
+    Mixing points for :class:`vicinal.manifold.ManifoldMixup`: ``"embed"`` (the
+    per-step embeddings (B, T, hidden)) and ``"gru"`` (its output sequence (B, T,
+    hidden), the first element of the GRU's ``(output, h_n)``; the classifier reads
+    ``output[:, -1]``, not ``h_n``, so mixing the output sequence mixes what the
+    head sees).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
+        self.gru = nn.GRU(hidden, hidden, num_layers=1, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(self.embed(x))
+        return self.head(out[:, -1])
+
+
+@register_model("gru")
+def _gru(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 2:
+        raise refuse_input("gru", 2, input_shape)
+    return GRUClassifier(input_shape[1], num_classes)

@@ -57,21 +57,32 @@ def describe_target(target: np.ndarray, class_names: Sequence[str], *, min_weigh
 def preview_grid(
     images: np.ndarray, targets: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, *, title: str = ""
 ) -> Path:
-    """A 3×3 grid of mixed images, each titled with its soft label in words.
+    """A 3×3 grid of mixed samples, each titled with its soft label in words.
+
+    Images are drawn as images. Features are drawn as heat maps on one colour scale,
+    symmetric about 0 (blue below, red above): a (F,) row as a strip, a (T, F)
+    sequence with time down the rows.
 
     Args:
-        images: float (N, C, H, W) in [0, 1], N >= 1 (the first 9 are shown).
+        images: float (N, C, H, W) images in [0, 1], or float features (N, F) or
+            (N, T, F); N >= 1 (the first 9 are shown).
         targets: float (N, num_classes) soft labels.
     """
     plt = _pyplot()
     n = min(9, len(images))
+    shown = np.asarray(images[:n], dtype=np.float32)
+    if shown.ndim not in (2, 3, 4):
+        raise ValueError(f"images must be (N, C, H, W) images or (N, F) / (N, T, F) features, got {shown.shape}")
+    limit = (float(np.abs(shown).max()) or 1.0) if shown.ndim < 4 else 1.0
     fig, axes = plt.subplots(3, 3, figsize=(8, 9))
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
             continue
-        img = np.asarray(images[i], dtype=np.float32)
-        if img.shape[0] == 1:
+        img = shown[i]
+        if img.ndim < 3:  # features: a strip (1, F) or a (T, F) map
+            ax.imshow(np.atleast_2d(img), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        elif img.shape[0] == 1:
             ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
         else:
             ax.imshow(np.clip(np.transpose(img[:3], (1, 2, 0)), 0, 1))

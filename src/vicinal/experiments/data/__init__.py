@@ -7,7 +7,8 @@
 * :func:`load_image_folder` and :func:`load_npz` load your own data.
 
 All loaders return an :class:`ArrayDataset` (``uint8`` images of shape
-``(N, C, H, W)``, ``int64`` labels) and raise :class:`DatasetError` (a
+``(N, C, H, W)``, or from a ``.npz`` also ``float32`` features of shape ``(N, F)``
+or ``(N, T, F)``; ``int64`` labels) and raise :class:`DatasetError` (a
 :class:`ValueError`) with a message naming the file and the problem.
 
 Optional dependencies (the ``harness`` extra): ``pooch`` for downloads,
@@ -18,7 +19,7 @@ is imported only when needed.
 from __future__ import annotations
 
 from .byod import load_image_folder, load_npz
-from .dataset import ArrayDataset
+from .dataset import ArrayDataset, InputKind
 from .errors import DatasetError
 from .registry import available_datasets
 from .sources import load_dataset
@@ -26,6 +27,7 @@ from .sources import load_dataset
 __all__ = [
     "ArrayDataset",
     "DatasetError",
+    "InputKind",
     "available_datasets",
     "load_dataset",
     "load_image_folder",

@@ -1,7 +1,8 @@
 """Bring-your-own-data loaders: a folder of images, or a ``.npz`` archive.
 
 Both return an :class:`~vicinal.experiments.data.ArrayDataset` (``uint8`` images of
-shape ``(N, C, H, W)``, ``int64`` labels).  When the data has no predefined
+shape ``(N, C, H, W)``, or for a ``.npz`` also ``float32`` features of shape
+``(N, F)`` or ``(N, T, F)``; ``int64`` labels).  When the data has no predefined
 test set, it is split with :func:`_stratified_split`: seeded, stratified
 per class (each class contributes ``test_fraction`` of its samples, the total
 being ``round(N * test_fraction)`` distributed by largest remainder), every
@@ -22,7 +23,7 @@ import numpy as np
 from .dataset import ArrayDataset
 from .errors import DatasetError
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "load_npz"]
+__all__ = ["IMAGE_EXTENSIONS", "NPZ_KINDS", "load_image_folder", "load_npz"]
 
 #: File extensions (lower case) that :func:`load_image_folder` reads; others are ignored.
 IMAGE_EXTENSIONS = frozenset(
@@ -283,6 +284,53 @@ def load_image_folder(
 
 # --------------------------------------------------------------------------- npz
 
+#: The values of ``load_npz``'s ``kind`` (and of an archive's ``kind`` array).
+NPZ_KINDS = ("images", "features")
+
+
+def _npz_kind(x: np.ndarray, kind: str | None, source: str) -> str:
+    """``kind`` if given, else what ``x`` holds by the rule of :func:`load_npz`."""
+    if kind is not None:
+        if kind not in NPZ_KINDS:
+            raise DatasetError(f"{source}: kind must be one of {list(NPZ_KINDS)} or None, got {kind!r}")
+        return kind
+    if x.ndim == 2:
+        return "features"
+    if x.ndim != 3 or x.dtype.kind != "f" or x.size == 0 or not np.isfinite(x).all():
+        return "images"  # NaN or inf: refused as pixels, naming the problem
+    return "features" if float(x.min()) < 0.0 or float(x.max()) > 1.0 else "images"
+
+
+def _stored_kind(arrays: dict[str, np.ndarray], source: str) -> str:
+    stored = arrays["kind"]
+    if stored.size != 1 or stored.dtype.kind not in "US":
+        raise DatasetError(
+            f"{source}: 'kind' must be one string, 'images' or 'features' (np.array('features')), "
+            f"got {stored.dtype} {stored.shape}"
+        )
+    value = stored.reshape(()).item()
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    if value not in NPZ_KINDS:
+        raise DatasetError(f"{source}: 'kind' must be 'images' or 'features', got {value!r}")
+    return value
+
+
+def _to_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
+    """Real-valued (N, F) or (N, T, F) -> C-contiguous float32, checked finite."""
+    where = f"{source}: {key!r}"
+    if x.dtype.kind not in "iuf":
+        raise DatasetError(f"{where}: features must be a real (integer or float) array, got {x.dtype}")
+    if x.ndim not in (2, 3):
+        raise DatasetError(
+            f"{where}: expected features of shape (N, F) (tabular) or (N, T, F) (sequences), got {x.shape}"
+        )
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(out).all():
+        bad = "NaN or infinity" if not np.isfinite(x).all() else "values beyond the float32 range"
+        raise DatasetError(f"{where}: features contain {bad}; features must be finite float32 values")
+    return out
+
 
 def _images_to_nchw(x: np.ndarray, key: str, source: str) -> np.ndarray:
     where = f"{source}: {key!r}"
@@ -319,7 +367,7 @@ def _images_to_nchw(x: np.ndarray, key: str, source: str) -> np.ndarray:
     )
 
 
-def _labels_to_ids(y: np.ndarray, n: int, key: str, source: str) -> tuple[np.ndarray, int | None]:
+def _labels_to_ids(y: np.ndarray, n: int, key: str, source: str, noun: str = "images") -> tuple[np.ndarray, int | None]:
     """Return (int64 ids, one-hot width or None)."""
     where = f"{source}: {key!r}"
     if y.dtype.kind not in "biuf":
@@ -345,7 +393,7 @@ def _labels_to_ids(y: np.ndarray, n: int, key: str, source: str) -> tuple[np.nda
     else:
         raise DatasetError(f"{where}: labels must have shape (N,) (class ids) or (N, C) (one-hot), got {y.shape}")
     if len(ids) != n:
-        raise DatasetError(f"{where}: {len(ids)} labels for {n} images; the lengths must match")
+        raise DatasetError(f"{where}: {len(ids)} labels for {n} {noun}; the lengths must match")
     neg = np.flatnonzero(ids < 0)
     if neg.size:
         i = int(neg[0])
@@ -359,13 +407,26 @@ def load_npz(
     test_fraction: float = 0.2,
     seed: int = 0,
     class_names: Sequence[str] | None = None,
+    kind: str | None = None,
 ) -> ArrayDataset:
-    """Load a dataset from a NumPy ``.npz`` archive.
+    """Load a dataset from a NumPy ``.npz`` archive: images, or feature arrays.
 
     Keys: ``x`` and ``y`` (required); ``x_test`` and ``y_test`` (optional,
     both or neither; when present no split is made and ``test_fraction``/
-    ``seed`` are ignored); ``class_names`` (optional string array).  Other
-    keys are ignored.  The file is opened with ``allow_pickle=False``.
+    ``seed`` are ignored); ``class_names`` (optional string array); ``kind``
+    (optional string, ``"images"`` or ``"features"``).  Other keys are
+    ignored.  The file is opened with ``allow_pickle=False``.
+
+    What ``x`` holds: the ``kind`` argument, else the archive's ``kind``, else
+    by shape and dtype: a 2-D ``x`` is features ``(N, F)``; a 3-D float ``x``
+    with values outside [0, 1] is features ``(N, T, F)``; anything else is images
+    (so a 3-D float array in [0, 1] is read as ``(N, H, W)`` images: store
+    ``kind="features"`` to read it as sequences).
+
+    Features (tabular rows ``(N, F)`` or sequences ``(N, T, F)``): any real dtype,
+    stored as ``float32``; they must be finite.  They are fed to the model as they
+    are, so standardise them first (e.g. with the training set's mean and standard
+    deviation per feature).
 
     Images: ``uint8`` (other integer dtypes are accepted if in 0..255); or
     float in [0, 1], converted with ``rint(x * 255)``.  Layout: 3-D is
@@ -388,14 +449,18 @@ def load_npz(
         seed: seed of the split.
         class_names: overrides the archive's class names.
 
+        kind: ``"images"``, ``"features"``, or None (the archive's ``kind``, else
+            the rule above).
+
     Returns:
         An :class:`ArrayDataset` named after the file stem, ``x_*`` ``uint8``
-        ``(N, C, H, W)``, ``y_*`` ``int64`` ``(N,)``.
+        ``(N, C, H, W)`` images or ``float32`` ``(N, F)`` / ``(N, T, F)`` features,
+        ``y_*`` ``int64`` ``(N,)``.
 
     Raises:
         DatasetError: unreadable file, missing keys, bad dtypes or values,
             ambiguous layout, length mismatches, negative or out-of-range
-            labels.
+            labels, a ``kind`` other than ``"images"`` or ``"features"``.
     """
     p = Path(path).expanduser()
     fraction = _check_fraction(test_fraction)
@@ -423,7 +488,7 @@ def load_npz(
         if ("x_test" in keys) != ("y_test" in keys):
             have = "x_test" if "x_test" in keys else "y_test"
             raise DatasetError(f"{p}: has {have!r} without its partner; give both or neither")
-        for k in ("x", "y", "x_test", "y_test", "class_names"):
+        for k in ("x", "y", "x_test", "y_test", "class_names", "kind"):
             if k in keys:
                 try:
                     arrays[k] = archive[k]
@@ -435,17 +500,23 @@ def load_npz(
                 except (OSError, zipfile.BadZipFile, EOFError) as exc:
                     raise DatasetError(f"{p}: array {k!r} is damaged ({exc})") from exc
 
-    x = _images_to_nchw(arrays["x"], "x", str(p))
+    if kind is None and "kind" in arrays:
+        kind = _stored_kind(arrays, str(p))
+    kind = _npz_kind(arrays["x"], kind, str(p))
+    convert = _images_to_nchw if kind == "images" else _to_features
+    noun = "images" if kind == "images" else "samples"
+    x = convert(arrays["x"], "x", str(p))
     if len(x) == 0:
-        raise DatasetError(f"{p}: 'x' holds no images")
-    y, width = _labels_to_ids(arrays["y"], len(x), "y", str(p))
+        raise DatasetError(f"{p}: 'x' holds no {noun}")
+    y, width = _labels_to_ids(arrays["y"], len(x), "y", str(p), noun)
     has_test = "x_test" in arrays
     if has_test:
-        x_test = _images_to_nchw(arrays["x_test"], "x_test", str(p))
-        y_test, width_test = _labels_to_ids(arrays["y_test"], len(x_test), "y_test", str(p))
+        x_test = convert(arrays["x_test"], "x_test", str(p))
+        y_test, width_test = _labels_to_ids(arrays["y_test"], len(x_test), "y_test", str(p), noun)
         if x_test.shape[1:] != x.shape[1:]:
+            layout = "(C, H, W)" if kind == "images" else "(F,) or (T, F)"
             raise DatasetError(
-                f"{p}: 'x' samples have shape {x.shape[1:]} (C, H, W) but 'x_test' samples have {x_test.shape[1:]}"
+                f"{p}: 'x' samples have shape {x.shape[1:]} {layout} but 'x_test' samples have {x_test.shape[1:]}"
             )
         if width is not None and width_test is not None and width != width_test:
             raise DatasetError(f"{p}: one-hot 'y' has {width} classes but 'y_test' has {width_test}")

@@ -3,25 +3,60 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from .errors import DatasetError
 
-__all__ = ["ArrayDataset"]
+__all__ = ["ArrayDataset", "InputKind"]
+
+#: What a dataset's inputs are: see :class:`ArrayDataset`.
+InputKind = Literal["images", "features"]
+
+
+def _check_inputs(x: np.ndarray, where: str) -> None:
+    """Raise unless ``x`` is uint8 (N, C, H, W) images or finite float32 (N, F) / (N, T, F) features."""
+    if x.dtype == np.uint8:
+        if x.ndim != 4:
+            raise DatasetError(
+                f"{where} must have shape (N, C, H, W) for uint8 images, got {x.shape} "
+                "(tabular or sequence features are float32 (N, F) or (N, T, F))"
+            )
+    elif x.dtype == np.float32:
+        if x.ndim not in (2, 3):
+            raise DatasetError(
+                f"{where} must have shape (N, F) or (N, T, F) for float32 features, got {x.shape} "
+                "(images are uint8 (N, C, H, W))"
+            )
+        if not np.isfinite(x).all():
+            raise DatasetError(f"{where} holds NaN or infinite features; features must be finite")
+    else:
+        raise DatasetError(
+            f"{where} must be uint8 images (N, C, H, W) or float32 features (N, F) / (N, T, F), got {x.dtype}"
+        )
 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ArrayDataset:
-    """A classification dataset held as NumPy arrays.
+    """A classification dataset held as NumPy arrays: images or feature arrays.
+
+    Two kinds of inputs (:attr:`kind`), told apart by dtype and shape:
+
+    * ``"images"``: ``uint8`` arrays of shape ``(N, C, H, W)``; the harness scales
+      them to float32 in [0, 1];
+    * ``"features"``: finite ``float32`` arrays of shape ``(N, F)`` (tabular rows) or
+      ``(N, T, F)`` (sequences of ``T`` steps of ``F`` features); the harness feeds
+      them to the model unchanged, so they should be standardised already.
 
     Attributes:
         name: short name, e.g. ``"fashion-mnist"`` or the folder/file stem.
-        x_train: ``uint8`` array of shape ``(N, C, H, W)``.
+        x_train: ``uint8`` ``(N, C, H, W)`` images or ``float32`` ``(N, F)`` /
+            ``(N, T, F)`` features.
         y_train: ``int64`` array of shape ``(N,)``, class ids in
             ``[0, num_classes)``.
-        x_test: ``uint8`` array of shape ``(M, C, H, W)``, same ``C, H, W``
-            as ``x_train``; ``M`` may be 0 (e.g. ``test_fraction=0``).
+        x_test: the same dtype and per-sample shape as ``x_train``, ``M`` samples;
+            ``M`` may be 0 (e.g. ``test_fraction=0``).
         y_test: ``int64`` array of shape ``(M,)``.
         class_names: one non-empty, unique name per class.
         source: where the data came from (a path, or a URL for downloads),
@@ -66,10 +101,7 @@ class ArrayDataset:
             y = getattr(self, f"y_{split}")
             if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
                 raise DatasetError(f"{where}: x_{split} and y_{split} must be numpy arrays")
-            if x.dtype != np.uint8:
-                raise DatasetError(f"{where}: x_{split} must be uint8, got {x.dtype}")
-            if x.ndim != 4:
-                raise DatasetError(f"{where}: x_{split} must have shape (N, C, H, W), got {x.shape}")
+            _check_inputs(x, f"{where}: x_{split}")
             if y.dtype != np.int64:
                 raise DatasetError(
                     f"{where}: y_{split} must be int64 class ids, got {y.dtype} (convert with .astype(np.int64))"
@@ -89,6 +121,11 @@ class ArrayDataset:
             raise DatasetError(f"{where}: the training set is empty")
         if min(self.x_train.shape[1:]) == 0:
             raise DatasetError(f"{where}: x_train has an empty dimension: {self.x_train.shape}")
+        if self.x_test.dtype != self.x_train.dtype:
+            raise DatasetError(
+                f"{where}: x_train holds {self.kind} ({self.x_train.dtype}) but x_test holds {self.x_test.dtype}; "
+                "both must be uint8 images or both float32 features"
+            )
         if self.x_test.shape[1:] != self.x_train.shape[1:]:
             raise DatasetError(
                 f"{where}: train samples have shape {self.x_train.shape[1:]} but test "
@@ -101,14 +138,18 @@ class ArrayDataset:
         return len(self.class_names)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape of one sample, ``(C, H, W)``."""
-        c, h, w = self.x_train.shape[1:]
-        return (int(c), int(h), int(w))
+    def kind(self) -> InputKind:
+        """``"images"`` (``uint8`` ``(N, C, H, W)``) or ``"features"`` (``float32`` ``(N, F)`` or ``(N, T, F)``)."""
+        return "images" if self.x_train.dtype == np.uint8 else "features"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(C, H, W)`` for images, ``(F,)`` or ``(T, F)`` for features."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
     def __repr__(self) -> str:
         return (
             f"ArrayDataset(name={self.name!r}, train={len(self.x_train)}, "
-            f"test={len(self.x_test)}, input_shape={self.input_shape}, "
+            f"test={len(self.x_test)}, {self.kind}, input_shape={self.input_shape}, "
             f"num_classes={self.num_classes}, source={self.source!r})"
         )
