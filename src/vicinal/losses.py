@@ -74,3 +74,44 @@ class SoftTargetCrossEntropy(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return soft_target_cross_entropy(logits, target, reduction=self.reduction)
+
+
+def jensen_shannon_consistency(
+    logits_clean: torch.Tensor, logits_aug1: torch.Tensor, logits_aug2: torch.Tensor
+) -> torch.Tensor:
+    """AugMix's Jensen–Shannon consistency: JS(p_clean, p_aug1, p_aug2), batch mean.
+
+    Computed as the AugMix reference code does: ``p_* = softmax(logits_*)``, the
+    mixture ``M = clamp((p_clean + p_aug1 + p_aug2) / 3, 1e-7, 1)``, and the mean of
+    ``KL(p_* ‖ M)`` over the three, each averaged over the batch
+    (``F.kl_div(log M, p_*, reduction="batchmean")``). Returns the divergence itself:
+    the paper's total loss is ``cross_entropy(logits_clean, y) + 12 · JS`` (λ = 12),
+    so multiply by 12 to match it.
+
+    Symmetric in its three arguments; 0 (up to the clamp and rounding) when the three
+    distributions agree. Differentiable with respect to all three logits, with finite
+    gradients even where a probability underflows to 0 (the KL terms take
+    ``log_softmax`` as their log-target instead of ``log`` of a softmax).
+
+    Args:
+        logits_clean, logits_aug1, logits_aug2: (B, C) unnormalised scores of the clean
+            batch and of its two AugMix views (any float dtype; computed in float32).
+
+    Returns:
+        A float32 scalar >= 0 (natural log units, at most log 3).
+    """
+    shapes = {tuple(t.shape) for t in (logits_clean, logits_aug1, logits_aug2)}
+    if len(shapes) != 1 or logits_clean.ndim != 2:
+        raise ValueError(
+            "logits_clean, logits_aug1 and logits_aug2 must all be (B, C) of one shape, got "
+            f"{[tuple(t.shape) for t in (logits_clean, logits_aug1, logits_aug2)]}"
+        )
+    log_probs = [F.log_softmax(t.float(), dim=1) for t in (logits_clean, logits_aug1, logits_aug2)]
+    mixture = (log_probs[0].exp() + log_probs[1].exp() + log_probs[2].exp()) / 3.0
+    log_mixture = torch.clamp(mixture, 1e-7, 1.0).log()
+    # log_target: the reference's kl_div(log M, p) has a -inf gradient where a
+    # probability underflows to 0 (softmax of logits ~100 apart), which the softmax turns
+    # into NaN; with log p from log_softmax the value is the same and the gradient finite.
+    kl = [F.kl_div(log_mixture, lp, reduction="batchmean", log_target=True) for lp in log_probs]
+    js: torch.Tensor = (kl[0] + kl[1] + kl[2]) / 3.0
+    return js
