@@ -55,9 +55,13 @@ def test_each_method_resolves_its_own_defaults() -> None:
     with pytest.raises(ValueError, match=r"alpha=0.7 is not used by method='cutmix'"):
         resolve_mixing("cutmix", {"alpha": 0.7})
     for method, defaults in METHOD_DEFAULTS.items():
-        resolved = CompareConfig(method=method).resolved() if method != "none" else None
-        if resolved is not None:
-            assert {k: getattr(resolved, k) for k in defaults} == defaults
+        if method in ("none", "manifold"):
+            continue
+        resolved = CompareConfig(method=method).resolved()
+        assert {k: getattr(resolved, k) for k in defaults} == defaults
+    with pytest.raises(ValueError, match="needs mix_layers"):
+        CompareConfig(method="manifold").resolved()
+    assert CompareConfig(method="manifold", mix_layers=("input",)).resolved().alpha == 2.0
 
 
 def test_kway_compare_runs_and_records_what_ran(toy_npz: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import pytest
+
 from test_study import _fake_result
 from vicinal.experiments.report import render_report
 from vicinal.experiments.study import cell_dir, parse_study
@@ -36,3 +38,29 @@ def test_report_states_the_settings_that_ran_not_the_preset(tmp_path: Path) -> N
     assert "stream" not in rows["none"]  # the default pairing is not an option of no mixing
     html = (root / "report.html").read_text()
     assert "Settings that ran" in html and "train_limit=300" in html
+
+
+def test_an_arm_can_be_compared_with_several_baselines(tmp_path: Path) -> None:
+    preset = (
+        "[defaults]\ndataset='toy'\n[[arms]]\nname='none'\nmethod='none'\n"
+        "[[arms]]\nname='mixup'\nmethod='mixup'\nbaseline='none'\n"
+        "[[arms]]\nname='manifold'\nmethod='manifold'\nmix_layers=['input','fc']\nbaseline='mixup,none'\n"
+    )
+    spec = parse_study(preset, seeds=3)
+    root = tmp_path / "study"
+    root.mkdir()
+    record = {"name": "s", "description": "", "seeds": [0, 1, 2], "arms": [asdict(a) for a in spec.arms]}
+    (root / "study.json").write_text(json.dumps(record))
+    gains = {"none": 0.0, "mixup": 0.01, "manifold": 0.02}
+    for arm in spec.arms:
+        for seed in range(3):
+            d = cell_dir(root, replace(arm, seed=seed))
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps(_fake_result(0.8 + gains[arm.arm] + 0.001 * seed)))
+    render_report(root, preview=False)
+    summary = json.loads((root / "summary.json").read_text())
+    assert set(summary["comparisons"]) == {"mixup vs none", "manifold vs mixup", "manifold vs none"}
+    assert summary["comparisons"]["manifold vs none"]["acc_last"]["mean"] == pytest.approx(0.02)
+    assert summary["comparisons"]["manifold vs mixup"]["acc_last"]["mean"] == pytest.approx(0.01)
+    md = (root / "report.md").read_text()
+    assert "| manifold | mixup |" in md and "| manifold | none |" in md

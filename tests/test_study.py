@@ -84,7 +84,10 @@ def test_presets_parse() -> None:
 
 
 def test_shipped_presets() -> None:
-    assert set(PRESETS) == {"reference", "alpha", "methods", "noise", "long", "lowdata", "lowdata-noise"}
+    assert set(PRESETS) == {
+        "reference", "alpha", "methods", "noise", "long", "lowdata", "lowdata-noise", "lowdata-manifold",
+        "modalities-tabular", "modalities-sequence",
+    }  # fmt: skip
 
 
 def test_bad_study_specs() -> None:
@@ -184,8 +187,8 @@ def test_study_runs_skips_finished_cells_and_reports(
         and "[n/a]" not in html
     )
     summary = json.loads((out / "summary.json").read_text(), parse_constant=_no_nan)
-    assert summary["comparisons"]["mixup-alpha0.2"]["baseline"] == "none"
-    assert summary["comparisons"]["mixup-alpha0.2"]["acc_last"]["perm_exact"] is True
+    assert summary["comparisons"]["mixup-alpha0.2 vs none"]["baseline"] == "none"
+    assert summary["comparisons"]["mixup-alpha0.2 vs none"]["acc_last"]["perm_exact"] is True
 
 
 def _no_nan(token: str) -> None:

@@ -15,9 +15,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from vicinal.experiments._atomic import DiskFullError, check_writable_folder
-from vicinal.experiments.options import METHOD_DEFAULTS, MIX_POLICIES, PRECISIONS
+from vicinal.experiments.options import METHOD_DEFAULTS, MIX_POLICIES, PRECISIONS, RUN_METHODS
 from vicinal.experiments.presets import PRESETS
-from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
+from vicinal.experiments.processes import RunFailed, describe_interrupt
+from vicinal.sampling import GRANULARITIES, PAIRINGS
 
 
 def _method_default(option: str) -> str:
@@ -57,10 +58,11 @@ def _add_mix_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mixing (the mixed arm)")
     g.add_argument(
         "--method",
-        choices=METHODS,
+        choices=[m for m in RUN_METHODS if m != "none"],
         default="mixup",
         help="mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
-        "--switch-prob else mixup; kway: Dirichlet mix of --k samples (default: %(default)s)",
+        "--switch-prob else mixup; kway: Dirichlet mix of --k samples; manifold: mixup of the hidden "
+        "states at one of --mix-layers per step (default: %(default)s)",
     )
     # None: the method's default. An option the chosen method doesn't use is refused.
     g.add_argument(
@@ -83,6 +85,12 @@ def _add_mix_options(p: argparse.ArgumentParser) -> None:
         help=f"probability of CutMix under --method switch ({_method_default('switch_prob')})",
     )
     g.add_argument("--k", type=int, default=None, help=f"samples per mix under --method kway ({_method_default('k')})")
+    g.add_argument(
+        "--mix-layers",
+        default=None,
+        help="under --method manifold: comma-separated module names of the model (and/or 'input'), one chosen "
+        "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small",
+    )
     g.add_argument(
         "--granularity",
         choices=GRANULARITIES,
@@ -192,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
     study.add_argument("--val-size", type=int, default=None, help="override the validation hold-out size")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
+    study.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="train only the cells i with i %% N == I (0 <= I < N), e.g. the index of a Slurm array task; "
+        "processes sharing --out never train a cell twice, with or without --shard",
+    )
     study.set_defaults(func=_cmd_study)
 
     report = sub.add_parser(
@@ -208,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from vicinal.experiments.report import render_report
-    from vicinal.experiments.study import load_study, run_study
+    from vicinal.experiments.study import load_study, run_study, study_lock
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
@@ -228,8 +243,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
     spec = load_study(args.study, overrides=overrides, seeds=args.seeds)
     out = Path(args.out or f"runs/study-{spec.name}")
     t0 = time.perf_counter()
-    run_study(spec, out, jobs=args.jobs, progress=not args.no_progress)
-    paths = render_report(out)
+    run_study(spec, out, jobs=args.jobs, progress=not args.no_progress, shard=args.shard)
+    with study_lock(out):  # processes sharing the folder write the report in turn
+        paths = render_report(out)
     text = Path(paths["markdown"]).read_text()
     print(text[: text.find("\n## ", text.find("## Paired") + 1)])  # the two tables, not the figure sections
     print(f"study {spec.name}: {len(spec.cells())} cells, {time.perf_counter() - t0:.1f} s; report: {paths['html']}")
@@ -260,6 +276,7 @@ def _config_from(args: argparse.Namespace):
         "k": args.k,
         "granularity": args.granularity,
         "pairing": args.pairing,
+        "mix_layers": None if args.mix_layers is None else tuple(args.mix_layers.split(",")),
         "label_smoothing": args.label_smoothing,
         "seed": args.seed,
         "batch_size": args.batch_size,
@@ -319,6 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.strerror if isinstance(exc, DiskFullError) else exc
         print(f"vicinal: {kind}: {message}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # a dead rank or worker: one line saying what to do
+        print(f"vicinal: error: {exc}", file=sys.stderr)
+        if exc.exit_at_once:  # skip the destructors of a broken process group, which may abort
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: workers stopped, the run folder resumable
+        message, code = describe_interrupt(exc)
+        print(f"vicinal: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

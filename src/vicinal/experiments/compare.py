@@ -17,9 +17,7 @@ CNN is too small to spread over several threads.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Collection
@@ -33,8 +31,15 @@ import torch
 from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.experiments._atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_tensors
 from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
-from vicinal.experiments.distributed import SINGLE, DistContext, barrier, init_from_env, launched_by_torchrun
-from vicinal.experiments.loader import InMemoryLoader
+from vicinal.experiments.distributed import (
+    SINGLE,
+    DistContext,
+    barrier,
+    collective_errors,
+    init_from_env,
+    launched_by_torchrun,
+)
+from vicinal.experiments.loader import InMemoryLoader, check_data_fits
 from vicinal.experiments.models import available_models, build_model
 from vicinal.experiments.options import (
     METHOD_DEFAULTS,
@@ -44,6 +49,7 @@ from vicinal.experiments.options import (
     check_seed,
     resolve_mixing,
 )
+from vicinal.experiments.processes import epoch_hook, stop_on_signals, worker_pool
 from vicinal.experiments.train import ArmResult, OptimConfig, train_arm
 from vicinal.sampling import MixConfig
 
@@ -75,6 +81,7 @@ class RunSpec:
     k: int | None = None
     granularity: str | None = None
     pairing: str | None = None
+    mix_layers: tuple[str, ...] | None = None
     label_smoothing: float = 0.0
     val_size: int = 2000
     train_limit: int | None = None
@@ -101,12 +108,25 @@ class RunSpec:
         check_choice("model", self.model, available_models())
 
     def mixing(self) -> MixConfig | None:
-        """The :class:`MixConfig` of the resolved spec (validated); None for ``method="none"``."""
+        """The :class:`MixConfig` of the resolved spec (validated); None for ``method="none"``.
+
+        For ``method="manifold"`` this is the MixUp applied at the chosen layer."""
         spec = self.resolved()
         if spec.method == "none":
             return None
-        params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method]}
-        return MixConfig(spec.method, **params)  # type: ignore[arg-type]
+        params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method] if name != "mix_layers"}
+        return MixConfig("mixup" if spec.method == "manifold" else spec.method, **params)  # type: ignore[arg-type]
+
+    def loader_mixing(self) -> MixConfig | None:
+        """What the data loader mixes: nothing for "none" and "manifold" (mixed in the model)."""
+        return None if self.method == "manifold" else self.mixing()
+
+    def manifold(self) -> tuple[MixConfig, tuple[str, ...]] | None:
+        """``(config, layers)`` for ``method="manifold"``, else None."""
+        if self.method != "manifold":
+            return None
+        spec = self.resolved()
+        return spec.mixing(), spec.mix_layers  # type: ignore[return-value]
 
     def describe_mixing(self) -> str:
         """One line naming the method and the options it uses, e.g. ``cutmix, cutmix_alpha=1``."""
@@ -183,10 +203,16 @@ class Splits:
 
 
 def load_any(dataset: str, data_dir: str | None) -> ArrayDataset:
-    """A registered dataset by name, or your own: a ``.npz`` file or a class-folder tree."""
+    """A registered dataset by name, or your own: a ``.npz`` file or a class-folder tree.
+
+    A relative path that doesn't exist is also looked for in ``data_dir``, so a preset
+    naming ``breast-cancer.npz`` runs from anywhere with ``--data-dir``.
+    """
     if dataset in available_datasets():
         return load_dataset(dataset, data_dir)
     path = Path(dataset)
+    if not path.exists() and not path.is_absolute() and data_dir is not None:
+        path = Path(data_dir) / path
     if path.suffix == ".npz" and path.is_file():
         return load_npz(path)
     if path.is_dir():
@@ -276,7 +302,7 @@ def make_loader(cfg: CompareConfig, splits: Splits, arm: str, dist: DistContext 
         num_classes=len(splits.class_names),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        mix=cfg.mix_config() if arm == "mixup" else None,
+        mix=cfg.loader_mixing() if arm == "mixup" else None,
         label_smoothing=cfg.label_smoothing,
         channels_last=cfg.channels_last,
         device=cfg.device,
@@ -332,21 +358,25 @@ def _train_one(
     model.to(cfg.device)
     val = (splits.val[0].to(cfg.device), splits.val[1].to(cfg.device))
     test = (splits.test[0].to(cfg.device), splits.test[1].to(cfg.device))
-    return train_arm(
-        arm,
-        model,
-        make_loader(cfg, splits, arm, dist),
-        val=val,
-        test=test,
-        epochs=cfg.epochs,
-        out_dir=Path(run_dir) / arm,
-        optim=OptimConfig(),
-        resume=resume,
-        channels_last=cfg.channels_last,
-        progress=_progress_factory(position, arm, progress and dist.is_main),
-        dist=dist,
-        precision=cfg.precision,
-    )
+    # A dead rank fails DDP's gradient all-reduce inside backward(): one line, not gloo's traceback.
+    with collective_errors(dist, f"training arm {arm!r}"):
+        return train_arm(
+            arm,
+            model,
+            make_loader(cfg, splits, arm, dist),
+            val=val,
+            test=test,
+            epochs=cfg.epochs,
+            out_dir=Path(run_dir) / arm,
+            optim=OptimConfig(),
+            resume=resume,
+            channels_last=cfg.channels_last,
+            progress=_progress_factory(position, arm, progress and dist.is_main),
+            on_epoch=epoch_hook(arm),
+            dist=dist,
+            precision=cfg.precision,
+            manifold=cfg.manifold() if arm == "mixup" else None,
+        )
 
 
 def write_preview(cfg: CompareConfig, splits: Splits, path: Path) -> Path:
@@ -405,6 +435,12 @@ def run_compare(
     barrier(dist)  # every rank has checked the folder before rank 0 writes into it
     if splits is None:
         splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
+    check_data_fits(splits.train[0], model=cfg.model, mix=cfg.loader_mixing())
+    manifold = cfg.manifold()
+    if manifold is not None:  # the layer names are the model's: check them before writing anything
+        from vicinal.manifold import ManifoldMixup
+
+        ManifoldMixup(build_model(cfg.model, splits.input_shape, len(splits.class_names)), manifold[1], manifold[0])
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cfg_path, asdict(cfg))
@@ -416,24 +452,29 @@ def run_compare(
     parallel = (
         cfg.parallel and not dist.enabled and len(cfg.arms) > 1 and cfg.device == "cpu" and (os.cpu_count() or 1) > 1
     )
-    if parallel:
-        per_arm = max(1, total_threads // len(cfg.arms))
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=len(cfg.arms), mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_train_one, cfg, splits, str(run), arm, i, per_arm, resume, progress)
-                for i, arm in enumerate(cfg.arms)
+    # SIGINT/SIGTERM stop every worker (they also die with this process, even on kill -9)
+    # and leave the run resumable: checkpoints are atomic.
+    hint = f"resume with --resume --out {run}"
+    with stop_on_signals(hint):
+        if parallel:
+            per_arm = max(1, total_threads // len(cfg.arms))
+            with worker_pool(len(cfg.arms), hint=hint) as pool:
+                futures = [
+                    pool.submit(_train_one, cfg, splits, str(run), arm, i, per_arm, resume, progress)
+                    for i, arm in enumerate(cfg.arms)
+                ]
+                results = [f.result() for f in futures]
+        else:
+            results = [
+                _train_one(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist) for arm in cfg.arms
             ]
-            results = [f.result() for f in futures]
-    else:
-        results = [_train_one(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist) for arm in cfg.arms]
     wall = time.perf_counter() - t0
     if not dist.is_main:
         return results
 
     from vicinal.experiments.plots import learning_curves
 
-    if "mixup" in cfg.arms:
+    if "mixup" in cfg.arms and cfg.loader_mixing() is not None:
         write_preview(cfg, splits, run / "preview.png")
     learning_curves({r.name: r.history for r in results}, run / "curves.png")
     table = summary_table(results)
@@ -459,7 +500,7 @@ def run_compare(
         "",
         "A single seed: differences of about a point are within seed-to-seed noise on Fashion-MNIST.",
         "",
-        "![preview](preview.png)" if "mixup" in cfg.arms else "",
+        "![preview](preview.png)" if "mixup" in cfg.arms and cfg.loader_mixing() is not None else "",
         "![curves](curves.png)",
         "",
     ]

@@ -23,12 +23,17 @@ explicit choice):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from vicinal.experiments.processes import RunFailed
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,61 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def _collective_failed(ctx: DistContext, what: str, exc: BaseException) -> RuntimeError:
-    return RuntimeError(
+class RankFailure(RunFailed):
+    """A collective failed: another rank died or did not answer within the timeout.
+
+    Its message is one line (``rank R/W: WHAT failed: another rank died ...``); the
+    command line prints it without a traceback and leaves with ``os._exit``: at a normal
+    exit, the C++ destructors of a process group whose peer is gone may abort the process
+    (``terminate called without an active exception``, SIGABRT), after the message.
+    """
+
+    exit_at_once = True
+
+
+#: Messages of the errors gloo and NCCL raise when a peer is gone or silent.
+_PEER_ERROR = re.compile(
+    r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|timeout|socket|peer",
+    re.IGNORECASE,
+)
+
+
+def _cause(exc: BaseException) -> str:
+    """The useful start of a backend's message: no source location, no advice, one line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text)  # "[.../pair.cc:537] "
+    text = re.split(r"(?<=[a-z0-9)])\. ", text, maxsplit=1)[0].rstrip(".")  # the first sentence
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _collective_failed(ctx: DistContext, what: str, exc: BaseException) -> RankFailure:
+    return RankFailure(
         f"rank {ctx.rank}/{ctx.world_size}: {what} failed: another rank died or did not answer within the "
-        f"process group's timeout ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        f"process group's timeout ({_cause(exc)}); see the other ranks' output, then restart every rank with --resume"
     )
+
+
+def is_collective_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is how torch.distributed reports a dead or silent peer."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return isinstance(exc, RuntimeError) and bool(_PEER_ERROR.search(str(exc)))
+
+
+@contextlib.contextmanager
+def collective_errors(ctx: DistContext, what: str) -> Iterator[None]:
+    """Report a failed collective inside the block (e.g. DDP's gradient all-reduce in
+    ``loss.backward()``) as a one-line :class:`RankFailure`; other errors pass unchanged."""
+    try:
+        yield
+    except RankFailure:
+        raise
+    except (RuntimeError, dist.DistBackendError) as exc:
+        if not ctx.enabled or not is_collective_error(exc):
+            raise
+        raise _collective_failed(ctx, what, exc) from exc
 
 
 def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ MixPolicy = Literal["independent", "shared", "global"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 MIX_POLICIES: tuple[str, ...] = get_args(MixPolicy)
-#: Harness methods: the library's, plus "none" (plain batches).
-RUN_METHODS: tuple[str, ...] = ("none", *METHODS)
+#: Harness methods: the library's, plus "none" (plain batches) and "manifold" (MixUp of
+#: the hidden states at one of ``mix_layers`` per step: vicinal.manifold.ManifoldMixup).
+RUN_METHODS: tuple[str, ...] = ("none", *METHODS, "manifold")
 
 MAX_SEED = 2**63 - 1
 
@@ -32,10 +33,12 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cutmix": {"cutmix_alpha": 1.0, "granularity": "elem", "pairing": "stream"},
     "switch": {"alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "granularity": "elem", "pairing": "stream"},
     "kway": {"alpha": 0.2, "k": 3, "granularity": "elem", "pairing": "permute"},
+    # Verma et al. (2019) train Manifold Mixup with alpha = 2; the layers are the model's.
+    "manifold": {"alpha": 2.0, "granularity": "elem", "pairing": "permute", "mix_layers": None},
 }
 #: Every option that some method uses; ``None`` in a config means "the method's default"
 #: before resolution and "not used" after.
-MIX_OPTIONS: tuple[str, ...] = ("alpha", "cutmix_alpha", "switch_prob", "k", "granularity", "pairing")
+MIX_OPTIONS: tuple[str, ...] = ("alpha", "cutmix_alpha", "switch_prob", "k", "granularity", "pairing", "mix_layers")
 assert {k for d in METHOD_DEFAULTS.values() for k in d} == set(MIX_OPTIONS)
 assert set(PAIRINGS) >= {"stream", "permute"} and "elem" in GRANULARITIES
 
@@ -63,6 +66,8 @@ def resolve_mixing(method: str, values: dict[str, Any], *, inherited: frozenset[
         value = values.get(name)
         if name in used:
             out[name] = used[name] if value is None else value
+            if name == "mix_layers":
+                out[name] = _check_layers(value)
         elif value is not None and name not in inherited:
             uses = ", ".join(sorted(used)) or "no mixing options"
             raise ValueError(f"{name}={value!r} is not used by method={method!r} (it uses {uses})")
@@ -74,3 +79,15 @@ def resolve_mixing(method: str, values: dict[str, Any], *, inherited: frozenset[
 def check_seed(name: str, value: Any) -> int:
     """A seed: an int in [0, 2**63)."""
     return check_int(name, value, minimum=0, maximum=MAX_SEED)
+
+
+def _check_layers(value: Any) -> tuple[str, ...]:
+    if value is None:
+        raise ValueError(
+            "method='manifold' needs mix_layers: the modules whose outputs may be mixed, and/or 'input' "
+            "(e.g. --mix-layers input,blocks.0,blocks.1,blocks.2 for preact-resnet-small)"
+        )
+    layers = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    if not layers or not all(isinstance(v, str) and v for v in layers):
+        raise ValueError(f"mix_layers must be a non-empty list of module names, got {value!r}")
+    return layers

@@ -94,9 +94,19 @@ def _load_any(path: Path) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str
     raise ValueError(f"{path} holds neither a study (study.json) nor a compare run (results.json)")
 
 
+def _baselines_of(arm: CellSpec, arms: dict[str, CellSpec]) -> list[str]:
+    """The arms ``arm`` is compared with: its ``baseline`` field (one name, or several
+    separated by commas), else the plain arm of the same recipe."""
+    if arm.baseline:
+        return [b for b in (name.strip() for name in arm.baseline.split(",")) if b in arms]
+    base = _baseline_of(arm, arms)
+    return [] if base is None else [base]
+
+
 def _baseline_of(arm: CellSpec, arms: dict[str, CellSpec]) -> str | None:
     if arm.baseline:
-        return arm.baseline if arm.baseline in arms else None
+        first = _baselines_of(arm, arms)
+        return first[0] if first else None
     if arm.method == "none" and arm.label_smoothing == 0:
         return None
     same = [
@@ -211,20 +221,20 @@ def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
         arms_out[arm] = {key: summarize([_metric(r, key) for r in seeds.values()]) for key, _, _ in METRICS}
     comparisons = {}
     for arm, spec in specs.items():
-        base = _baseline_of(spec, specs)
-        if base is None or base not in by_arm:
-            continue
-        common = sorted(set(by_arm[arm]) & set(by_arm[base]))
-        if not common:
-            continue
-        comp: dict[str, Any] = {"baseline": base, "seeds": common}
-        for key in ("acc_last", "acc_best_epoch", "ece", "fgsm" + FGSM_KEY):
-            a = [_metric(by_arm[arm][s], key) for s in common]
-            b = [_metric(by_arm[base][s], key) for s in common]
-            if any(math.isnan(v) for v in a + b):
+        for base in _baselines_of(spec, specs):
+            if base not in by_arm:
                 continue
-            comp[key] = paired_test(a, b)
-        comparisons[arm] = comp
+            common = sorted(set(by_arm[arm]) & set(by_arm[base]))
+            if not common:
+                continue
+            comp: dict[str, Any] = {"arm": arm, "baseline": base, "seeds": common}
+            for key in ("acc_last", "acc_best_epoch", "ece", "fgsm" + FGSM_KEY):
+                a = [_metric(by_arm[arm][s], key) for s in common]
+                b = [_metric(by_arm[base][s], key) for s in common]
+                if any(math.isnan(v) for v in a + b):
+                    continue
+                comp[key] = paired_test(a, b)
+            comparisons[f"{arm} vs {base}"] = comp
     return {
         "arms": arms_out,
         "comparisons": comparisons,
@@ -276,7 +286,8 @@ def comparison_table(agg: dict[str, Any]) -> Table:
         "Δ FGSM acc ε=" + FGSM_KEY,
     ]
     rows = []
-    for arm, comp in agg["comparisons"].items():
+    for comp in agg["comparisons"].values():
+        arm = comp["arm"]
         acc = comp.get("acc_last")
         if not acc:
             continue
@@ -322,7 +333,7 @@ FOREST_PANELS = [
 
 def _fig_forest(agg: dict[str, Any], out: Path) -> Path | None:
     """Every compared arm's paired difference with its baseline and 95% CI, one panel per metric."""
-    comps = [(arm, c) for arm, c in agg["comparisons"].items() if c.get("acc_last")]
+    comps = [(c["arm"], c) for c in agg["comparisons"].values() if c.get("acc_last")]
     panels = [p for p in FOREST_PANELS if any(c.get(p[0]) for _, c in comps)]
     if not comps or not panels:
         return None

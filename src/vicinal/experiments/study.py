@@ -22,28 +22,38 @@ Running a study again skips finished cells (``result.json``) and resumes interru
 ones from their checkpoint, so a killed study loses no finished work. All arms of one
 seed start from the same initial weights (``<study>/init/``) and see the same data
 order, which makes per-seed differences paired.
+
+Any number of processes may run one study folder at once (one machine, or several
+sharing a file system: a Slurm job array with ``--shard I/N``, a Kubernetes indexed
+job): a process trains a cell only while it holds the cell's OS file lock, so no cell
+is trained twice, and a dead process's lock is released by the OS (see :func:`run_study`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import itertools
 import json
-import multiprocessing
 import os
+import re
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 from vicinal._checks import check_choice
 from vicinal.experiments.compare import RunSpec
 from vicinal.experiments.options import SCHEDULES
 from vicinal.experiments.presets import PRESETS
+from vicinal.experiments.processes import epoch_hook, stop_on_signals, worker_pool
 from vicinal.sampling import MixConfig
 
 if sys.version_info >= (3, 11):
@@ -60,7 +70,7 @@ class CellSpec(RunSpec):
     noise: float = 0.0
     lr: float = 1e-3
     schedule: str = "constant"
-    baseline: str | None = None  # arm this one is compared with (default: chosen in the report)
+    baseline: str | None = None  # arm(s) this one is compared with, comma-separated (default: chosen in the report)
 
     def mix_config(self) -> MixConfig | None:
         """The arm's mixing, or None for ``method="none"``."""
@@ -188,91 +198,193 @@ def init_path(study_dir: Path, cell: CellSpec) -> Path:
 
 def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
     from vicinal.experiments._atomic import atomic_torch_save
+    from vicinal.experiments.loader import check_data_fits
     from vicinal.experiments.models import build_model
 
+    splits = _splits_for(cell)
+    # Checked for every cell before any trains: the data fits the model and the mixing,
+    # and a manifold arm's layers are modules of the model.
+    check_data_fits(splits.train[0], model=cell.model, mix=cell.loader_mixing())
+    manifold = cell.manifold()
+    if manifold is not None:
+        from vicinal.manifold import ManifoldMixup
+
+        ManifoldMixup(build_model(cell.model, splits.input_shape, len(splits.class_names)), manifold[1], manifold[0])
     path = init_path(study_dir, cell)
     if path.exists():
         return
-    splits = _splits_for(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cell.seed)
     atomic_torch_save(build_model(cell.model, splits.input_shape, len(splits.class_names)).state_dict(), path)
 
 
-def run_cell(study_dir: str, cell: CellSpec, threads: int) -> dict[str, Any]:
-    """Train (or resume, or just read) one cell; returns its result record."""
-    from vicinal.experiments._atomic import atomic_write_json
+# Claims: any number of `vicinal study` processes (one machine, or several sharing the
+# folder) may run one study. A process trains a cell only while it holds the cell's
+# OS file lock; the OS releases the lock when the process ends, however it ends.
+CLAIM_LOCK = "claim.lock"
+CLAIMS_LOG = "claims.jsonl"
+STUDY_LOCK = "study.lock"
+
+
+def study_lock(study_dir: str | os.PathLike) -> FileLock:
+    """The study's lock (``<study>/study.lock``), held while ``study.json``, the initial
+    weights or the report are written, so concurrent processes never interleave them."""
+    return FileLock(Path(study_dir) / STUDY_LOCK)
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"I/N"`` (or ``(I, N)``) as ``(I, N)``, checked: ``0 <= I < N``; None is ``(0, 1)``."""
+    if shard is None:
+        return 0, 1
+    if isinstance(shard, str):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+        if match is None:
+            raise ValueError(f"--shard must be I/N with whole numbers 0 <= I < N (e.g. --shard 0/4), got {shard!r}")
+        index, count = int(match[1]), int(match[2])
+    else:
+        index, count = shard
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise ValueError(f"--shard must be I/N with whole numbers 0 <= I < N (e.g. --shard 0/4), got {index}/{count}")
+    return index, count
+
+
+def shard_cells(cells: list[CellSpec], shard: str | tuple[int, int] | None) -> list[CellSpec]:
+    """The cells ``i`` (positions in ``cells``) with ``i % N == I``."""
+    index, count = parse_shard(shard)
+    return [cell for i, cell in enumerate(cells) if i % count == index]
+
+
+def default_threads(jobs: int) -> int:
+    """CPU threads per cell: the cores shared among ``jobs`` processes (torch's default for one)."""
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
+
+
+def _log_claim(out: Path, resumed: bool) -> None:
+    """Append who trains the cell (under its lock) to ``claims.jsonl``."""
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "resume": resumed}
+    with open(out / CLAIMS_LOG, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) -> dict[str, Any] | None:
+    """Train (or resume, or just read) one cell; returns its result record.
+
+    The cell is claimed first: its lock (``<cell>/claim.lock``) is held while it trains,
+    and each claim is logged in ``<cell>/claims.jsonl``. A cell another live process
+    holds is waited for (``wait=True``: its result is then read, or, if that process
+    died, the cell is resumed from its checkpoint) or skipped (``wait=False``: returns None).
+    """
+    from vicinal.experiments._atomic import atomic_write_json, load_tensors, read_json
     from vicinal.experiments.loader import InMemoryLoader
     from vicinal.experiments.models import build_model
     from vicinal.experiments.noise import symmetric_label_noise
-    from vicinal.experiments.train import RESULT, OptimConfig, train_arm
+    from vicinal.experiments.train import CHECKPOINT, RESULT, OptimConfig, train_arm
 
     torch.set_num_threads(threads)
     root = Path(study_dir)
     out = cell_dir(root, cell)
     if (out / RESULT).exists():
-        return json.loads((out / RESULT).read_text())
+        return read_json(out / RESULT)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "cell.json", asdict(cell))
-    splits = _splits_for(cell)
-    x_train, y_train = splits.train
-    num_classes = len(splits.class_names)
-    if cell.noise > 0:
-        y_train = torch.from_numpy(symmetric_label_noise(y_train.numpy(), cell.noise, num_classes, seed=cell.seed))
-    loader = InMemoryLoader(
-        x_train,
-        y_train,
-        num_classes=num_classes,
-        batch_size=cell.batch_size,
-        seed=cell.seed,
-        mix=cell.mix_config(),
-        label_smoothing=cell.label_smoothing,
-        channels_last=cell.channels_last,
-    )
-    model = build_model(cell.model, splits.input_shape, num_classes)
-    model.load_state_dict(torch.load(init_path(root, cell), map_location="cpu", weights_only=True))
-    result = train_arm(
-        cell.arm,
-        model,
-        loader,
-        val=splits.val,
-        test=splits.test,
-        epochs=cell.epochs,
-        out_dir=out,
-        optim=OptimConfig(lr=cell.lr, schedule=cell.schedule),
-        resume=True,
-        channels_last=cell.channels_last,
-        track_test=True,
-        full_metrics=True,
-    )
-    return asdict(result)
+    try:
+        claim = FileLock(out / CLAIM_LOCK).acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return None  # another live process trains this cell
+    with claim:
+        if (out / RESULT).exists():  # finished by the process that held it
+            return read_json(out / RESULT)
+        _log_claim(out, resumed=(out / CHECKPOINT).exists())
+        atomic_write_json(out / "cell.json", asdict(cell))
+        splits = _splits_for(cell)
+        x_train, y_train = splits.train
+        num_classes = len(splits.class_names)
+        if cell.noise > 0:
+            y_train = torch.from_numpy(symmetric_label_noise(y_train.numpy(), cell.noise, num_classes, seed=cell.seed))
+        loader = InMemoryLoader(
+            x_train,
+            y_train,
+            num_classes=num_classes,
+            batch_size=cell.batch_size,
+            seed=cell.seed,
+            mix=cell.loader_mixing(),
+            label_smoothing=cell.label_smoothing,
+            channels_last=cell.channels_last,
+        )
+        model = build_model(cell.model, splits.input_shape, num_classes)
+        model.load_state_dict(load_tensors(init_path(root, cell)))
+        result = train_arm(
+            cell.arm,
+            model,
+            loader,
+            val=splits.val,
+            test=splits.test,
+            epochs=cell.epochs,
+            out_dir=out,
+            optim=OptimConfig(lr=cell.lr, schedule=cell.schedule),
+            resume=True,
+            channels_last=cell.channels_last,
+            on_epoch=epoch_hook(cell.arm),
+            track_test=True,
+            full_metrics=True,
+            manifold=cell.manifold(),
+        )
+        return asdict(result)
 
 
-def run_study(
-    spec: StudySpec, study_dir: str | os.PathLike, *, jobs: int = 1, progress: bool = True
-) -> list[dict[str, Any]]:
-    """Run every unfinished cell of ``spec`` with ``jobs`` worker processes."""
-    from vicinal.experiments._atomic import atomic_write_json
-    from vicinal.experiments.train import RESULT
-
-    root = Path(study_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    saved = root / "study.json"
-    record = {
+def _record(spec: StudySpec) -> dict[str, Any]:
+    return {
         "name": spec.name,
         "description": spec.description,
         "seeds": list(spec.seeds),
         "arms": [asdict(a) for a in spec.arms],
     }
-    if saved.exists():
-        old = json.loads(saved.read_text())
-        if old["arms"] != record["arms"]:
-            raise ValueError(f"{root} holds a different study; use another --out or the same options")
-        record["seeds"] = sorted(set(old["seeds"]) | set(spec.seeds))  # adding seeds extends a study
-    atomic_write_json(saved, record)
-    cells = spec.cells()
-    for cell in cells:
-        _ensure_init(root, cell)
+
+
+def run_study(
+    spec: StudySpec,
+    study_dir: str | os.PathLike,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    shard: str | tuple[int, int] | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run every unfinished cell of ``spec`` (of its ``shard``) with ``jobs`` worker processes.
+
+    Any number of processes may run one study folder at the same time, on one machine
+    or on several sharing a file system: each cell is trained by one process only (see
+    :func:`run_cell`). A process first trains the cells nobody holds, then waits for
+    those other processes hold, so it returns once every cell of its shard is finished.
+
+    Args:
+        shard: ``"I/N"`` trains only the cells ``i`` with ``i % N == I`` (positions in
+            ``spec.cells()``): the part of a scheduler's task ``I`` of ``N``.
+        threads: CPU threads per cell (default: :func:`default_threads`).
+
+    Returns:
+        The result records of the shard's cells, in ``spec.cells()`` order.
+    """
+    from vicinal.experiments._atomic import atomic_write_json, read_json
+    from vicinal.experiments.train import RESULT
+
+    if jobs < 1:
+        raise ValueError(f"jobs (--jobs) must be >= 1, got {jobs}")
+    cells = shard_cells(spec.cells(), shard)
+    root = Path(study_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    saved = root / "study.json"
+    record = _record(spec)
+    with study_lock(root):
+        if saved.exists():
+            old = read_json(saved)
+            if old["arms"] != record["arms"]:
+                raise ValueError(f"{root} holds a different study; use another --out or the same options")
+            record["seeds"] = sorted(set(old["seeds"]) | set(spec.seeds))  # adding seeds extends a study
+        atomic_write_json(saved, record)
+        for cell in cells:
+            _ensure_init(root, cell)
     todo = [c for c in cells if not (cell_dir(root, c) / RESULT).exists()]
     t0 = time.perf_counter()
     bar = None
@@ -280,25 +392,42 @@ def run_study(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"study {spec.name}", unit="cell")
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else torch.get_num_threads()
-    if jobs > 1 and len(todo) > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(run_cell, str(root), c, threads) for c in todo]
+    threads = threads or default_threads(jobs)
+    hint = f"run the same command again to resume: finished cells are kept in {root}"
+    with stop_on_signals(hint), contextlib.ExitStack() as stack:
+        if bar:
+            stack.callback(bar.close)
+        pool = stack.enter_context(worker_pool(jobs, hint=hint)) if jobs > 1 and len(todo) > 1 else None
+
+        def run(batch: list[CellSpec], wait: bool) -> Iterator[tuple[CellSpec, dict[str, Any] | None]]:
+            if pool is None:
+                for c in batch:
+                    yield c, run_cell(str(root), c, threads, wait)
+                return
+            futures = {pool.submit(run_cell, str(root), c, threads, wait): c for c in batch}
             for f in cf.as_completed(futures):
-                f.result()
-                if bar:
-                    bar.update(1)
-    else:
-        for c in todo:
-            run_cell(str(root), c, threads)
+                yield futures[f], f.result()
+
+        held: list[CellSpec] = []  # cells another process trains: waited for once every free cell is done
+        for cell, result in run(todo, False):
+            if result is None:
+                held.append(cell)
+            elif bar:
+                bar.update(1)
+        for _ in run(held, True):
             if bar:
                 bar.update(1)
-    if bar:
-        bar.close()
-    timing = {"cells": len(cells), "trained": len(todo), "jobs": jobs, "wall_s": time.perf_counter() - t0}
-    atomic_write_json(root / f"timing-{int(time.time())}.json", timing)
-    return [json.loads((cell_dir(root, c) / RESULT).read_text()) for c in cells]
+    index, count = parse_shard(shard)
+    timing = {
+        "cells": len(cells),
+        "unfinished_at_start": len(todo),
+        "jobs": jobs,
+        "shard": f"{index}/{count}",
+        "host": socket.gethostname(),
+        "wall_s": time.perf_counter() - t0,
+    }
+    atomic_write_json(root / f"timing-{int(time.time())}-{socket.gethostname()}-{os.getpid()}.json", timing)
+    return [read_json(cell_dir(root, c) / RESULT) for c in cells]
 
 
 def load_results(study_dir: str | os.PathLike) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:

@@ -21,7 +21,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from vicinal.experiments.distributed import SINGLE, DistContext, all_reduce_sum,
 from vicinal.experiments.loader import InMemoryLoader, to_model_input
 from vicinal.experiments.options import PRECISIONS, SCHEDULES
 from vicinal.losses import soft_target_cross_entropy
+from vicinal.sampling import MixConfig
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -136,6 +137,7 @@ def train_arm(
     full_metrics: bool = False,
     dist: DistContext = SINGLE,
     precision: str = "fp32",
+    manifold: tuple[MixConfig, Sequence[str]] | None = None,
 ) -> ArmResult:
     """Train ``model`` (already holding the initial weights) for ``epochs`` epochs.
 
@@ -154,6 +156,10 @@ def train_arm(
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass
             (worth it on GPUs and on CPUs with AMX; several times slower than fp32 on
             the AVX2-only development CPU, so not the default).
+        manifold: ``(config, layers)``: Manifold Mixup, mixing the plain batches of
+            ``loader`` inside the model at one of ``layers`` per step
+            (:class:`vicinal.manifold.ManifoldMixup`, plans of ``(loader.seed, epoch,
+            step, rank)``).
         dist: in a distributed job the model is wrapped in DistributedDataParallel,
             training and evaluation sums are reduced across ranks (every rank returns the
             same result), and only rank 0 writes files.
@@ -199,6 +205,11 @@ def train_arm(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model)
+    manifold_mixup = None
+    if manifold is not None:
+        from vicinal.manifold import ManifoldMixup
+
+        manifold_mixup = ManifoldMixup(net, manifold[1], manifold[0], seed=loader.seed, rank=dist.rank)
 
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -213,7 +224,10 @@ def train_arm(
         seen = 0
         for step, (x, target) in enumerate(loader.epoch(epoch)):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = net(x)
+                if manifold_mixup is None:
+                    logits = net(x)
+                else:
+                    logits, target = manifold_mixup(x, target, step=step, epoch=epoch)
             loss = soft_target_cross_entropy(logits, target)  # in float32 whatever the autocast
             opt.zero_grad(set_to_none=True)
             loss.backward()
