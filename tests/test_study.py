@@ -86,7 +86,7 @@ def test_presets_parse() -> None:
 def test_shipped_presets() -> None:
     assert set(PRESETS) == {
         "reference", "alpha", "methods", "noise", "long", "lowdata", "lowdata-noise", "lowdata-manifold",
-        "modalities-tabular", "modalities-sequence",
+        "modalities-tabular", "modalities-sequence", "robustness",
     }  # fmt: skip
 
 
@@ -259,3 +259,11 @@ def test_study_cli_with_two_jobs(toy_npz: Path, tmp_path: Path) -> None:
     assert len(list((tmp_path / "s" / "cells").glob("*/seed*/result.json"))) == 4
     assert main(["report", str(tmp_path / "s"), "--no-preview"]) == 0
     assert main(["study", "nope", "--out", str(tmp_path / "t")]) == 2
+
+
+def test_robustness_preset_measures_corruptions_on_the_lowdata_recipe() -> None:
+    spec = load_study("robustness")
+    arms = {a.arm: a for a in spec.arms}
+    assert set(arms) == {"none", "mixup", "cutmix", "augmix-jsd", "augmix-mixup"} and len(spec.seeds) == 5
+    assert all(a.corruptions and a.train_limit == 10_000 and a.epochs == 30 for a in spec.arms)
+    assert arms["augmix-jsd"].jsd and arms["augmix-mixup"].augmix and arms["augmix-mixup"].method == "mixup"

@@ -62,7 +62,7 @@ def _add_mix_options(p: argparse.ArgumentParser) -> None:
         default="mixup",
         help="mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
         "--switch-prob else mixup; kway: Dirichlet mix of --k samples; manifold: mixup of the hidden "
-        "states at one of --mix-layers per step (default: %(default)s)",
+        "states at one of --mix-layers per step; augmix: AugMix per image, no mixing (default: %(default)s)",
     )
     # None: the method's default. An option the chosen method doesn't use is refused.
     g.add_argument(
@@ -85,6 +85,17 @@ def _add_mix_options(p: argparse.ArgumentParser) -> None:
         help=f"probability of CutMix under --method switch ({_method_default('switch_prob')})",
     )
     g.add_argument("--k", type=int, default=None, help=f"samples per mix under --method kway ({_method_default('k')})")
+    g.add_argument(
+        "--augmix",
+        action="store_true",
+        help="AugMix each image before mixing (--method augmix: AugMix alone, no mixing between images)",
+    )
+    g.add_argument(
+        "--jsd",
+        action="store_true",
+        help="with --method augmix: train on clean + two AugMix views with the Jensen-Shannon consistency loss "
+        "(weight 12, the AugMix paper's)",
+    )
     g.add_argument(
         "--mix-layers",
         default=None,
@@ -277,6 +288,8 @@ def _config_from(args: argparse.Namespace):
         "granularity": args.granularity,
         "pairing": args.pairing,
         "mix_layers": None if args.mix_layers is None else tuple(args.mix_layers.split(",")),
+        "augmix": args.augmix,
+        "jsd": args.jsd,
         "label_smoothing": args.label_smoothing,
         "seed": args.seed,
         "batch_size": args.batch_size,

@@ -17,6 +17,7 @@ CNN is too small to spread over several threads.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -42,6 +43,7 @@ from vicinal.experiments.distributed import (
 from vicinal.experiments.loader import InMemoryLoader, check_data_fits
 from vicinal.experiments.models import available_models, build_model
 from vicinal.experiments.options import (
+    JSD_WEIGHT,
     METHOD_DEFAULTS,
     MIX_OPTIONS,
     MIX_POLICIES,
@@ -55,6 +57,8 @@ from vicinal.sampling import MixConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from vicinal.augmix import AugMixConfig
 
 ARMS = ("mixup", "none")
 
@@ -82,6 +86,8 @@ class RunSpec:
     granularity: str | None = None
     pairing: str | None = None
     mix_layers: tuple[str, ...] | None = None
+    augmix: bool = False
+    jsd: bool = False
     label_smoothing: float = 0.0
     val_size: int = 2000
     train_limit: int | None = None
@@ -106,16 +112,34 @@ class RunSpec:
                 check_int(name, getattr(self, name), minimum=1)
         check_probability("label_smoothing", self.label_smoothing)
         check_choice("model", self.model, available_models())
+        self.check_augmentation()
 
     def mixing(self) -> MixConfig | None:
         """The :class:`MixConfig` of the resolved spec (validated); None for ``method="none"``.
 
         For ``method="manifold"`` this is the MixUp applied at the chosen layer."""
         spec = self.resolved()
-        if spec.method == "none":
+        if spec.method in ("none", "augmix"):
             return None
         params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method] if name != "mix_layers"}
         return MixConfig("mixup" if spec.method == "manifold" else spec.method, **params)  # type: ignore[arg-type]
+
+    def augmix_config(self) -> AugMixConfig | None:
+        """AugMix per image (``method="augmix"``, or ``augmix`` on top of a mixing method)."""
+        if self.method != "augmix" and not self.augmix:
+            return None
+        from vicinal.augmix import AugMixConfig
+
+        return AugMixConfig()
+
+    def check_augmentation(self) -> None:
+        """AugMix needs kornia; JSD needs AugMix and no mixing of the inputs."""
+        if self.augmix_config() is not None and importlib.util.find_spec("kornia") is None:
+            raise ValueError("AugMix needs kornia: pip install 'vicinal[augmix]'")
+        if self.jsd and (self.augmix_config() is None or self.loader_mixing() is not None):
+            raise ValueError(
+                "jsd needs AugMix without input mixing (method='augmix'): its views are clean, AugMix 1 and AugMix 2"
+            )
 
     def loader_mixing(self) -> MixConfig | None:
         """What the data loader mixes: nothing for "none" and "manifold" (mixed in the model)."""
@@ -131,9 +155,14 @@ class RunSpec:
     def describe_mixing(self) -> str:
         """One line naming the method and the options it uses, e.g. ``cutmix, cutmix_alpha=1``."""
         spec = self.resolved()
+        words = [spec.method] + [f"{n}={getattr(spec, n)}" for n in METHOD_DEFAULTS[spec.method]]
         if spec.method == "none":
-            return "no mixing"
-        return ", ".join([spec.method] + [f"{n}={getattr(spec, n)}" for n in METHOD_DEFAULTS[spec.method]])
+            words = ["no mixing"]
+        if spec.augmix and spec.method != "augmix":
+            words.append("AugMix")
+        if spec.jsd:
+            words.append(f"JSD x{JSD_WEIGHT:g}")
+        return ", ".join(words)
 
 
 @dataclass(frozen=True)
@@ -152,7 +181,7 @@ class CompareConfig(RunSpec):
         """The mixing of the mixed arm (validated)."""
         config = self.mixing()
         if config is None:
-            raise ValueError("vicinal compare needs a mixing method for its mixed arm, got method='none'")
+            raise ValueError(f"method={self.method!r} mixes no images: it has no MixConfig")
         return config
 
     def validate(self) -> CompareConfig:
@@ -172,7 +201,9 @@ class CompareConfig(RunSpec):
         if bad or not self.arms:
             raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {self.arms}")
         resolved = self.resolved()
-        resolved.mix_config()
+        if resolved.method == "none":
+            raise ValueError("vicinal compare needs a method for its treated arm, got method='none'")
+        resolved.mixing()
         return resolved
 
     @classmethod
@@ -303,6 +334,8 @@ def make_loader(cfg: CompareConfig, splits: Splits, arm: str, dist: DistContext 
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         mix=cfg.loader_mixing() if arm == "mixup" else None,
+        augmix=cfg.augmix_config() if arm == "mixup" else None,
+        jsd=cfg.jsd and arm == "mixup",
         label_smoothing=cfg.label_smoothing,
         channels_last=cfg.channels_last,
         device=cfg.device,
@@ -376,6 +409,7 @@ def _train_one(
             dist=dist,
             precision=cfg.precision,
             manifold=cfg.manifold() if arm == "mixup" else None,
+            jsd_weight=JSD_WEIGHT if cfg.jsd and arm == "mixup" else 0.0,
         )
 
 

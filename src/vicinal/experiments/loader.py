@@ -12,7 +12,8 @@ run would have seen. No per-sample Python runs on this path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from vicinal.experiments.options import MIX_POLICIES
 from vicinal.labels import to_soft
 from vicinal.sampling import MixConfig, epoch_order
 from vicinal.transforms import mix_indexed_batch
+
+if TYPE_CHECKING:
+    from vicinal.augmix import AugMixConfig
 
 
 def input_kind(x: np.ndarray | torch.Tensor, *, name: str = "images") -> InputKind:
@@ -160,6 +164,8 @@ class InMemoryLoader:
         device: str | torch.device = "cpu",
         dist: DistContext = SINGLE,
         policy: str = "independent",
+        augmix: AugMixConfig | None = None,
+        jsd: bool = False,
     ) -> None:
         self.dist = dist
         self.policy = check_choice("policy", policy, MIX_POLICIES)
@@ -182,6 +188,17 @@ class InMemoryLoader:
             raise TypeError(f"mix must be a MixConfig or None, got {type(mix).__name__}")
         check_mixing_fits(mix, self.images)
         self.mix = mix
+        if (augmix is not None or jsd) and self.kind != "images":
+            raise ValueError("AugMix augments images; this dataset holds features")
+        if jsd and (augmix is None or mix is not None):
+            raise ValueError("jsd needs AugMix and no mixing: its three views are clean, AugMix 1 and AugMix 2")
+        self.augmix = None
+        if augmix is not None:
+            from vicinal.augmix import AugMix
+
+            # Per rank unless every rank must see the same batches (shared / global plans).
+            self.augmix = AugMix(augmix, seed=seed, rank=dist.rank if policy == "independent" else 0)
+        self.jsd = jsd
         self.label_smoothing = label_smoothing
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -221,13 +238,41 @@ class InMemoryLoader:
         index = self._index(idx)
         return to_model_input(self.images.index_select(0, index), channels_last=self.channels_last), self.labels[index]
 
+    def _fetcher(self, epoch: int, step: int) -> Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
+        """``_fetch``, with AugMix applied per image when the loader has it.
+
+        The first fetch of a step is AugMix view 0; a second one (the partner batch of
+        ``pairing="stream"``) is view 2, so partners are augmented independently.
+        """
+        if self.augmix is None:
+            return self._fetch
+        augmix, calls = self.augmix, [0]
+
+        def fetch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            index = self._index(idx)
+            view = 0 if calls[0] == 0 else 2
+            calls[0] += 1
+            rows = augmix(self.images.index_select(0, index), step=step, epoch=epoch, view=view)
+            return to_model_input(rows, channels_last=self.channels_last), self.labels[index]
+
+        return fetch
+
+    def _jsd_views(self, idx: np.ndarray, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3B, ...) images: clean, AugMix view 0 and AugMix view 1 of the same rows."""
+        assert self.augmix is not None
+        index = self._index(idx)
+        clean = self.images.index_select(0, index)
+        views = self.augmix.views(clean, step=step, epoch=epoch, views=(0, 1))
+        x = to_model_input(torch.cat([clean, *views]), channels_last=self.channels_last)
+        return x, self.labels[index]
+
     def _mixed(
         self, idx: np.ndarray, epoch: int, step: int, rank: int, offset: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.mix is not None
         return mix_indexed_batch(
             self.mix,
-            self._fetch,
+            self._fetcher(epoch, step),
             idx,
             dataset_size=self.num_samples,
             stream_offset=offset,
@@ -249,7 +294,10 @@ class InMemoryLoader:
             local = shard_positions(len(global_idx), self.dist)
             offset = step * bg
             if self.mix is None:
-                x, y = self._fetch(global_idx[local])
+                if self.jsd:
+                    x, y = self._jsd_views(global_idx[local], epoch, step)
+                else:
+                    x, y = self._fetcher(epoch, step)(global_idx[local])
                 yield x, to_soft(y, self.num_classes, label_smoothing=self.label_smoothing)
             elif self.policy == "global":
                 # One plan for the global batch; this rank keeps its rows of the result.

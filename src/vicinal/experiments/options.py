@@ -21,7 +21,11 @@ SCHEDULES: tuple[str, ...] = get_args(Schedule)
 MIX_POLICIES: tuple[str, ...] = get_args(MixPolicy)
 #: Harness methods: the library's, plus "none" (plain batches) and "manifold" (MixUp of
 #: the hidden states at one of ``mix_layers`` per step: vicinal.manifold.ManifoldMixup).
-RUN_METHODS: tuple[str, ...] = ("none", *METHODS, "manifold")
+#: "augmix" is AugMix per image without mixing between images (AugMix on top of a mixing
+#: method: the ``augmix`` option).
+RUN_METHODS: tuple[str, ...] = ("none", *METHODS, "manifold", "augmix")
+#: The weight of the Jensen-Shannon consistency loss with ``jsd`` (the AugMix paper's).
+JSD_WEIGHT = 12.0
 
 MAX_SEED = 2**63 - 1
 
@@ -35,6 +39,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "kway": {"alpha": 0.2, "k": 3, "granularity": "elem", "pairing": "permute"},
     # Verma et al. (2019) train Manifold Mixup with alpha = 2; the layers are the model's.
     "manifold": {"alpha": 2.0, "granularity": "elem", "pairing": "permute", "mix_layers": None},
+    "augmix": {},
 }
 #: Every option that some method uses; ``None`` in a config means "the method's default"
 #: before resolution and "not used" after.

@@ -446,6 +446,79 @@ def _fig_curves(agg: dict[str, Any], cells: list[tuple[CellSpec, dict[str, Any]]
     return _save(fig, out / "learning_curves.png")
 
 
+def _corruption_errors(result: dict[str, Any]) -> dict[str, float] | None:
+    """{corruption: mean error over severities} of one cell, or None if not measured."""
+    table = ((result.get("metrics") or {}).get("last") or {}).get("corruptions")
+    if not table:
+        return None
+    from vicinal.experiments.corruptions import corruption_errors
+
+    return corruption_errors({(c, i + 1): acc for c, v in table.items() for i, acc in enumerate(v["acc"])})
+
+
+def robustness(cells: list[tuple[CellSpec, dict[str, Any]]]) -> tuple[Table, dict[str, dict[str, float]]] | None:
+    """Corruption robustness per arm: clean error, mean corruption error, corrupted-set
+    ECE and mCE (the AugMix paper's, against the arm's baseline, paired by seed).
+
+    Returns the table and ``{arm: {corruption: mean error in [0, 1] over seeds}}`` for the heat map,
+    or None when no cell measured corruptions.
+    """
+    from vicinal.experiments.corruptions import mean_corruption_error
+
+    errors: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+    eces: dict[str, dict[int, float]] = defaultdict(dict)
+    clean: dict[str, dict[int, float]] = defaultdict(dict)
+    specs: dict[str, CellSpec] = {}
+    for spec, res in cells:
+        e = _corruption_errors(res)
+        if e is None:
+            continue
+        specs.setdefault(spec.arm, spec)
+        errors[spec.arm][spec.seed] = e
+        table = res["metrics"]["last"]["corruptions"]
+        eces[spec.arm][spec.seed] = 100 * float(np.mean([x for v in table.values() for x in v["ece"]]))
+        clean[spec.arm][spec.seed] = 100 * (1 - res["test_acc"])
+    if not errors:
+        return None
+    rows: list[list[Cell]] = []
+    heat: dict[str, dict[str, float]] = {}
+    for arm, by_seed in errors.items():
+        corruptions = list(next(iter(by_seed.values())))
+        heat[arm] = {c: float(np.mean([e[c] for e in by_seed.values()])) for c in corruptions}
+        mean_err = summarize([100 * float(np.mean(list(e.values()))) for e in by_seed.values()])
+        base = _baseline_of(specs[arm], specs)
+        mce: Cell = MISSING
+        if base is not None and base in errors:
+            common = sorted(set(by_seed) & set(errors[base]))
+            if common:
+                try:
+                    values = [mean_corruption_error(by_seed[s], errors[base][s]) for s in common]
+                except ValueError:  # the baseline made no error on some corruption: mCE is undefined
+                    mce = f"{NA} (baseline error 0)"
+                else:
+                    mce = _fmt_summary(summarize(values), 1)
+                    mce = (f"{mce[0]} vs {base}", mce[1]) if isinstance(mce, tuple) else f"{mce} vs {base}"
+        rows.append(
+            [
+                arm,
+                str(len(by_seed)),
+                _fmt_summary(summarize(list(clean[arm].values())), 1),
+                _fmt_summary(mean_err, 1),
+                mce,
+                _fmt_summary(summarize(list(eces[arm].values())), 1),
+            ]
+        )
+    columns = ["arm", "seeds", "clean error (%)", "mean corruption error (%)", "mCE (%)", "ECE on corrupted (%)"]
+    return Table(columns, rows, [False, False, True, True, True, True]), heat
+
+
+_ROBUSTNESS_NOTE = (
+    "Errors on the test set corrupted by 10 corruptions at 5 severities (vicinal.experiments.corruptions, after "
+    "CIFAR-10-C). mCE: for each corruption the arm's errors summed over severities divided by its baseline's, "
+    "averaged over corruptions, per seed (the AugMix paper's definition; the baseline scores 100)."
+)
+
+
 def _fig_reliability(cells: list[tuple[CellSpec, dict[str, Any]]], out: Path) -> Path | None:
     pooled: dict[str, np.ndarray] = {}
     for spec, res in cells:
@@ -557,6 +630,13 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
         "Reliability diagrams (last epoch, pooled over seeds)": _fig_reliability(cells, figdir),
         "Mixed training images": _fig_preview(record, figdir) if preview else None,
     }
+    robust = robustness(cells)
+    if robust is not None:
+        from vicinal.experiments.corruptions import corruption_heatmap
+
+        drawn["Corruption errors (mean over severities and seeds, %)"] = corruption_heatmap(
+            robust[1], figdir / "corruptions.png"
+        )
     figs: dict[str, Path] = {k: v for k, v in drawn.items() if v is not None}
     forest_title = "Differences from the baseline"
     forest_caption = (
@@ -582,6 +662,8 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     md += ["## Results", "", results.markdown(), ""]
     md += ["## Paired comparisons with the baseline", ""]
     md += [comparisons.markdown() if comparisons.rows else "No arm has a baseline to compare with.", ""]
+    if robust is not None:
+        md += ["## Robustness to corruptions", "", _ROBUSTNESS_NOTE, "", robust[0].markdown(), ""]
     settings_line, settings_table = settings(record)
     md += ["## Settings that ran", "", settings_line, "", settings_table.markdown(), ""]
     for title, fig in figs.items():
@@ -602,6 +684,19 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
                 "table": comparisons.context(),
                 "empty": "No arm has a baseline to compare with.",
             },
+            *(
+                []
+                if robust is None
+                else [
+                    {
+                        "id": "corruptions",
+                        "title": "Robustness to corruptions",
+                        "table": robust[0].context(),
+                        "empty": "",
+                        "caption": _ROBUSTNESS_NOTE,
+                    }
+                ]
+            ),
             {
                 "id": "settings",
                 "title": "Settings that ran",

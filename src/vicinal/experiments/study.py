@@ -40,7 +40,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -51,7 +51,7 @@ from filelock import FileLock, Timeout
 
 from vicinal._checks import check_choice
 from vicinal.experiments.compare import RunSpec
-from vicinal.experiments.options import SCHEDULES
+from vicinal.experiments.options import JSD_WEIGHT, SCHEDULES
 from vicinal.experiments.presets import PRESETS
 from vicinal.experiments.processes import epoch_hook, stop_on_signals, worker_pool
 from vicinal.sampling import MixConfig
@@ -70,6 +70,7 @@ class CellSpec(RunSpec):
     noise: float = 0.0
     lr: float = 1e-3
     schedule: str = "constant"
+    corruptions: bool = False  # also evaluate on the corrupted test set (vicinal.experiments.corruptions)
     baseline: str | None = None  # arm(s) this one is compared with, comma-separated (default: chosen in the report)
 
     def mix_config(self) -> MixConfig | None:
@@ -80,13 +81,13 @@ class CellSpec(RunSpec):
         """Check every field; returns the resolved spec (see :meth:`RunSpec.resolved`)."""
         if not self.arm or "/" in self.arm or self.arm.startswith("."):
             raise ValueError(f"arm must be a plain folder name, got {self.arm!r}")
-        self.check_common()
+        resolved = self.resolved(inherited=inherited)
+        resolved.check_common()
         if not 0 <= self.noise < 1:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         check_choice("schedule", self.schedule, SCHEDULES)
-        resolved = self.resolved(inherited=inherited)
         resolved.mixing()
         return resolved
 
@@ -194,6 +195,36 @@ def cell_dir(study_dir: Path, cell: CellSpec) -> Path:
 
 def init_path(study_dir: Path, cell: CellSpec) -> Path:
     return study_dir / "init" / f"{cell.model}-seed{cell.seed}.pt"
+
+
+def _corruption_metrics(study_dir: Path, cell: CellSpec, splits: Any) -> Callable[[torch.nn.Module], dict[str, Any]]:
+    """Accuracy and ECE on every (corruption, severity) copy of the test set.
+
+    The copies are made once per study (``<study>/corruptions/``, checksummed, shared
+    by every cell under a file lock) with corruption seed 0, so every arm and seed is
+    evaluated on the same images and their errors pair.
+    """
+
+    def measure(model: torch.nn.Module) -> dict[str, Any]:
+        from vicinal.experiments.corruptions import CORRUPTIONS, SEVERITIES, corrupted_test_set
+        from vicinal.experiments.metrics import predict_probs, reliability
+
+        images, labels = splits.test
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(cell.dataset).name).lstrip("-._") + "-test"
+        out: dict[str, Any] = {}
+        for corruption in CORRUPTIONS:
+            copies = corrupted_test_set(images.numpy(), study_dir / "corruptions", name=name, corruptions=(corruption,))
+            accs, eces = [], []
+            for severity in SEVERITIES:
+                probs = predict_probs(
+                    model, torch.from_numpy(copies[(corruption, severity)]), channels_last=cell.channels_last
+                )
+                accs.append(float((probs.argmax(1) == labels).double().mean()))
+                eces.append(float(reliability(probs, labels)["ece"]))
+            out[corruption] = {"acc": accs, "ece": eces}
+        return {"corruptions": out}
+
+    return measure
 
 
 def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
@@ -309,6 +340,8 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) ->
             batch_size=cell.batch_size,
             seed=cell.seed,
             mix=cell.loader_mixing(),
+            augmix=cell.augmix_config(),
+            jsd=cell.jsd,
             label_smoothing=cell.label_smoothing,
             channels_last=cell.channels_last,
         )
@@ -329,6 +362,8 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) ->
             track_test=True,
             full_metrics=True,
             manifold=cell.manifold(),
+            jsd_weight=JSD_WEIGHT if cell.jsd else 0.0,
+            extra_metrics=_corruption_metrics(root, cell, splits) if cell.corruptions else None,
         )
         return asdict(result)
 

@@ -41,7 +41,7 @@ from vicinal.experiments._atomic import (
 from vicinal.experiments.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
 from vicinal.experiments.loader import InMemoryLoader, to_model_input
 from vicinal.experiments.options import PRECISIONS, SCHEDULES
-from vicinal.losses import soft_target_cross_entropy
+from vicinal.losses import jensen_shannon_consistency, soft_target_cross_entropy
 from vicinal.sampling import MixConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -138,6 +138,8 @@ def train_arm(
     dist: DistContext = SINGLE,
     precision: str = "fp32",
     manifold: tuple[MixConfig, Sequence[str]] | None = None,
+    jsd_weight: float = 0.0,
+    extra_metrics: Callable[[nn.Module], dict[str, Any]] | None = None,
 ) -> ArmResult:
     """Train ``model`` (already holding the initial weights) for ``epochs`` epochs.
 
@@ -160,6 +162,12 @@ def train_arm(
             ``loader`` inside the model at one of ``layers`` per step
             (:class:`vicinal.manifold.ManifoldMixup`, plans of ``(loader.seed, epoch,
             step, rank)``).
+        jsd_weight: with a loader that yields the three AugMix views of each batch
+            (clean, view 1, view 2; (3B, ...) inputs for B targets): the weight of the
+            Jensen-Shannon consistency loss (12 in the AugMix paper) added to the
+            cross-entropy of the clean view. 0: plain batches.
+        extra_metrics: ``extra_metrics(model) -> dict`` merged into ``metrics["last"]``
+            at the end (with ``full_metrics``), e.g. accuracy on a corrupted test set.
         dist: in a distributed job the model is wrapped in DistributedDataParallel,
             training and evaluation sums are reduced across ranks (every rank returns the
             same result), and only rank 0 writes files.
@@ -224,18 +232,24 @@ def train_arm(
         seen = 0
         for step, (x, target) in enumerate(loader.epoch(epoch)):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                if manifold_mixup is None:
-                    logits = net(x)
-                else:
+                if manifold_mixup is not None:
                     logits, target = manifold_mixup(x, target, step=step, epoch=epoch)
-            loss = soft_target_cross_entropy(logits, target)  # in float32 whatever the autocast
+                else:
+                    logits = net(x)  # with JSD: one pass over all three views, as in the paper's code
+            if jsd_weight > 0:
+                logits, logits_aug1, logits_aug2 = logits.float().split(target.shape[0])
+                loss = soft_target_cross_entropy(logits, target) + jsd_weight * jensen_shannon_consistency(
+                    logits, logits_aug1, logits_aug2
+                )
+            else:
+                loss = soft_target_cross_entropy(logits, target)  # in float32 whatever the autocast
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
             with torch.no_grad():
-                b = x.shape[0]
+                b = target.shape[0]
                 bad_now = (first_bad < 0) & ~torch.isfinite(loss.detach())
                 first_bad = torch.where(bad_now, step, first_bad)
                 loss_sum += loss.detach().double() * b
@@ -299,6 +313,8 @@ def train_arm(
         from vicinal.experiments.metrics import evaluate_all
 
         metrics = {"last": evaluate_all(model, *test, channels_last=channels_last)}
+        if extra_metrics is not None:
+            metrics["last"].update(extra_metrics(model))
         if best_state is not None:
             last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(best_state)
