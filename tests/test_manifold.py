@@ -123,7 +123,7 @@ def test_batch_of_one_and_odd_batches(b: int) -> None:
         torch.testing.assert_close(out, net(x))
 
 
-def test_no_hook_is_left_behind_even_when_the_forward_raises() -> None:
+def test_hooks_are_inert_outside_a_call_even_after_an_exception_and_removed_on_close() -> None:
     class Boom(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise RuntimeError("boom")
@@ -132,10 +132,17 @@ def test_no_hook_is_left_behind_even_when_the_forward_raises() -> None:
     mm = ManifoldMixup(net, ["0"], num_classes=NUM_CLASSES)
     with pytest.raises(RuntimeError, match="boom"):
         mm(*_batch(), step=0)
+    x = _batch()[0]
+    torch.testing.assert_close(net[0](x), net[0].forward(x))  # the hook left behind does nothing
+    mm.close()
     assert not net[0]._forward_hooks
     ok = _net()
-    ManifoldMixup(ok, ["0", "2"], num_classes=NUM_CLASSES)(*_batch(), step=0)
+    with ManifoldMixup(ok, ["0", "2"], num_classes=NUM_CLASSES) as mm2:
+        mm2(*_batch(), step=0)
+        torch.testing.assert_close(ok(x), _net()(x))  # plain calls of the model are not mixed
     assert all(not m._forward_hooks for m in ok.modules())
+    with pytest.raises(RuntimeError, match="closed"):
+        mm2(*_batch(), step=1)
 
 
 def test_bad_layers_and_configs_are_refused() -> None:
@@ -167,3 +174,30 @@ def test_compare_trains_a_manifold_arm_and_records_its_layers(toy_npz: object, t
     assert main([*args, "--method", "manifold", "--out", str(out) + "-2"]) == 2  # no layers given
     assert main([*args, "--method", "manifold", "--mix-layers", "input,nope", "--out", str(out) + "-3"]) == 2
     assert not (Path(str(out) + "-3")).exists()
+
+
+def test_manifold_mixup_under_ddp_and_torch_compile(tmp_path: object) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    x, y = _batch()
+    config = MixConfig(alpha=1.0)
+    plain = ManifoldMixup(_net(), ["2"], config, num_classes=NUM_CLASSES, seed=3)(x, y, step=0)[0]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(_net())
+        out, _ = ManifoldMixup(ddp, ["2"], config, num_classes=NUM_CLASSES, seed=3)(x, y, step=0)  # layers of .module
+        torch.testing.assert_close(out, plain)
+    finally:
+        dist.destroy_process_group()
+    compiled = torch.compile(_net(), backend="eager")
+    layers = ["input", "0", "2", "4"]
+    on_compiled = ManifoldMixup(compiled, layers, config, num_classes=NUM_CLASSES, seed=3)
+    on_eager = ManifoldMixup(_net(), layers, config, num_classes=NUM_CLASSES, seed=3)
+    seen = set()
+    for step in range(12):  # the compiled model is traced at step 0; later steps choose other layers
+        a, b = on_compiled(x, y, step=step), on_eager(x, y, step=step)
+        torch.testing.assert_close(a[0], b[0])
+        torch.testing.assert_close(a[1], b[1])
+        seen.add(on_compiled.last_layer)
+    assert seen == set(layers)

@@ -15,6 +15,7 @@ call, even when the forward pass raises.
 >>> logits, targets = mix(torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]), step=0)
 >>> tuple(logits.shape), tuple(targets.shape), mix.last_layer in ("input", "0", "1")
 ((6, 3), (6, 3), True)
+>>> mix.close()  # removes the hooks
 
 Choices, plans and targets are pure functions of ``(seed, epoch, step, rank)``, as
 everywhere in vicinal. Notes:
@@ -23,10 +24,12 @@ everywhere in vicinal. Notes:
   elements pass through unmixed.
 * BatchNorm layers below the chosen one see unmixed activations (their running
   statistics are those of real samples); those above see mixed ones, as in the paper.
-* Under DistributedDataParallel, pass the wrapped model to :meth:`__call__`'s owner as
-  usual: layers are looked up in ``model.module`` when the wrapper has them.
-* ``torch.compile``: a compiled model sees a different hook (or none) from step to
-  step; Dynamo guards on registered hooks, so expect one graph per layer choice.
+* Pass the model as you train it: a DistributedDataParallel wrapper and/or a
+  ``torch.compile`` wrapper; layer names are those of the model inside them.
+* ``torch.compile``: each hook runs eagerly (``torch.compiler.disable``), so a compiled
+  model has one graph break at each candidate layer and is otherwise compiled once:
+  the choice of layer changes no graph. Tested against eager with the ``eager``
+  backend over steps that visit every layer.
 """
 
 from __future__ import annotations
@@ -84,8 +87,14 @@ class ManifoldMixup:
             raise ValueError("ManifoldMixup needs in-batch partners; pairing='stream' has no hidden states to mix")
         if isinstance(layers, str) or not layers:
             raise ValueError(f"layers must be a non-empty list of module names or 'input', got {layers!r}")
-        inner = getattr(model, "module", None)
-        root: nn.Module = inner if isinstance(inner, nn.Module) else model
+        root = model
+        # Names are those of the user's model, inside a DDP wrapper (.module) and/or a
+        # torch.compile wrapper (._orig_mod), in either order.
+        while isinstance(getattr(root, "module", None), nn.Module) or isinstance(
+            getattr(root, "_orig_mod", None), nn.Module
+        ):
+            inner = getattr(root, "module", None)
+            root = inner if isinstance(inner, nn.Module) else getattr(root, "_orig_mod")  # noqa: B009
         modules = dict(root.named_modules())
         missing = [name for name in layers if name != INPUT and name not in modules]
         if missing:
@@ -110,6 +119,10 @@ class ManifoldMixup:
         self.epoch = 0
         self._step = 0
         self.last_layer: str | None = None
+        # One hook per candidate layer, registered once, inert unless its layer is this
+        # step's: a model compiled after (or before) this point keeps seeing them.
+        self._active: tuple[str, Any] | None = None
+        self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self._modules.items()]
 
     def set_epoch(self, epoch: int) -> None:
         """Move to ``epoch`` and restart the step count."""
@@ -151,12 +164,18 @@ class ManifoldMixup:
         counted = step is None
         step = self._step if step is None else check_int("step", step, minimum=0)
         epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
+        if not self._handles and self._modules:
+            raise RuntimeError("this ManifoldMixup was closed; make a new one")
         layer = self.choose_layer(step=step, epoch=epoch)
         mixed: dict[str, Any] = {}
 
-        def mix(h: torch.Tensor) -> torch.Tensor:
+        def mix(h: Any) -> torch.Tensor:
             if not isinstance(h, torch.Tensor):
                 raise TypeError(f"layer {layer!r} returned {type(h).__name__}; ManifoldMixup mixes tensors")
+            if "targets" in mixed:
+                raise RuntimeError(
+                    f"layer {layer!r} ran more than once in one forward pass; choose a module that runs once"
+                )
             plan = self._plan(h, step, epoch)
             h_mixed, mixed["targets"] = apply_plan(
                 plan, h, y, num_classes=self.num_classes, label_smoothing=self.label_smoothing
@@ -166,24 +185,40 @@ class ManifoldMixup:
         if layer == INPUT:
             output = self.model(mix(x), **forward_kwargs)
         else:
-
-            def hook(module: nn.Module, args: Any, out: Any) -> Any:
-                if "targets" in mixed:
-                    raise RuntimeError(
-                        f"layer {layer!r} ran more than once in one forward pass; choose a module that runs once"
-                    )
-                if isinstance(out, (tuple, list)):
-                    return type(out)([mix(out[0]), *out[1:]])
-                return mix(out)
-
-            handle = self._modules[layer].register_forward_hook(hook)
+            self._active = (layer, mix)
             try:
                 output = self.model(x, **forward_kwargs)
             finally:
-                handle.remove()
+                self._active = None  # the hooks are inert again, whatever happened
             if "targets" not in mixed:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass; it can't be mixed at")
         self.last_layer = layer
         if counted:
             self._step += 1
         return output, mixed["targets"]
+
+    def _make_hook(self, name: str) -> Any:
+        # Run eagerly even inside a compiled model: whether this layer mixes changes from
+        # step to step, and the plan is drawn with NumPy. Dynamo breaks the graph here.
+        @torch.compiler.disable
+        def hook(module: nn.Module, args: Any, out: Any) -> Any:
+            if self._active is None or self._active[0] != name:
+                return None  # not this step's layer: the output passes unchanged
+            mix = self._active[1]
+            if isinstance(out, (tuple, list)):
+                return type(out)([mix(out[0]), *out[1:]])
+            return mix(out)
+
+        return hook
+
+    def close(self) -> None:
+        """Remove the forward hooks from the model (also on leaving a ``with`` block)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> ManifoldMixup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
