@@ -65,3 +65,5 @@ def test_a_study_measures_corruptions_and_reports_mce(tmp_path: Path) -> None:
     assert "vs none" in rows["augmix"]  # mCE against its baseline, paired by seed
     assert rows["none"].split("|")[5].strip() == "–"  # the baseline has no baseline
     assert (out / "figures" / "corruptions.png").exists()
+    settings = md[md.index("## Settings that ran") :]
+    assert f"Data: {tmp_path / 'hard.npz'}" in settings and "stratified shuffle" in settings

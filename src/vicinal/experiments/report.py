@@ -253,6 +253,17 @@ def results_table(agg: dict[str, Any]) -> Table:
     return table.drop_empty(first=2)
 
 
+def _data_origin(root: Path, cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
+    """Where a study's data came from, as its cells recorded it (cell.json)."""
+    for spec, _ in cells:
+        path = root / "cells" / spec.arm / f"seed{spec.seed}" / "cell.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            if data.get("data_source"):
+                return {"data_source": data["data_source"], "split_rule": data.get("split_rule")}
+    return {}
+
+
 def settings(record: dict[str, Any]) -> tuple[str, Table]:
     """What actually ran (overrides included): the settings common to every arm as one
     line, and a table of the settings that differ between arms."""
@@ -262,6 +273,8 @@ def settings(record: dict[str, Any]) -> tuple[str, Table]:
     common = [k for k in names if k not in varying and arms[0].get(k) is not None]
     line = "Common to every arm: " + ", ".join(f"{k}={arms[0][k]}" for k in common) if arms else ""
     line += f"; seeds {', '.join(str(s) for s in record.get('seeds', []))}."
+    if record.get("data_source"):
+        line += f" Data: {record['data_source']}; split: {record.get('split_rule')}."
     rows: list[list[Cell]] = [[a["arm"]] + ["–" if a.get(k) is None else str(a[k]) for k in varying] for a in arms]
     return line, Table(["arm", *varying], rows, [False] * (1 + len(varying)))
 
@@ -664,7 +677,7 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     md += [comparisons.markdown() if comparisons.rows else "No arm has a baseline to compare with.", ""]
     if robust is not None:
         md += ["## Robustness to corruptions", "", _ROBUSTNESS_NOTE, "", robust[0].markdown(), ""]
-    settings_line, settings_table = settings(record)
+    settings_line, settings_table = settings({**record, **_data_origin(root, cells)})
     md += ["## Settings that ran", "", settings_line, "", settings_table.markdown(), ""]
     for title, fig in figs.items():
         md += [f"## {title}", "", f"![{title}]({fig.relative_to(root).as_posix()})", ""]

@@ -327,8 +327,9 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) ->
         if (out / RESULT).exists():  # finished by the process that held it
             return read_json(out / RESULT)
         _log_claim(out, resumed=(out / CHECKPOINT).exists())
-        atomic_write_json(out / "cell.json", asdict(cell))
         splits = _splits_for(cell)
+        # What ran and on which data: the folder found (checksums verified) and the split rule.
+        atomic_write_json(out / "cell.json", {**asdict(cell), "data_source": splits.source, "split_rule": splits.rule})
         x_train, y_train = splits.train
         num_classes = len(splits.class_names)
         if cell.noise > 0:
