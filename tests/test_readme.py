@@ -109,7 +109,7 @@ def test_readme_is_short() -> None:
 
 
 # The README, and the results page that it sends readers to.
-LINKED_DOCS = [README, ROOT / "docs" / "results.md"]
+LINKED_DOCS = [README, *(ROOT / "docs" / name for name in ("results.md", "library.md", "migrating.md"))]
 
 
 @pytest.mark.parametrize("doc", LINKED_DOCS, ids=[str(d.relative_to(ROOT)) for d in LINKED_DOCS])
@@ -128,3 +128,13 @@ def test_relative_links_exist(doc: Path) -> None:
         elif anchor and path.suffix == ".md" and anchor not in _anchors(path.read_text(encoding="utf-8")):
             broken.append(f"{target}: no heading with anchor #{anchor} in {path.name}")
     assert not broken, f"broken links in {doc.relative_to(ROOT)}:\n" + "\n".join(broken)
+
+
+def test_library_guide_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/library.md's Python examples run as written."""
+    text = (ROOT / "docs" / "library.md").read_text(encoding="utf-8")
+    blocks = [m.group(1) for m in _FENCE.finditer(text)]
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for source in blocks:
+        exec(compile(source, "docs/library.md", "exec"), {"__name__": "__docs__"})
