@@ -30,6 +30,7 @@ compiled function (NumPy is not traced)::
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
@@ -551,6 +552,41 @@ def _check_generic_x(x: Any) -> None:
 # --------------------------------------------------------------------------- labels
 
 
+def _combine_labels(
+    y: Any,
+    y_partner: Any,
+    c: int,
+    eps: float,
+    targets: str,
+    weights: Any,
+    partner: Callable[[Any, Any, int], Any],
+) -> Any:
+    """The label recipe of both backends: smooth, then weigh each source's targets.
+
+    ``weights`` is the plan's float32 (B, K) weights in ``y``'s library and device;
+    ``partner(form, form_partner, j)`` fetches partner ``j``'s rows of ``form`` (or the
+    second stream's ``form_partner``). Only those two differ between the torch path
+    (torch ops only, so it traces under torch.compile) and the array-API path.
+    """
+    if targets == "pair":
+        if is_class_ids(y) and eps == 0:
+            ya, yp = y, y_partner
+        else:
+            ya = soft_unchecked(y, c, eps)
+            yp = None if y_partner is None else soft_unchecked(y_partner, c, eps)
+        return MixedTargets(y_a=ya, y_b=partner(ya, yp, 0), lam=weights[:, 0])
+    soft = soft_unchecked(y, c, eps)
+    soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
+    k = int(weights.shape[1])
+    cols = [weights[:, j : j + 1] for j in range(k)]
+    if k == 2:
+        cols[1] = 1 - cols[0]  # as the reference writes it: y1·λ + y2·(1-λ)
+    mixed = soft * cols[0]
+    for j in range(k - 1):
+        mixed = mixed + partner(soft, soft_p, j) * cols[j + 1]
+    return mixed
+
+
 def _mix_labels_torch(
     t: PlanTensors,
     y: Any,
@@ -569,23 +605,7 @@ def _mix_labels_torch(
     def partner(form: Any, form_partner: Any, j: int) -> Any:
         return form_partner if t.source == "stream" else form.index_select(0, t.partners[:, j])
 
-    if targets == "pair":
-        if is_class_ids(y) and eps == 0:
-            ya, yp = y, y_partner
-        else:
-            ya = soft_unchecked(y, c, eps)
-            yp = None if y_partner is None else soft_unchecked(y_partner, c, eps)
-        return MixedTargets(y_a=ya, y_b=partner(ya, yp, 0), lam=t.weights[:, 0].contiguous())
-
-    soft = soft_unchecked(y, c, eps)
-    soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
-    cols = [t.weights[:, j : j + 1] for j in range(t.num_sources)]
-    if t.num_sources == 2:
-        cols[1] = 1 - cols[0]
-    mixed = soft * cols[0]
-    for j in range(t.num_sources - 1):
-        mixed = mixed + partner(soft, soft_p, j) * cols[j + 1]
-    return mixed
+    return _combine_labels(y, y_partner, c, eps, targets, t.weights, partner)
 
 
 def _mix_labels(
@@ -609,25 +629,8 @@ def _mix_labels(
             return form_partner
         return xp.take(form, xp.asarray(plan.partners[:, j], device=_device(y)), axis=0)
 
-    if targets == "pair":
-        if is_class_ids(y) and eps == 0:
-            ya, yp = y, y_partner
-        else:
-            ya = soft_unchecked(y, c, eps)
-            yp = None if y_partner is None else soft_unchecked(y_partner, c, eps)
-        lam = xp.asarray(plan.weights[:, 0].astype(np.float32), device=_device(y))
-        return MixedTargets(y_a=ya, y_b=partner(ya, yp, 0), lam=lam)
-
-    soft = soft_unchecked(y, c, eps)
-    soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
-    w = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
-    cols = [w[:, j : j + 1] for j in range(plan.num_sources)]
-    if plan.num_sources == 2:
-        cols[1] = 1 - cols[0]
-    mixed = soft * cols[0]
-    for j in range(plan.num_sources - 1):
-        mixed = mixed + partner(soft, soft_p, j) * cols[j + 1]
-    return mixed
+    weights = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
+    return _combine_labels(y, y_partner, c, eps, targets, weights, partner)
 
 
 def _device(a: Any) -> Any:
