@@ -198,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a grid of arms x seeds (a preset or a TOML file), then render its report",
         description="Run a study: every arm of the grid for every seed, each cell a training run in its own "
         "folder. Finished cells are skipped and interrupted ones resumed when the command is run "
-        "again. Presets: reference (5 seeds, paired test), alpha, methods, noise, long, lowdata "
-        "(10,000 training images, ResNet, 30 epochs), lowdata-noise (the same with 40% label noise).",
+        "again. Each preset's TOML file (in vicinal/experiments/presets/) describes what it compares.",
     )
     study.add_argument("study", help=f"preset name ({', '.join(PRESETS)}) or a TOML file")
     study.add_argument("--out", default=None, help="study folder (default: runs/study-<name>)")
