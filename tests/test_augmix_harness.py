@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_toy_npz
+from toydata import make_toy_npz
 from vicinal.experiments.cli import main
 from vicinal.experiments.compare import CompareConfig
 from vicinal.experiments.corruptions import CORRUPTIONS

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_study import _fake_result
+from toydata import fake_result
 from vicinal.experiments.report import render_report
 from vicinal.experiments.study import cell_dir, parse_study
 
@@ -28,7 +28,7 @@ def test_report_states_the_settings_that_ran_not_the_preset(tmp_path: Path) -> N
         for seed, acc in ((0, 0.8), (1, 0.81)):
             d = cell_dir(root, replace(arm, seed=seed))
             d.mkdir(parents=True)
-            (d / "result.json").write_text(json.dumps(_fake_result(acc + (0.01 if arm.method == "mixup" else 0))))
+            (d / "result.json").write_text(json.dumps(fake_result(acc + (0.01 if arm.method == "mixup" else 0))))
     md = render_report(root, preview=False)["markdown"].read_text()
     settings = md[md.index("## Settings that ran") :]
     assert "epochs=2" in settings and "train_limit=300" in settings and "epochs=10" not in settings
@@ -56,7 +56,7 @@ def test_an_arm_can_be_compared_with_several_baselines(tmp_path: Path) -> None:
         for seed in range(3):
             d = cell_dir(root, replace(arm, seed=seed))
             d.mkdir(parents=True)
-            (d / "result.json").write_text(json.dumps(_fake_result(0.8 + gains[arm.arm] + 0.001 * seed)))
+            (d / "result.json").write_text(json.dumps(fake_result(0.8 + gains[arm.arm] + 0.001 * seed)))
     render_report(root, preview=False)
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary["comparisons"]) == {"mixup vs none", "manifold vs mixup", "manifold vs none"}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from toydata import fake_result
 from vicinal.experiments.cli import main
 from vicinal.experiments.metrics import brier, fgsm_accuracy, nll, reliability
 from vicinal.experiments.noise import symmetric_label_noise
@@ -195,22 +196,6 @@ def _no_nan(token: str) -> None:
     raise AssertionError(f"summary.json holds {token}")
 
 
-def _fake_result(acc: float) -> dict[str, object]:
-    """A stored cell result with the fields a report reads (no training needed)."""
-    history = [{"epoch": e, "val_acc": acc - 0.02 * (2 - e), "test_acc": acc - 0.02 * (2 - e)} for e in range(3)]
-    last = {"ece": 0.05 - acc / 100, "nll": 0.4, "brier": 0.2, "fgsm": {"0.03": acc / 2}}
-    return {
-        "name": "x",
-        "test_acc": acc,
-        "test_loss": 0.4,
-        "best_val_acc": acc,
-        "best_epoch": 2,
-        "wall_s": 1.0,
-        "history": history,
-        "metrics": {"last": last},
-    }
-
-
 def test_report_of_one_seed_shows_na_and_escapes_text(tmp_path: Path) -> None:
     from dataclasses import asdict, replace
 
@@ -233,7 +218,7 @@ def test_report_of_one_seed_shows_na_and_escapes_text(tmp_path: Path) -> None:
     for arm, acc in zip(arms, (0.80, 0.83)):
         d = cell_dir(root, replace(arm, seed=0))
         d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps(_fake_result(acc)))
+        (d / "result.json").write_text(json.dumps(fake_result(acc)))
 
     paths = render_report(root, preview=False)
     md = paths["markdown"].read_text()
