@@ -201,3 +201,18 @@ def test_manifold_mixup_under_ddp_and_torch_compile(tmp_path: object) -> None:
         torch.testing.assert_close(a[1], b[1])
         seen.add(on_compiled.last_layer)
     assert seen == set(layers)
+
+
+def test_a_study_with_a_manifold_arm_resumes(toy_npz: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from vicinal.experiments.study import parse_study, run_study
+
+    text = (
+        f"seeds=1\n[defaults]\ndataset='{toy_npz}'\nepochs=1\nbatch_size=32\nval_size=100\n"
+        "[[arms]]\nname='manifold'\nmethod='manifold'\nmix_layers=['input','fc1']\n"
+    )
+    out = Path(str(tmp_path)) / "study"
+    first = run_study(parse_study(text), out, progress=False)
+    again = run_study(parse_study(text), out, progress=False)  # study.json read back: lists, not tuples
+    assert [r["test_acc"] for r in first] == [r["test_acc"] for r in again]

@@ -370,12 +370,10 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) ->
 
 
 def _record(spec: StudySpec) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "description": spec.description,
-        "seeds": list(spec.seeds),
-        "arms": [asdict(a) for a in spec.arms],
-    }
+    """study.json's content, as it reads back from JSON (tuples become lists), so that a
+    saved study compares equal to the same spec parsed again."""
+    arms: list[dict[str, Any]] = json.loads(json.dumps([asdict(a) for a in spec.arms]))
+    return {"name": spec.name, "description": spec.description, "seeds": list(spec.seeds), "arms": arms}
 
 
 def run_study(
