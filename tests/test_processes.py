@@ -161,7 +161,7 @@ def _assert_workers_gone(pids: list[int]) -> None:
         pytest.fail(f"workers {survivors} outlived their parent")
 
 
-def _no_elapsed(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _history_without_clock(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in history]
 
 
@@ -244,7 +244,7 @@ def test_compare_workers_die_with_their_parent_and_the_run_resumes_exactly(
     assert [r["name"] for r in resumed] == [r["name"] for r in compare_reference] == ["mixup", "none"]
     for ref, res in zip(compare_reference, resumed):
         assert (res["test_acc"], res["test_loss"]) == (ref["test_acc"], ref["test_loss"])
-        assert _no_elapsed(res["history"]) == _no_elapsed(ref["history"])
+        assert _history_without_clock(res["history"]) == _history_without_clock(ref["history"])
 
 
 @pytest.mark.slow
@@ -320,7 +320,7 @@ def test_study_workers_die_with_their_parent_and_the_study_resumes_exactly(
     for cell, res in zip(spec.cells(), results):
         ref = study_reference[f"{cell.arm}/{cell.seed}"]
         assert (res["test_acc"], res["test_loss"]) == (ref["test_acc"], ref["test_loss"]), cell
-        assert _no_elapsed(res["history"]) == _no_elapsed(ref["history"]), cell
+        assert _history_without_clock(res["history"]) == _history_without_clock(ref["history"]), cell
         assert res["metrics"] == ref["metrics"], cell
         log = (cell_dir(out, cell) / CLAIMS_LOG).read_text().splitlines()
         claims = [(c["pid"], c["resume"]) for c in map(json.loads, log)]
