@@ -11,18 +11,35 @@ the collate) against float32. Nothing is asserted: this machine is shared and no
 so compare rows of one run only.
 
     python benchmarks/mix_throughput.py [--repeats 30] [--quick] [--compile-backend inductor]
+    python benchmarks/mix_throughput.py --goals [--baseline-ref HEAD~1]
+
+``--goals`` prints only the rows of the speed goals (issue 15, 1 thread): the fixed cost
+of one call at 64x1x28x28 (transform, one-call function, ``sample_plan`` for B = 64 and
+256, and the parts of ``apply_plan``: inputs only, inputs + labels), and CutMix, MixUp
+and uint8 at 64x3x224x224 against the memory floor. With ``--baseline-ref`` the same
+rows also run on the library as of that git commit (extracted to a temporary
+directory and imported as ``vicinal_base``), interleaved call by call with the working
+tree's, and the ratio is printed: before/after from one run on one (noisy) machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
 
+import vicinal
 from vicinal import MixConfig, apply_plan, sample_plan
 from vicinal.mixing import plan_to_tensors
 
@@ -180,12 +197,137 @@ def bench_training_paths(repeats: int, quick: bool, backend: str) -> None:
             )
 
 
+def _baseline(ref: str) -> ModuleType:
+    """The package ``src/vicinal`` as of git ``ref``, importable as ``vicinal_base``."""
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="vicinal_base_"))
+    tar = subprocess.run(["git", "-C", str(root), "archive", ref, "src/vicinal"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=tar.stdout, check=True)
+    pkg = tmp / "vicinal_base"
+    (tmp / "src" / "vicinal").rename(pkg)
+    for f in pkg.rglob("*.py"):
+        text = f.read_text()
+        text = re.sub(r"\bfrom vicinal([. ])", r"from vicinal_base\1", text)
+        text = re.sub(r"\bimport vicinal\b", "import vicinal_base", text)
+        f.write_text(text.replace('"vicinal.', '"vicinal_base.'))
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("vicinal_base")
+
+
+def _goal_rows(lib: ModuleType) -> dict[str, Callable[[], object]]:
+    """The calls of the speed goals, made with library ``lib`` (vicinal or a baseline)."""
+    gen = torch.Generator().manual_seed(0)
+    rows: dict[str, Callable[[], object]] = {}
+    # Fixed cost per call: 64 x 1x28x28 float32, labels are class ids.
+    x = torch.rand((64, 1, 28, 28), generator=gen)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    buf, c = torch.empty_like(x), torch.empty_like(x)
+    x2 = x.roll(3, 0).clone()
+    lam = torch.rand((64, 1, 1, 1), generator=gen)
+    perm = torch.randperm(64, generator=gen)
+    cfg = lib.MixConfig(alpha=0.2)
+    plan = lib.sample_plan(cfg, 64, seed=0)
+    mixer = lib.MixUp(alpha=0.2, num_classes=10, seed=0)
+    steps = iter(range(10**9))
+    rows["28: floor torch.add(a, b, out=c)"] = lambda: torch.add(x, x2, out=c)
+    rows["28: naive x*l + x[perm]*(1-l)"] = lambda: x * lam + x[perm] * (1 - lam)
+    rows["28: MixUp(x, y) (plan+labels), fresh output"] = lambda: mixer(x, y)
+    rows["28: MixUp(x, y, out=buf)"] = lambda: mixer(x, y, out=buf)
+    rows["28: mixup(x, y, seed=, step=, out=buf)"] = lambda: lib.mixup(
+        x, y, alpha=0.2, num_classes=10, seed=0, step=next(steps), out=buf
+    )
+    rows["28: part: sample_plan B=64"] = lambda: lib.sample_plan(cfg, 64, seed=0, step=next(steps))
+    rows["28: part: apply_plan(plan, x, out=buf)"] = lambda: lib.apply_plan(plan, x, out=buf)
+    rows["28: part: apply_plan(plan, x, y, out=buf)"] = lambda: lib.apply_plan(plan, x, y, num_classes=10, out=buf)
+    rows["plan: sample_plan B=256 mixup elem roll"] = lambda: lib.sample_plan(cfg, 256, seed=0, step=next(steps))
+    # Big images: 64 x 3x224x224 (float32 38.5 MB, uint8 9.6 MB).
+    xb = torch.rand((64, 3, 224, 224), generator=gen)
+    xb2, bufb, cb = xb.roll(3, 0).clone(), torch.empty_like(xb), torch.empty_like(xb)
+    x8 = torch.randint(0, 256, (64, 3, 224, 224), dtype=torch.uint8, generator=gen)
+    x82, buf8, c8 = x8.roll(3, 0).clone(), torch.empty_like(x8), torch.empty_like(x8)
+    scratch = xb.clone()
+    cut = lib.sample_plan(lib.MixConfig("cutmix"), 64, seed=0, image_size=(224, 224))
+    mix = lib.sample_plan(cfg, 64, seed=0)
+    rows["224: floor torch.add(a, b, out=c)"] = lambda: torch.add(xb, xb2, out=cb)
+    rows["224: CutMix apply_plan out=buf"] = lambda: lib.apply_plan(cut, xb, y, num_classes=10, out=bufb)
+    rows["224: CutMix apply_plan in place (out=x)"] = lambda: lib.apply_plan(
+        cut, scratch, y, num_classes=10, out=scratch
+    )
+    rows["224: CutMix apply_plan fresh output"] = lambda: lib.apply_plan(cut, xb, y, num_classes=10)
+    rows["224: MixUp apply_plan out=buf"] = lambda: lib.apply_plan(mix, xb, y, num_classes=10, out=bufb)
+    rows["224: MixUp apply_plan fresh output"] = lambda: lib.apply_plan(mix, xb, y, num_classes=10)
+    rows["224 uint8: floor torch.add(a, b, out=c)"] = lambda: torch.add(x8, x82, out=c8)
+    rows["224 uint8: MixUp apply_plan out=buf"] = lambda: lib.apply_plan(mix, x8, y, num_classes=10, out=buf8)
+    rows["224 uint8: CutMix apply_plan out=buf"] = lambda: lib.apply_plan(cut, x8, y, num_classes=10, out=buf8)
+    return rows
+
+
+def bench_goals(repeats: int, baseline_ref: str | None) -> None:
+    """The speed-goal rows, 1 thread; with a baseline, interleaved with it row by row."""
+    torch.set_num_threads(1)
+    libs: dict[str, ModuleType] = {"now": vicinal}
+    if baseline_ref is not None:
+        libs = {"base": _baseline(baseline_ref), "now": vicinal}
+    rows = {name: _goal_rows(lib) for name, lib in libs.items()}
+    times: dict[tuple[str, str], list[float]] = {}
+    rounds = 3
+    for _ in range(rounds):  # interleaved: the machine's load drifts between rounds
+        for row in rows["now"]:
+            reps = max(3, repeats // 6) if row.startswith("224") else repeats * 3
+            for name in libs:
+                fn = rows[name][row]
+                for _ in range(2):
+                    fn()
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.setdefault((name, row), []).append(time.perf_counter() - t0)
+    med = {key: statistics.median(v) for key, v in times.items()}
+    print(f"\n== speed goals (1 thread, median of {rounds} interleaved rounds)")
+    head = f"{'row':<48}"
+    for name in libs:
+        head += f" {name:>10}"
+    if "base" in libs:
+        head += f" {'base/now':>9}"
+    print(head + f" {'floor/now':>10}")
+    for row in rows["now"]:
+        line = f"{row:<48}"
+        for name in libs:
+            t = med[(name, row)]
+            line += f" {t * 1e6:8.1f}us" if t < 1e-3 else f" {t * 1e3:8.2f}ms"
+        if "base" in libs:
+            line += f" {med[('base', row)] / med[('now', row)]:8.2f}x"
+        prefix = row.split(":")[0]
+        floor = med.get(("now", f"{prefix}: floor torch.add(a, b, out=c)"))
+        line += f" {floor / med[('now', row)]:9.2f}x" if floor is not None and not row.startswith("plan") else ""
+        print(line)
+    now = {row: med[("now", row)] for row in rows["now"]}
+    print(
+        "28 breakdown (now): plan {:.1f} us, inputs {:.1f} us, labels {:.1f} us, transform rest {:.1f} us".format(
+            now["28: part: sample_plan B=64"] * 1e6,
+            now["28: part: apply_plan(plan, x, out=buf)"] * 1e6,
+            (now["28: part: apply_plan(plan, x, y, out=buf)"] - now["28: part: apply_plan(plan, x, out=buf)"]) * 1e6,
+            (
+                now["28: MixUp(x, y, out=buf)"]
+                - now["28: part: apply_plan(plan, x, y, out=buf)"]
+                - now["28: part: sample_plan B=64"]
+            )
+            * 1e6,
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="only the small shape, 1 repeat set")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    parser.add_argument("--goals", action="store_true", help="only the speed-goal rows (see above)")
+    parser.add_argument("--baseline-ref", default=None, help="with --goals: also run the library of this git ref")
     args = parser.parse_args()
+    if args.goals or args.baseline_ref is not None:
+        bench_goals(args.repeats, args.baseline_ref)
+        return
     shapes = [(64, (1, 28, 28)), (256, (1, 28, 28))]
     if not args.quick:
         shapes.append((64, (3, 224, 224)))

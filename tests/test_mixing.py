@@ -291,3 +291,130 @@ def test_bad_inputs_raise_and_change_nothing() -> None:
     _bad(lambda: KWayMix(k=1), ValueError, "k must")
     _bad(lambda: to_soft(np.array([0.5, 0.5]), 2), ValueError, r"\(B, C\)")
     torch.testing.assert_close(x, x0)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+def _reference_cutmix(plan, x, x_partner=None, channels_last=False):  # type: ignore[no-untyped-def]
+    """The textbook CutMix of ``plan``: each sample, its partner's box pasted over it."""
+    ref = x.clone()
+    src = x if x_partner is None else x_partner
+    for i, (top, left, bottom, right) in enumerate(plan.boxes.tolist()):
+        p = int(plan.partners[i, 0])
+        if channels_last:
+            ref[i, top:bottom, left:right, :] = src[p, top:bottom, left:right, :]
+        else:
+            ref[i, ..., top:bottom, left:right] = src[p, ..., top:bottom, left:right]
+    return ref
+
+
+@pytest.mark.parametrize("pairing", ["roll", "flip", "permute", "stream"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "memory-channels-last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_box_paste_path_equals_the_formula_and_the_mask_path(
+    pairing: str, layout: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vicinal.mixing
+
+    b, h, w = 9, 12, 10
+    gen = torch.Generator().manual_seed(1)
+    shape = (b, h, w, 3) if layout == "nhwc" else (b, 3, h, w)
+    x = (torch.rand(shape, generator=gen) * 255).to(dtype)
+    if layout == "memory-channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x2 = (torch.rand(shape, generator=gen) * 255).to(dtype) if pairing == "stream" else None
+    data_format = "channels_last" if layout == "nhwc" else "channels_first"
+    plan = sample_plan(MixConfig("cutmix", pairing=pairing), b, seed=4, image_size=(h, w))
+    ref = _reference_cutmix(plan, x, x2, channels_last=layout == "nhwc")
+    kw = dict(x_partner=x2, data_format=data_format)
+    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 1 << 40)  # the mask path
+    masked, _ = apply_plan(plan, x, **kw)
+    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 0)  # the box-paste path
+    got, _ = apply_plan(plan, x, **kw)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    torch.testing.assert_close(got, masked, rtol=0, atol=0)
+    assert got.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+    # out= a buffer, in place, and the tensor plan
+    buf = torch.empty_like(x)
+    assert apply_plan(plan, x, out=buf, **kw)[0] is buf
+    torch.testing.assert_close(buf, ref, rtol=0, atol=0)
+    inplace = x.clone()
+    apply_plan(plan, inplace, out=inplace, **kw)
+    torch.testing.assert_close(inplace, ref, rtol=0, atol=0)
+    torch.testing.assert_close(apply_plan(plan_to_tensors(plan), x, **kw)[0], ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("pairing", ["roll", "permute"])
+def test_box_paste_path_blends_the_switch_rows_as_the_mask_path(
+    dtype: torch.dtype, pairing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vicinal.mixing
+
+    x = (torch.rand(16, 3, 8, 8) * 255).to(dtype)
+    y = torch.randint(0, 4, (16,))
+    plan = sample_plan(MixConfig("switch", alpha=1.0, pairing=pairing), 16, seed=2, image_size=(8, 8))
+    assert plan.has_cut and not plan.cut.all()  # type: ignore[union-attr]
+    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 1 << 40)
+    masked, y_masked = apply_plan(plan, x, y, num_classes=4)
+    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 0)
+    got, y_got = apply_plan(plan, x, y, num_classes=4)
+    torch.testing.assert_close(got, masked, rtol=0, atol=0)
+    torch.testing.assert_close(y_got, y_masked, rtol=0, atol=0)
+    inplace = x.clone()
+    apply_plan(plan, inplace, out=inplace)
+    torch.testing.assert_close(inplace, masked, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.37])
+@pytest.mark.parametrize("targets", ["dense", "pair"])
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32, torch.uint8])
+def test_host_label_path_equals_the_torch_path(name: str, eps: float, targets: str, id_dtype: torch.dtype) -> None:
+    # validate=True mixes CPU class ids in NumPy; validate=False keeps the torch ops.
+    if targets == "pair" and CONFIGS[name].num_sources != 2:
+        return
+    y = torch.randint(0, 7, (13,)).to(id_dtype)
+    x = torch.rand(13, 3, 6, 6)
+    plan = sample_plan(CONFIGS[name], 13, seed=5, image_size=(6, 6))
+    kw = dict(num_classes=7, label_smoothing=eps, targets=targets)
+    _, fast = apply_plan(plan, x, y, **kw)
+    _, ref = apply_plan(plan, x, y, validate=False, **kw)
+    if targets == "dense":
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+    else:
+        for a, b in zip((fast.y_a, fast.y_b, fast.lam), (ref.y_a, ref.y_b, ref.lam)):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_host_label_path_with_a_second_stream_and_bad_ids() -> None:
+    x, x2 = torch.rand(8, 5), torch.rand(8, 5)
+    y, y2 = torch.randint(0, 3, (8,)), torch.randint(0, 3, (8,))
+    plan = sample_plan(MixConfig(pairing="stream"), 8, seed=0)
+    _, fast = apply_plan(plan, x, y, num_classes=3, x_partner=x2, y_partner=y2)
+    _, ref = apply_plan(plan, x, y, num_classes=3, x_partner=x2, y_partner=y2, validate=False)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"y_partner holds class ids in \[0, 3\]"):
+        apply_plan(plan, x, y, num_classes=3, x_partner=x2, y_partner=torch.tensor([3] + [0] * 7))
+    with pytest.raises(ValueError, match="num_classes is required"):
+        apply_plan(plan, x, y, x_partner=x2, y_partner=y2)
+
+
+@pytest.mark.parametrize("pairing", ["roll", "permute", "stream"])
+def test_uint8_roll_blocks_wrap_around(pairing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Blocks of 2 samples: the first block's partners wrap to the end of the batch.
+    import vicinal.mixing
+
+    monkeypatch.setattr(vicinal.mixing, "_UINT8_CHUNK_BYTES", 2 * 3 * 5 * 5)
+    x8 = torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8)
+    x8p = torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8) if pairing == "stream" else None
+    plan = sample_plan(MixConfig(alpha=1.0, pairing=pairing), 7, seed=8)
+    got, _ = apply_plan(plan, x8, x_partner=x8p)
+    ref, _ = apply_plan(plan, x8.float(), x_partner=None if x8p is None else x8p.float())
+    torch.testing.assert_close(got, ref.round().to(torch.uint8), rtol=0, atol=0)
+    inplace = x8.clone()
+    apply_plan(plan, inplace, x_partner=x8p, out=inplace)
+    torch.testing.assert_close(inplace, got, rtol=0, atol=0)

@@ -216,3 +216,34 @@ def test_bad_plan_arguments() -> None:
         sample_plan(MixConfig(), 4, seed=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="alpha"):
         MixConfig(alpha="0.2")  # type: ignore[arg-type]
+
+
+# Digests of plans drawn by the library before its speed work (issue 15): the draws of a
+# (config, seed, epoch, step, rank) are a promise, whatever is done to draw them faster.
+PINNED_PLANS = [
+    (MixConfig(), "2939a53a38c15880"),
+    (MixConfig(granularity="batch", pairing="flip"), "c39f8499dbeeb469"),
+    (MixConfig("switch", pairing="permute", p=0.7, p_mode="elem"), "7c4c8f4941e7aa1c"),
+    (MixConfig("cutmix", granularity="pair", pairing="flip"), "7a074fa7f1969956"),
+    (MixConfig("kway", k=3, pairing="derange"), "9bdba187ee714ea8"),
+]
+
+
+@pytest.mark.parametrize(("config", "expected"), PINNED_PLANS)
+def test_plans_are_the_pinned_draws(config: MixConfig, expected: str) -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    for step in range(3):
+        plan = sample_plan(config, 37, seed=11, epoch=1, step=step, rank=2, image_size=(32, 30))
+        for a in (plan.weights, plan.partners, plan.cut, plan.boxes):
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+    assert h.hexdigest()[:16] == expected
+
+
+def test_cached_pairings_are_not_shared_between_plans() -> None:
+    a = sample_plan(MixConfig(), 8, seed=0)
+    a.partners[:] = 0  # a caller may write into its plan
+    b = sample_plan(MixConfig(), 8, seed=0, step=1)
+    np.testing.assert_array_equal(b.partners[:, 0], (np.arange(8) - 1) % 8)

@@ -19,6 +19,8 @@ MIN_POSITIVE_CONCENTRATION = 1e-300
 
 
 def _is_real(value: Any) -> bool:
+    if type(value) is float or type(value) is int:  # the common case, without the ABC check
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
@@ -56,9 +58,12 @@ def check_probability(name: str, value: Any) -> float:
 
 def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
     """An integer (Python or NumPy) in ``[minimum, maximum]``."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+    if type(value) is int:  # the common case, without the (slow) ABC check; bool is not int here
+        v = value
+    elif not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    v = int(value)
+    else:
+        v = int(value)
     if v < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {v}")
     if maximum is not None and v > maximum:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 import numpy as np
 from array_api_compat import array_namespace
 
-from vicinal._checks import check_choice, check_probability
+from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.labels import batch_size_of, check_labels, is_class_ids, is_torch_tensor, soft_unchecked, torch_compiling
 from vicinal.sampling import MixPlan
 
@@ -54,9 +54,15 @@ DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 
 # uint8 batches are mixed in blocks of whole samples of about this many input bytes:
 # vectorized over the samples of a block (a 64 x 1x28x28 batch is one block, 64 x
-# 3x224x224 is 11), and the float32 temporaries stay small; whole-batch float copies
-# measured ~10x slower here (page faults of fresh 38 MB buffers).
-_UINT8_CHUNK_BYTES = 1 << 20
+# 3x224x224 is 64 blocks of one sample), and the float32 workspace stays near the
+# cache; whole-batch float copies measured ~10x slower here (page faults of fresh 38 MB
+# buffers), and 1 MiB blocks ~15% slower than 256 KiB ones.
+_UINT8_CHUNK_BYTES = 1 << 18
+_ROUND_MAGIC = 12582912.0  # 1.5 * 2**23
+# On the CPU, CutMix boxes of samples at least this big are pasted one sample at a time
+# (a copy of the box region, ~B small calls), instead of a blend and a select over the
+# whole batch through a (B, H, W) mask, which reads and writes every pixel ~3 more times.
+_BOX_LOOP_MIN_BYTES = 16 << 10
 
 
 @dataclass(frozen=True)
@@ -396,20 +402,25 @@ def _gather_partners(t: PlanTensors, x: Any, x_partner: Any, rows: slice = slice
     return [x.index_select(0, idx[:, j]) for j in range(t.num_sources - 1)]
 
 
+def _mix_roll(x: Any, out: Any, w: Any, shift: int) -> Any:
+    """Two-source roll pairing: the partner of rows [s:] is rows [:-s], a view, so no
+    gather pass; ``w`` (B, 1, ...) is the partner's input weight in x's dtype."""
+    torch = _torch()
+    b, s = x.shape[0], shift % x.shape[0]
+    src = x.clone() if out.data_ptr() == x.data_ptr() else x  # in place would read rows it wrote
+    if s == 0:
+        out.copy_(src)
+    else:
+        torch.lerp(src[s:], src[:-s], w[s:], out=out[s:])
+        torch.lerp(src[:s], src[b - s :], w[:s], out=out[:s])
+    return out
+
+
 def _mix_float_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
     """Mix a floating tensor; ``out`` may be ``x`` itself (in place) or another buffer."""
-    torch = _torch()
     if t.shift is not None and t.num_sources == 2 and t.boxes is None:
-        # Roll pairing: the partner of rows [s:] is rows [:-s], a view; no gather pass.
-        b, s = t.batch_size, t.shift[0] % t.batch_size
-        src = x.clone() if out.data_ptr() == x.data_ptr() else x  # in place would read rows it wrote
         w = t.input_weights[:, 1].to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-        if s == 0:
-            out.copy_(src)
-        else:
-            torch.lerp(src[s:], src[:-s], w[s:], out=out[s:])
-            torch.lerp(src[:s], src[b - s :], w[:s], out=out[:s])
-        return out
+        return _mix_roll(x, out, w, t.shift[0])
     cols = _weight_columns(t, x.dtype, x.ndim)
     partners = _gather_partners(t, x, x_partner)  # gathered copies: safe when out is x
     mask = None if t.boxes is None else _box_mask(t, x.ndim, channels_last, x.device)
@@ -417,18 +428,96 @@ def _mix_float_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_
 
 
 def _mix_uint8_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
-    """Same float32 ops as the float path, a few rows at a time, then rounded."""
+    """Same float32 ops as the float path, a few rows at a time, then rounded.
+
+    One float32 workspace serves every block. With the roll pairing a block's partner
+    rows are its own rows shifted by ``s``: rows ``[start - s, stop)`` are converted to
+    float once and read as both sources (no gather, one conversion instead of two).
+    """
     torch = _torch()
     cols = _weight_columns(t, torch.float32, x.ndim)
     mask = None if t.boxes is None else _box_mask(t, x.ndim, channels_last, x.device)
     src = x.clone() if out.data_ptr() == x.data_ptr() else x
+    b = t.batch_size
     rows_per_chunk = max(1, _UINT8_CHUNK_BYTES // max(1, x[0].numel()))
-    for start in range(0, t.batch_size, rows_per_chunk):
-        rows = slice(start, start + rows_per_chunk)
-        partners = [p.to(torch.float32) for p in _gather_partners(t, src, x_partner, rows)]
-        xf = src[rows].to(torch.float32)
-        _combine_into(xf, xf, partners, [c[rows] for c in cols], None if mask is None else mask[rows])
-        out[rows].copy_(xf.round_())  # integral values in [0, 255]: the cast is exact
+    n = min(rows_per_chunk, b)
+    roll = t.shift is not None and t.num_sources == 2
+    s = t.shift[0] % b if roll else 0  # type: ignore[index]
+    tail = tuple(x.shape[1:])
+    ext_buf = torch.empty((n + s,) + tail, dtype=torch.float32, device=x.device)
+    res_buf = torch.empty((n,) + tail, dtype=torch.float32, device=x.device) if roll else None
+    for start in range(0, b, rows_per_chunk):
+        stop = min(start + rows_per_chunk, b)
+        m = stop - start
+        if roll:
+            assert res_buf is not None
+            ext, xf = ext_buf[: m + s], res_buf[:m]
+            lo = start - s  # ext row r holds sample (lo + r) % B
+            if lo >= 0:
+                ext.copy_(src[lo:stop])
+            else:
+                ext[:-lo].copy_(src[b + lo :])
+                ext[-lo:].copy_(src[:stop])
+            partners, own = [ext[:m]], ext[s:]
+        else:
+            xf = own = ext_buf[:m]
+            own.copy_(src[start:stop])
+            partners = [p.to(torch.float32) for p in _gather_partners(t, src, x_partner, slice(start, stop))]
+        _combine_into(xf, own, partners, [c[start:stop] for c in cols], None if mask is None else mask[start:stop])
+        # Round half to even and cast in two passes instead of round_ + a float->uint8
+        # cast: v + 1.5·2^23 (v in [0, 255]) rounds v to an integer in the float's low
+        # mantissa bits (float32's ulp is 1 there), which the int32 -> uint8 cast keeps.
+        xf.add_(_ROUND_MAGIC)
+        out[start:stop].copy_(xf.view(torch.int32))
+    return out
+
+
+def _box_region(a: Any, i: int, box: Any, ah: int) -> Any:
+    """The view of sample ``i`` of ``a`` inside ``box`` = (top, left, bottom, right)."""
+    index: list[Any] = [i] + [slice(None)] * (a.ndim - 1)
+    index[ah] = slice(box[0], box[2])
+    index[ah + 1] = slice(box[1], box[3])
+    return a[tuple(index)]
+
+
+def _mix_boxes_cpu(
+    plan: MixPlan | PlanTensors, t: PlanTensors | None, x: Any, x_partner: Any, out: Any, channels_last: bool
+) -> Any:
+    """CutMix (and switch) plans on the CPU for big samples: blend only the rows that
+    blend, copy the others, then paste each box with one copy of its region.
+
+    The same values as the mask path (whose cut rows are ``lerp(x, partner, 0) == x``
+    outside the box), with the memory traffic of about one copy of the batch plus one of
+    the pasted areas. ``out`` may be ``x`` (in place): the pasted regions are then read
+    before anything is written.
+    """
+    if isinstance(plan, MixPlan):
+        assert plan.boxes is not None
+        boxes, partners, w1 = plan.boxes, plan.partners[:, 0], plan.input_weights[:, 1]
+    else:
+        assert plan.boxes is not None
+        boxes, partners, w1 = plan.boxes.numpy(), plan.partners[:, 0].numpy(), plan.input_weights[:, 1].numpy()
+    rows = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).tolist()
+    box_list, partner_list = boxes.tolist(), partners.tolist()
+    ah, _ = _spatial_axes(x.ndim, channels_last)
+    source = x_partner if plan.source == "stream" else x
+    in_place = out.data_ptr() == x.data_ptr()
+    patches = None
+    if in_place and source is x:
+        patches = [_box_region(x, partner_list[i], box_list[i], ah).clone() for i in rows]
+    if bool(np.any(w1 != 0)):  # some rows blend (switch): mix the batch without boxes
+        tb = t if t is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
+        tb = replace(tb, boxes=None, image_size=None)
+        if x.is_floating_point():
+            _mix_float_torch(tb, x, x_partner, out, channels_last)
+        else:
+            _mix_uint8_torch(tb, x, x_partner, out, channels_last)
+    elif not in_place:
+        out.copy_(x)
+    for n, i in enumerate(rows):
+        box = box_list[i]
+        patch = patches[n] if patches is not None else _box_region(source, partner_list[i], box, ah)
+        _box_region(out, i, box, ah).copy_(patch)
     return out
 
 
@@ -480,12 +569,21 @@ def _mix_torch(
         if functional or out.data_ptr() != x.data_ptr():
             out.copy_(x)
         return out
-    t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
     if functional:
+        t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
         mixed = _mix_functional(t, x, x_partner, channels_last)
         return mixed if out is None else out.copy_(mixed)  # out: only under torch.compile
     if out is None:
         out = torch.empty_like(x)
+    host = isinstance(plan, MixPlan)
+    has_boxes = plan.has_cut if host else plan.boxes is not None  # type: ignore[union-attr]
+    if has_boxes and x.device.type == "cpu" and x[0].numel() * x.element_size() >= _BOX_LOOP_MIN_BYTES:
+        return _mix_boxes_cpu(plan, tensors, x, x_partner, out, channels_last)
+    roll = host and tensors is None and plan.shift is not None and plan.num_sources == 2 and not has_boxes
+    if roll and x.is_floating_point():  # the weight column straight from the host plan: no PlanTensors
+        w = torch.from_numpy(plan.input_weights[:, 1].astype(np.float32).reshape((-1,) + (1,) * (x.ndim - 1)))  # type: ignore[union-attr]
+        return _mix_roll(x, out, w if x.dtype == torch.float32 else w.to(x.dtype), plan.shift[0])  # type: ignore[index]
+    t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
     if x.is_floating_point():
         return _mix_float_torch(t, x, x_partner, out, channels_last)
     return _mix_uint8_torch(t, x, x_partner, out, channels_last)
@@ -578,7 +676,7 @@ def _combine_labels(
     soft = soft_unchecked(y, c, eps)
     soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
     k = int(weights.shape[1])
-    cols = [weights[:, j : j + 1] for j in range(k)]
+    cols: list[Any] = [weights[:, j : j + 1] for j in range(k)]
     if k == 2:
         cols[1] = 1 - cols[0]  # as the reference writes it: y1·λ + y2·(1-λ)
     mixed = soft * cols[0]
@@ -631,6 +729,88 @@ def _mix_labels(
 
     weights = xp.asarray(plan.weights.astype(np.float32), device=_device(y))
     return _combine_labels(y, y_partner, c, eps, targets, weights, partner)
+
+
+_host_id_dtypes: frozenset[Any] = frozenset()
+
+
+def _host_dtypes() -> frozenset[Any]:
+    """Torch dtypes of class ids that NumPy reads without a copy (built on first use:
+    torch is imported by then)."""
+    global _host_id_dtypes
+    if not _host_id_dtypes:
+        torch = _torch()
+        _host_id_dtypes = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
+    return _host_id_dtypes
+
+
+def _host_ids(y: Any) -> bool:
+    """Whether torch labels ``y`` can take :func:`_mix_labels_host`: class ids (B,) in
+    host memory, outside autograd and ``torch.compile``."""
+    torch = _torch()
+    return (
+        type(y) is torch.Tensor  # not a subclass (fake, functional tensors...)
+        and y.ndim == 1
+        and y.device.type == "cpu"
+        and y.dtype in _host_dtypes()
+        and not torch_compiling()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(y)  # vmap, grad: no storage
+    )
+
+
+def _soft_np(y: np.ndarray, c: int, eps: float) -> np.ndarray:
+    """:func:`vicinal.labels.soft_unchecked` of class ids in NumPy: the same float32 ops."""
+    soft: np.ndarray = (y[:, None] == np.arange(c)).astype(np.float32)
+    if eps > 0:
+        soft = soft * (1.0 - eps) + eps / c
+    return soft
+
+
+def _mix_labels_host(plan: MixPlan, y: Any, y_partner: Any, num_classes: int | None, eps: float, targets: str) -> Any:
+    """Torch class ids on the CPU, checked and mixed in NumPy on the tensors' memory.
+
+    Used when the ids are validated, which reads them on the host once anyway. The
+    torch recipe of :func:`_combine_labels` costs ~10 torch calls of a few µs each on
+    (B, C) arrays; the same float32 operations in NumPy give the same values (each
+    product and sum is rounded once to float32 either way) in a fraction of the time.
+    """
+    torch = _torch()
+    if num_classes is None:  # the general path raises the usual error
+        check_labels(y, num_classes)
+    c = check_int("num_classes", num_classes, minimum=1)
+    ids = y.numpy()
+    ids_p = None if y_partner is None else y_partner.numpy()
+    for name, a in (("y", ids), ("y_partner", ids_p)):
+        if a is not None:
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi >= c:
+                raise ValueError(f"{name} holds class ids in [{lo}, {hi}], expected ids in [0, num_classes={c})")
+    weights = plan.weights.astype(np.float32)
+    stream = plan.source == "stream"
+    idx = plan.partners
+
+    def partner(form: np.ndarray, form_partner: Any, j: int) -> np.ndarray:
+        return form_partner if stream else form[idx[:, j]]  # type: ignore[no-any-return]
+
+    if targets == "pair":
+        if eps == 0:
+            y_b = y_partner if stream else torch.from_numpy(partner(ids, None, 0))
+            return MixedTargets(y_a=y, y_b=y_b, lam=torch.from_numpy(weights[:, 0]))
+        soft = _soft_np(ids, c, eps)
+        soft_b = partner(soft, None if ids_p is None else _soft_np(ids_p, c, eps), 0)
+        return MixedTargets(
+            y_a=torch.from_numpy(soft), y_b=torch.from_numpy(soft_b), lam=torch.from_numpy(weights[:, 0])
+        )
+    soft = _soft_np(ids, c, eps)
+    soft_p = None if ids_p is None else _soft_np(ids_p, c, eps)
+    k = weights.shape[1]
+    cols: list[Any] = [weights[:, j : j + 1] for j in range(k)]
+    if k == 2:
+        cols[1] = 1 - cols[0]  # as the reference writes it: y1·λ + y2·(1-λ)
+    mixed = soft * cols[0]
+    for j in range(k - 1):
+        mixed = mixed + partner(soft, soft_p, j) * cols[j + 1]
+    return torch.from_numpy(mixed)
 
 
 def _device(a: Any) -> Any:
@@ -734,14 +914,22 @@ def apply_plan(
     if y is not None:
         args = (num_classes, eps, targets, multi_label, validate)
         if is_torch_tensor(y):
-            if tensors is not None:
-                ty = _tensors_on(tensors, y.device)
+            if (  # validate=True reads the ids on the host anyway: mix them there too
+                validate
+                and tensors is None
+                and _host_ids(y)
+                and (y_partner is None or (is_torch_tensor(y_partner) and _host_ids(y_partner)))
+            ):
+                y_mixed = _mix_labels_host(plan, y, y_partner, num_classes, eps, targets)  # type: ignore[arg-type]
             else:
-                assert isinstance(plan, MixPlan)
-                ty = _to_tensors(plan, y.device, keep_boxes=False)
-                if torch_x and y.device == getattr(x, "device", None):
-                    tensors = ty  # one transfer serves x too
-            y_mixed = _mix_labels_torch(ty, y, y_partner, *args)
+                if tensors is not None:
+                    ty = _tensors_on(tensors, y.device)
+                else:
+                    assert isinstance(plan, MixPlan)
+                    ty = _to_tensors(plan, y.device, keep_boxes=False)
+                    if torch_x and y.device == getattr(x, "device", None):
+                        tensors = ty  # one transfer serves x too
+                y_mixed = _mix_labels_torch(ty, y, y_partner, *args)
         elif isinstance(plan, PlanTensors):
             raise TypeError(f"a PlanTensors plan mixes torch labels, got y of type {type(y).__name__}")
         else:
