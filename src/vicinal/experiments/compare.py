@@ -12,7 +12,12 @@ saves one set of initial weights, trains every arm from them, and writes the run
 
 Arms can train in parallel processes (one per arm, threads split between them): on a
 small CPU this is the fastest way to use all cores, because one step of the reference
-CNN is too small to spread over several threads.
+CNN is too small to spread over several threads. On a GPU (``device="cuda"``) the arms'
+processes share the device: a step of the reference CNN is bound by the host's kernel
+launches, not by the GPU, so two processes launching at once overlap (not measured yet:
+``benchmarks/gpu_compare.py`` times both modes; ``--sequential`` keeps one). Each arm
+keeps its data on the device as ``uint8`` and makes its batches there
+(:class:`~vicinal.experiments.loader.EpochPlan`); see ``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -483,9 +488,8 @@ def run_compare(
 
     t0 = time.perf_counter()
     total_threads = cfg.threads or torch.get_num_threads()
-    parallel = (
-        cfg.parallel and not dist.enabled and len(cfg.arms) > 1 and cfg.device == "cpu" and (os.cpu_count() or 1) > 1
-    )
+    # On CUDA too: each worker process makes its own CUDA context (spawned, not forked).
+    parallel = cfg.parallel and not dist.enabled and len(cfg.arms) > 1 and (os.cpu_count() or 1) > 1
     # SIGINT/SIGTERM stop every worker (they also die with this process, even on kill -9)
     # and leave the run resumable: checkpoints are atomic.
     hint = f"resume with --resume --out {run}"

@@ -8,22 +8,34 @@ see :func:`input_kind`. The order of each epoch is
 :func:`vicinal.sampling.sample_plan` of ``(seed, epoch, step, rank)``, so an epoch is
 reproducible on its own: resuming at epoch ``e`` replays exactly what an uninterrupted
 run would have seen. No per-sample Python runs on this path.
+
+On any device the batches come from an :class:`EpochPlan`: the NumPy draws of a whole
+epoch (every step's dataset rows and mixing plan) are made on the host, packed into one
+buffer and moved to the loader's device in a single (pinned, non-blocking) copy; each
+step then slices it. With the data resident on the device as ``uint8``, a step's
+gathering, scaling and mixing are device ops only and make no host read, so a CUDA
+epoch runs without a host synchronisation. On the CPU the copy is skipped and the
+batches are bit for bit those of the per-step recipe
+(:func:`vicinal.transforms.mix_indexed_batch`, kept as
+:meth:`InMemoryLoader.epoch_per_step`, the reference the tests hold it to).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from vicinal._checks import check_choice, check_int
+from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.experiments.data import InputKind
 from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
 from vicinal.experiments.options import MIX_POLICIES
-from vicinal.labels import to_soft
-from vicinal.sampling import MixConfig, epoch_order
+from vicinal.labels import soft_unchecked, to_soft
+from vicinal.mixing import PlanTensors, apply_plan
+from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
 from vicinal.transforms import mix_indexed_batch
 
 if TYPE_CHECKING:
@@ -130,7 +142,9 @@ class InMemoryLoader:
         shuffle: reshuffle every epoch (else dataset order).
         channels_last: hand out image batches in channels-last memory format (no
             effect on features).
-        device: where the images live and batches are made (``"cpu"``, ``"cuda"``).
+        device: where the images live (``uint8``, copied there once) and batches are
+            made (``"cpu"``, ``"cuda"``): gathering, scaling and mixing run there, with
+            the epoch's indices and plans moved in one copy (:meth:`epoch_plan`).
         dist: this process's place in a distributed job. ``batch_size`` is then the
             per-rank batch: step ``s`` covers positions ``[s·B·W, (s+1)·B·W)`` of the
             epoch order (padded by wrapping to a multiple of the world size ``W``, as a
@@ -141,7 +155,8 @@ class InMemoryLoader:
 
     Iterating ``loader.epoch(e)`` yields ``(x, targets)``: float32 (B, C, H, W) in
     [0, 1] (images) or float32 (B, F) / (B, T, F) (features, as stored, mixed), and
-    float32 (B, num_classes) soft targets.
+    float32 (B, num_classes) soft targets, on ``device``. Without AugMix no step reads a
+    value back to the host (the labels are checked once, here).
 
     Raises:
         ValueError: bad arguments, or a CutMix ``mix`` on features
@@ -200,6 +215,7 @@ class InMemoryLoader:
             self.augmix = AugMix(augmix, seed=seed, rank=dist.rank if policy == "independent" else 0)
         self.jsd = jsd
         self.label_smoothing = label_smoothing
+        self._eps = check_probability("label_smoothing", label_smoothing)
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.channels_last = channels_last
@@ -229,31 +245,141 @@ class InMemoryLoader:
             base = base[np.arange(self._padded_size) % self.num_samples]
         return base
 
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """Every step of epoch ``epoch`` as tensors on the loader's device.
+
+        The draws are those of the per-step recipe (NumPy, a pure function of
+        ``(seed, epoch, step, rank)``), made for the whole epoch at once, packed into one
+        buffer (pinned on CUDA) and copied to the device in one non-blocking transfer.
+        """
+        check_int("epoch", epoch, minimum=0)
+        return _pack_epoch(epoch, list(self._host_steps(epoch)), self.device)
+
+    def _host_steps(self, epoch: int) -> Iterator[tuple[np.ndarray, MixPlan | None, slice | None]]:
+        """``(rows, plan, keep)`` of each step, drawn on the host as the per-step recipe draws them."""
+        order = self.order(epoch)
+        bg = self.batch_size * self.dist.world_size
+        mix = self.mix
+        image_size = None
+        if mix is not None and mix.needs_image_size:
+            image_size = (int(self.images.shape[-2]), int(self.images.shape[-1]))
+        for step in range(len(self)):
+            global_idx = order[step * bg : (step + 1) * bg]
+            local = shard_positions(len(global_idx), self.dist)
+            offset = step * bg
+            if mix is None:
+                yield global_idx[local], None, None
+                continue
+            keep = None
+            if self.policy == "global":  # one plan for the global batch; this rank keeps its rows
+                rows, rank, keep = global_idx, 0, local
+            elif self.policy == "shared":
+                rows, rank = global_idx[local], 0
+            else:
+                rows, rank, offset = global_idx[local], self.dist.rank, offset + local.start
+            plan = sample_plan(
+                mix,
+                len(rows),
+                seed=self.seed,
+                epoch=epoch,
+                step=step,
+                rank=rank,
+                image_size=image_size,
+                dataset_size=self.num_samples,
+                stream_offset=offset,
+            )
+            yield rows, plan, keep
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of epoch ``epoch``, from its :meth:`epoch_plan`; no host reads."""
+        plan = self.epoch_plan(epoch)
+        for step, st in enumerate(plan.steps):
+            yield self._batch(st, epoch, step)
+
+    def _take(self, rows: torch.Tensor, epoch: int, step: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``rows`` as model input (AugMix ``view`` applied when the loader has it) and their labels."""
+        x = self.images.index_select(0, rows)
+        if self.augmix is not None:
+            x = self.augmix(x, step=step, epoch=epoch, view=view)
+        return to_model_input(x, channels_last=self.channels_last), self.labels.index_select(0, rows)
+
+    def _batch(self, st: StepTensors, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c, eps = self.num_classes, self._eps
+        if self.jsd:  # (3B, ...): clean, AugMix view 0 and AugMix view 1 of the same rows
+            assert self.augmix is not None
+            clean = self.images.index_select(0, st.rows)
+            views = self.augmix.views(clean, step=step, epoch=epoch, views=(0, 1))
+            x = to_model_input(torch.cat([clean, *views]), channels_last=self.channels_last)
+            return x, soft_unchecked(self.labels.index_select(0, st.rows), c, eps)
+        # The partner batch of pairing="stream" is AugMix view 2: augmented independently.
+        x, y = self._take(st.rows, epoch, step, view=0)
+        if st.plan is None:  # plain, or an identity plan: x·1 + x'·0 = x and y·1 + y'·0 = y
+            targets = soft_unchecked(y, c, eps)
+        else:
+            x_partner = y_partner = None
+            if st.stream_rows is not None:
+                x_partner, y_partner = self._take(st.stream_rows, epoch, step, view=2)
+            # validate=False: the labels were checked once, at construction; no host read.
+            x, targets = apply_plan(
+                st.plan,
+                x,
+                y,
+                num_classes=c,
+                label_smoothing=eps,
+                x_partner=x_partner,
+                y_partner=y_partner,
+                out=x,
+                validate=False,
+            )
+        if st.keep is not None:
+            return x[st.keep], targets[st.keep]
+        return x, targets
+
+    # ------------------------------------------------------------------ per-step reference
+
+    def epoch_per_step(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of epoch ``epoch`` made step by step with
+        :func:`vicinal.transforms.mix_indexed_batch` (the recipe shared with Keras'
+        ``MixedBatches``): each step draws its plan, copies its index arrays to the
+        device and validates its labels. The reference :meth:`epoch` is tested against
+        (the same batches, bit for bit on the CPU); slower on an accelerator.
+        """
+        check_int("epoch", epoch, minimum=0)
+        order = self.order(epoch)
+        bg = self.batch_size * self.dist.world_size
+        for step in range(len(self)):
+            global_idx = order[step * bg : (step + 1) * bg]
+            local = shard_positions(len(global_idx), self.dist)
+            offset = step * bg
+            if self.mix is None:
+                if self.jsd:
+                    x, y = self._jsd_views(global_idx[local], epoch, step)
+                else:
+                    x, y = self._fetcher(epoch, step)(global_idx[local])
+                yield x, to_soft(y, self.num_classes, label_smoothing=self.label_smoothing)
+            elif self.policy == "global":
+                # One plan for the global batch; this rank keeps its rows of the result.
+                x, targets = self._mixed(global_idx, epoch, step, 0, offset)
+                yield x[local], targets[local]
+            elif self.policy == "shared":
+                yield self._mixed(global_idx[local], epoch, step, 0, offset)
+            else:
+                yield self._mixed(global_idx[local], epoch, step, self.dist.rank, offset + local.start)
+
     def _index(self, idx: np.ndarray) -> torch.Tensor:
         # A copy: epoch orders are read-only arrays, which torch.from_numpy warns about.
         t = torch.from_numpy(np.array(idx, dtype=np.int64))
         return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
 
-    def _fetch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self._index(idx)
-        return to_model_input(self.images.index_select(0, index), channels_last=self.channels_last), self.labels[index]
-
     def _fetcher(self, epoch: int, step: int) -> Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
-        """``_fetch``, with AugMix applied per image when the loader has it.
-
-        The first fetch of a step is AugMix view 0; a second one (the partner batch of
-        ``pairing="stream"``) is view 2, so partners are augmented independently.
-        """
-        if self.augmix is None:
-            return self._fetch
-        augmix, calls = self.augmix, [0]
+        """Dataset rows as :meth:`_take` returns them; the first fetch of a step is
+        AugMix view 0, a second one (the partner batch of ``pairing="stream"``) view 2."""
+        calls = [0]
 
         def fetch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            index = self._index(idx)
             view = 0 if calls[0] == 0 else 2
             calls[0] += 1
-            rows = augmix(self.images.index_select(0, index), step=step, epoch=epoch, view=view)
-            return to_model_input(rows, channels_last=self.channels_last), self.labels[index]
+            return self._take(self._index(idx), epoch, step, view)
 
         return fetch
 
@@ -285,25 +411,121 @@ class InMemoryLoader:
             in_place=True,
         )
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        check_int("epoch", epoch, minimum=0)
-        order = self.order(epoch)
-        bg = self.batch_size * self.dist.world_size
-        for step in range(len(self)):
-            global_idx = order[step * bg : (step + 1) * bg]
-            local = shard_positions(len(global_idx), self.dist)
-            offset = step * bg
-            if self.mix is None:
-                if self.jsd:
-                    x, y = self._jsd_views(global_idx[local], epoch, step)
-                else:
-                    x, y = self._fetcher(epoch, step)(global_idx[local])
-                yield x, to_soft(y, self.num_classes, label_smoothing=self.label_smoothing)
-            elif self.policy == "global":
-                # One plan for the global batch; this rank keeps its rows of the result.
-                x, targets = self._mixed(global_idx, epoch, step, 0, offset)
-                yield x[local], targets[local]
-            elif self.policy == "shared":
-                yield self._mixed(global_idx[local], epoch, step, 0, offset)
-            else:
-                yield self._mixed(global_idx[local], epoch, step, self.dist.rank, offset + local.start)
+
+@dataclass(frozen=True)
+class StepTensors:
+    """One step of an :class:`EpochPlan`: views of the epoch's buffer on the loader's device.
+
+    Attributes:
+        rows: int64 (B,): the dataset rows the step gathers.
+        stream_rows: int64 (B,): the partner batch's rows (``pairing="stream"``), else None.
+        plan: the step's mixing plan, or None when nothing is mixed (plain batches, or
+            an identity plan: every row keeps its own input and label).
+        keep: the rows of the mixed batch this rank keeps (``policy="global"``), else None.
+    """
+
+    rows: torch.Tensor
+    stream_rows: torch.Tensor | None
+    plan: PlanTensors | None
+    keep: slice | None
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """All index and plan tensors of one epoch, moved to the device in one copy.
+
+    Attributes:
+        epoch: the epoch.
+        steps: one :class:`StepTensors` per step.
+        buffer: the device buffer the steps' tensors view (uint8: the int64 block, then
+            the float32 block).
+        host: the host buffer it was copied from (pinned on CUDA), kept alive with it.
+    """
+
+    epoch: int
+    steps: tuple[StepTensors, ...]
+    buffer: torch.Tensor
+    host: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.buffer.numel())
+
+
+def _pack_epoch(
+    epoch: int, host_steps: list[tuple[np.ndarray, MixPlan | None, slice | None]], device: torch.device
+) -> EpochPlan:
+    """One :class:`EpochPlan` from the host draws ``(rows, plan, keep)`` of each step.
+
+    The plan tensors are those :func:`vicinal.apply_plan` makes of a :class:`MixPlan`
+    (float32 weights; boxes only when a row is CutMix'ed), so the batches are the same.
+    """
+    ints: list[np.ndarray] = []
+    floats: list[np.ndarray] = []
+    n_int = n_float = 0
+    # Per step: (rows, stream, partners, boxes, weights, input_weights) offsets, in elements.
+    layout: list[tuple[int, int, int, int, int, int, int, int, MixPlan | None, slice | None]] = []
+
+    def put_int(a: np.ndarray) -> int:
+        nonlocal n_int
+        ints.append(np.asarray(a, dtype=np.int64).reshape(-1))
+        n_int += ints[-1].size
+        return n_int - ints[-1].size
+
+    def put_float(a: np.ndarray) -> int:
+        nonlocal n_float
+        floats.append(a.astype(np.float32).reshape(-1))
+        n_float += floats[-1].size
+        return n_float - floats[-1].size
+
+    for rows, plan, keep in host_steps:
+        b = len(rows)
+        at_rows = put_int(rows)
+        at_stream = at_partners = at_boxes = at_w = at_iw = -1
+        if plan is not None and plan.is_identity:
+            plan = None
+        k = 0
+        if plan is not None:
+            k = plan.num_sources
+            if plan.source == "stream":
+                assert plan.stream_indices is not None
+                at_stream = put_int(plan.stream_indices)
+            at_partners = put_int(plan.partners)
+            if plan.has_cut:
+                assert plan.boxes is not None
+                at_boxes = put_int(plan.boxes)
+            at_w = put_float(plan.weights)
+            at_iw = put_float(plan.input_weights) if plan.has_cut else at_w
+        layout.append((b, k, at_rows, at_stream, at_partners, at_boxes, at_w, at_iw, plan, keep))
+
+    int_bytes = n_int * 8
+    pin = device.type == "cuda"
+    host = torch.empty(int_bytes + n_float * 4, dtype=torch.uint8, pin_memory=pin)
+    raw = host.numpy()
+    if ints:
+        np.concatenate(ints, out=raw[:int_bytes].view(np.int64))
+    if floats:
+        np.concatenate(floats, out=raw[int_bytes:].view(np.float32))
+    # From pinned memory the copy is asynchronous: the host goes on queueing steps.
+    buffer = host if device.type == "cpu" else host.to(device, non_blocking=True)
+    t_int = buffer[:int_bytes].view(torch.int64)
+    t_float = buffer[int_bytes:].view(torch.float32)
+
+    steps = []
+    for b, k, at_rows, at_stream, at_partners, at_boxes, at_w, at_iw, plan, keep in layout:
+        stream_rows = None if at_stream < 0 else t_int[at_stream : at_stream + b]
+        tensors = None
+        if plan is not None:
+            boxes = None if at_boxes < 0 else t_int[at_boxes : at_boxes + 4 * b].view(b, 4)
+            weights = t_float[at_w : at_w + b * k].view(b, k)
+            tensors = PlanTensors(
+                weights=weights,
+                input_weights=weights if at_iw == at_w else t_float[at_iw : at_iw + b * k].view(b, k),
+                partners=t_int[at_partners : at_partners + b * (k - 1)].view(b, k - 1),
+                boxes=boxes,
+                source=plan.source,
+                shift=plan.shift,
+                image_size=plan.image_size if boxes is not None else None,
+            )
+        steps.append(StepTensors(t_int[at_rows : at_rows + b], stream_rows, tensors, keep))
+    return EpochPlan(epoch=epoch, steps=tuple(steps), buffer=buffer, host=host)

@@ -100,14 +100,16 @@ def fgsm_accuracy(
     """
     model.eval()
     clip = input_kind(images) == "images"
-    correct = {float(e): 0 for e in epsilons}
+    eps = [float(e) for e in epsilons]
+    # Hits per ε, counted on the images' device and read once at the end (no sync per batch).
+    correct = torch.zeros(len(eps), dtype=torch.int64, device=images.device)
     n = int(images.shape[0])
     # cuDNN's RNN backward runs in training mode only: recurrent models take the native kernels.
     has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
     with torch.backends.cudnn.flags(enabled=not has_rnn and torch.backends.cudnn.enabled):
         for start in range(0, n, batch_size):
-            _fgsm_batch(model, images, labels, start, batch_size, correct, clip=clip, channels_last=channels_last)
-    return {str(e): c / n for e, c in correct.items()}
+            _fgsm_batch(model, images, labels, start, batch_size, eps, correct, clip=clip, channels_last=channels_last)
+    return {str(e): c / n for e, c in zip(eps, correct.tolist())}
 
 
 def _fgsm_batch(
@@ -116,12 +118,13 @@ def _fgsm_batch(
     labels: torch.Tensor,
     start: int,
     batch_size: int,
-    correct: dict[float, int],
+    epsilons: Sequence[float],
+    correct: torch.Tensor,
     *,
     clip: bool,
     channels_last: bool,
 ) -> None:
-    """Add the FGSM hits of rows ``[start, start + batch_size)`` to ``correct`` (ε -> count)."""
+    """Add the FGSM hits of rows ``[start, start + batch_size)`` to ``correct`` (int64, one count per ε)."""
     x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
     if not clip:
         x = x.detach().clone()  # features pass through to_model_input as views of the test set
@@ -131,11 +134,11 @@ def _fgsm_batch(
     (grad,) = torch.autograd.grad(loss, x)
     sign = grad.sign()
     with torch.no_grad():
-        for e in correct:
+        for i, e in enumerate(epsilons):
             adv = x + e * sign
             if clip:
                 adv.clamp_(0.0, 1.0)
-            correct[e] += int((model(adv).argmax(1) == y).sum())
+            correct[i] += (model(adv).argmax(1) == y).sum()
 
 
 @torch.no_grad()
@@ -162,9 +165,12 @@ def evaluate_all(
     """accuracy, nll, brier, ece, reliability bins and FGSM accuracies of ``model``.
 
     ``images``: uint8 images (N, C, H, W) or float features (N, F) / (N, T, F); for
-    features FGSM's ε is in feature units (see :func:`fgsm_accuracy`).
+    features FGSM's ε is in feature units (see :func:`fgsm_accuracy`). The model runs on
+    the images' device; the probabilities are then scored on the CPU (one copy).
     """
-    probs = predict_probs(model, images, channels_last=channels_last)
+    probs = predict_probs(model, images, channels_last=channels_last).cpu()
+    fgsm = fgsm_accuracy(model, images, labels, epsilons, channels_last=channels_last)
+    labels = labels.cpu()
     rel = reliability(probs, labels)
     return {
         "accuracy": accuracy(probs, labels),
@@ -172,5 +178,5 @@ def evaluate_all(
         "brier": brier(probs, labels),
         "ece": rel["ece"],
         "reliability": rel["bins"],
-        "fgsm": fgsm_accuracy(model, images, labels, epsilons, channels_last=channels_last),
+        "fgsm": fgsm,
     }

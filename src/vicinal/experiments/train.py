@@ -88,31 +88,42 @@ def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     channels_last: bool = False,
     dist: DistContext = SINGLE,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on uint8 images (N, C, H, W) and int labels.
 
-    Batches of 256 stay in cache on CPU and measured faster than 1024 here. In a
-    distributed job each rank evaluates its share of the rows and the sums are reduced.
+    Batches of 256 stay in cache on CPU and measured faster than 1024 here (the default
+    there); on an accelerator the default is :data:`DEVICE_EVAL_BATCH` (fewer launches).
+    The sums stay on the images' device and are read once, at the end. In a distributed
+    job each rank evaluates its share of the rows and the sums are reduced.
     """
     model.eval()
+    if batch_size is None:
+        batch_size = 256 if images.device.type == "cpu" else DEVICE_EVAL_BATCH
     n_total = int(images.shape[0])
     rows = shard_positions(n_total - n_total % dist.world_size, dist) if dist.enabled else slice(0, n_total)
     if dist.enabled and dist.rank == dist.world_size - 1:
         rows = slice(rows.start, n_total)  # the last rank takes the remainder
     images, labels = images[rows], labels[rows]
-    sums = torch.zeros(3, dtype=torch.float64)
+    # [loss sum, correct, count] in float64: each batch's float32 loss sum and int count
+    # are converted exactly, as the host floats were.
+    sums = torch.zeros(3, dtype=torch.float64, device=images.device)
     for start in range(0, int(images.shape[0]), batch_size):
         x = to_model_input(images[start : start + batch_size], channels_last=channels_last)
         y = labels[start : start + batch_size]
         logits = model(x).float()
-        sums[0] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        sums[1] += int((logits.argmax(1) == y).sum())
+        sums[0] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
     sums[2] = int(images.shape[0])
     all_reduce_sum(dist, sums)
-    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+    loss, acc = (sums[:2] / sums[2]).tolist()  # the one host read
+    return loss, acc
+
+
+#: Evaluation batch on an accelerator (launch overhead, not memory, limits small models).
+DEVICE_EVAL_BATCH = 2048
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -173,7 +184,9 @@ def train_arm(
             same result), and only rank 0 writes files.
     """
     check_choice("precision", precision, PRECISIONS)
-    device_type = next(model.parameters()).device.type
+    device = next(model.parameters()).device
+    device_type = device.type
+    on_cpu = device_type == "cpu"
     out = Path(out_dir)
     writer = dist.is_main
     if writer:
@@ -224,11 +237,11 @@ def train_arm(
         torch.manual_seed(_epoch_seed(loader.seed, epoch) + dist.rank)  # each rank its own dropout masks
         net.train()
         bar = progress(epoch, len(loader)) if progress else None
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
-        # The first step whose loss was NaN or inf, kept on the loss's device and read once
-        # per epoch (no host sync per step); -1: none.
-        first_bad = torch.full((), -1, dtype=torch.int64, device=next(model.parameters()).device)
+        # Training sums and the first step whose loss was NaN or inf (-1: none) stay on the
+        # loss's device and are read once per epoch: no host sync per step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         seen = 0
         for step, (x, target) in enumerate(loader.epoch(epoch)):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -257,17 +270,25 @@ def train_arm(
                 seen += b
             if bar is not None:
                 bar.update(1)
-                if step % 50 == 0:
+                if step % 50 == 0 and on_cpu:  # a host read: on an accelerator, once per epoch only
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
-        if int(first_bad) >= 0:
+        totals = torch.stack(
+            [loss_sum, correct.double(), torch.full((), float(seen), dtype=torch.float64, device=device)]
+        )
+        if dist.enabled:  # a rank that stops must not enter the all-reduce: read first_bad first
+            bad = int(first_bad)
+            train_loss = train_acc = math.nan
+        else:  # one host read per epoch for both
+            values = torch.cat([totals[:2] / totals[2], first_bad.double()[None]]).tolist()
+            train_loss, train_acc, bad = values[0], values[1], int(values[2])
+        if bad >= 0:
             raise NonFiniteLossError(
-                f"arm {name!r}: the training loss became NaN or inf at epoch {epoch + 1}, step {int(first_bad)}; "
+                f"arm {name!r}: the training loss became NaN or inf at epoch {epoch + 1}, step {bad}; "
                 f"stopped (the checkpoint of epoch {epoch} is kept). Lower the learning rate or check the data"
             )
-        sums = all_reduce_sum(
-            dist, torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
-        )
-        train_loss, train_acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+        if dist.enabled:
+            sums = all_reduce_sum(dist, totals)
+            train_loss, train_acc = (sums[:2] / sums[2]).tolist()
         val_loss, val_acc = evaluate(model, *val, channels_last=channels_last, dist=dist)
         record = {
             "epoch": epoch,
