@@ -27,6 +27,11 @@ Any number of processes may run one study folder at once (one machine, or severa
 sharing a file system: a Slurm job array with ``--shard I/N``, a Kubernetes indexed
 job): a process trains a cell only while it holds the cell's OS file lock, so no cell
 is trained twice, and a dead process's lock is released by the OS (see :func:`run_study`).
+
+``run_study(..., batch_seeds=True)`` (``vicinal study --batch-seeds``) trains the cells
+of each arm that differ only by seed together, in one process, as one batched model
+(:mod:`vicinal.experiments.batched`); each cell's folder ends up as a cell trained alone
+leaves it, up to float rounding.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from filelock import FileLock, Timeout
@@ -55,6 +60,9 @@ from vicinal.experiments.options import JSD_WEIGHT, SCHEDULES
 from vicinal.experiments.presets import PRESETS
 from vicinal.experiments.processes import epoch_hook, stop_on_signals, worker_pool
 from vicinal.sampling import MixConfig
+
+if TYPE_CHECKING:
+    from vicinal.experiments.loader import InMemoryLoader
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -307,11 +315,8 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) ->
     holds is waited for (``wait=True``: its result is then read, or, if that process
     died, the cell is resumed from its checkpoint) or skipped (``wait=False``: returns None).
     """
-    from vicinal.experiments._atomic import atomic_write_json, load_tensors, read_json
-    from vicinal.experiments.loader import InMemoryLoader
-    from vicinal.experiments.models import build_model
-    from vicinal.experiments.noise import symmetric_label_noise
-    from vicinal.experiments.train import CHECKPOINT, RESULT, OptimConfig, train_arm
+    from vicinal.experiments._atomic import read_json
+    from vicinal.experiments.train import CHECKPOINT, RESULT
 
     torch.set_num_threads(threads)
     root = Path(study_dir)
@@ -327,46 +332,74 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) ->
         if (out / RESULT).exists():  # finished by the process that held it
             return read_json(out / RESULT)
         _log_claim(out, resumed=(out / CHECKPOINT).exists())
-        splits = _splits_for(cell)
-        # What ran and on which data: the folder found (checksums verified) and the split rule.
-        atomic_write_json(out / "cell.json", {**asdict(cell), "data_source": splits.source, "split_rule": splits.rule})
-        x_train, y_train = splits.train
-        num_classes = len(splits.class_names)
-        if cell.noise > 0:
-            y_train = torch.from_numpy(symmetric_label_noise(y_train.numpy(), cell.noise, num_classes, seed=cell.seed))
-        loader = InMemoryLoader(
-            x_train,
-            y_train,
-            num_classes=num_classes,
-            batch_size=cell.batch_size,
-            seed=cell.seed,
-            mix=cell.loader_mixing(),
-            augmix=cell.augmix_config(),
-            jsd=cell.jsd,
-            label_smoothing=cell.label_smoothing,
-            channels_last=cell.channels_last,
-        )
-        model = build_model(cell.model, splits.input_shape, num_classes)
-        model.load_state_dict(load_tensors(init_path(root, cell)))
-        result = train_arm(
-            cell.arm,
-            model,
-            loader,
-            val=splits.val,
-            test=splits.test,
-            epochs=cell.epochs,
-            out_dir=out,
-            optim=OptimConfig(lr=cell.lr, schedule=cell.schedule),
-            resume=True,
-            channels_last=cell.channels_last,
-            on_epoch=epoch_hook(cell.arm),
-            track_test=True,
-            full_metrics=True,
-            manifold=cell.manifold(),
-            jsd_weight=JSD_WEIGHT if cell.jsd else 0.0,
-            extra_metrics=_corruption_metrics(root, cell, splits) if cell.corruptions else None,
-        )
-        return asdict(result)
+        return train_claimed_cell(root, cell)
+
+
+def cell_loader(cell: CellSpec, splits: Any) -> InMemoryLoader:
+    """The training batches of ``cell``: its seed's order and plans, its label noise."""
+    from vicinal.experiments.loader import InMemoryLoader
+    from vicinal.experiments.noise import symmetric_label_noise
+
+    x_train, y_train = splits.train
+    num_classes = len(splits.class_names)
+    if cell.noise > 0:
+        y_train = torch.from_numpy(symmetric_label_noise(y_train.numpy(), cell.noise, num_classes, seed=cell.seed))
+    return InMemoryLoader(
+        x_train,
+        y_train,
+        num_classes=num_classes,
+        batch_size=cell.batch_size,
+        seed=cell.seed,
+        mix=cell.loader_mixing(),
+        augmix=cell.augmix_config(),
+        jsd=cell.jsd,
+        label_smoothing=cell.label_smoothing,
+        channels_last=cell.channels_last,
+    )
+
+
+def cell_train_options(root: Path, cell: CellSpec, splits: Any) -> dict[str, Any]:
+    """The keyword arguments :func:`run_cell` gives :func:`~vicinal.experiments.train.train_arm`."""
+    from vicinal.experiments.train import OptimConfig
+
+    return {
+        "val": splits.val,
+        "test": splits.test,
+        "epochs": cell.epochs,
+        "out_dir": cell_dir(root, cell),
+        "optim": OptimConfig(lr=cell.lr, schedule=cell.schedule),
+        "resume": True,
+        "channels_last": cell.channels_last,
+        "on_epoch": epoch_hook(cell.arm),
+        "track_test": True,
+        "full_metrics": True,
+        "manifold": cell.manifold(),
+        "jsd_weight": JSD_WEIGHT if cell.jsd else 0.0,
+        "extra_metrics": _corruption_metrics(root, cell, splits) if cell.corruptions else None,
+    }
+
+
+def write_cell_record(root: Path, cell: CellSpec, splits: Any, **extra: Any) -> None:
+    """``<cell>/cell.json``: what ran and on which data (the folder found, checksums verified, and the split rule)."""
+    from vicinal.experiments._atomic import atomic_write_json
+
+    record = {**asdict(cell), "data_source": splits.source, "split_rule": splits.rule, **extra}
+    atomic_write_json(cell_dir(root, cell) / "cell.json", record)
+
+
+def train_claimed_cell(root: Path, cell: CellSpec) -> dict[str, Any]:
+    """Train (or resume) ``cell`` on its own; the caller holds the cell's claim."""
+    from vicinal.experiments._atomic import load_tensors
+    from vicinal.experiments.models import build_model
+    from vicinal.experiments.train import train_arm
+
+    splits = _splits_for(cell)
+    write_cell_record(root, cell, splits)
+    loader = cell_loader(cell, splits)
+    model = build_model(cell.model, splits.input_shape, len(splits.class_names))
+    model.load_state_dict(load_tensors(init_path(root, cell)))
+    result = train_arm(cell.arm, model, loader, **cell_train_options(root, cell, splits))
+    return asdict(result)
 
 
 def _record(spec: StudySpec) -> dict[str, Any]:
@@ -384,6 +417,7 @@ def run_study(
     progress: bool = True,
     shard: str | tuple[int, int] | None = None,
     threads: int | None = None,
+    batch_seeds: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell of ``spec`` (of its ``shard``) with ``jobs`` worker processes.
 
@@ -395,7 +429,12 @@ def run_study(
     Args:
         shard: ``"I/N"`` trains only the cells ``i`` with ``i % N == I`` (positions in
             ``spec.cells()``): the part of a scheduler's task ``I`` of ``N``.
-        threads: CPU threads per cell (default: :func:`default_threads`).
+        threads: CPU threads per cell (default: :func:`default_threads`), or per
+            group of seeds with ``batch_seeds``.
+        batch_seeds: train the cells of each arm that differ only by seed together, in
+            one process, as one batched model (:mod:`vicinal.experiments.batched`); each
+            cell's folder ends up as if it had trained alone. Refused (ValueError, before
+            anything is written) for arms it can't train that way.
 
     Returns:
         The result records of the shard's cells, in ``spec.cells()`` order.
@@ -406,6 +445,10 @@ def run_study(
     if jobs < 1:
         raise ValueError(f"jobs (--jobs) must be >= 1, got {jobs}")
     cells = shard_cells(spec.cells(), shard)
+    if batch_seeds:
+        from vicinal.experiments.batched import check_batch_seeds
+
+        check_batch_seeds(cells)
     root = Path(study_dir)
     root.mkdir(parents=True, exist_ok=True)
     saved = root / "study.json"
@@ -431,9 +474,13 @@ def run_study(
     with stop_on_signals(hint), contextlib.ExitStack() as stack:
         if bar:
             stack.callback(bar.close)
-        pool = stack.enter_context(worker_pool(jobs, hint=hint)) if jobs > 1 and len(todo) > 1 else None
+        units = len({c.arm for c in todo}) if batch_seeds else len(todo)
+        pool = stack.enter_context(worker_pool(jobs, hint=hint)) if jobs > 1 and units > 1 else None
 
         def run(batch: list[CellSpec], wait: bool) -> Iterator[tuple[CellSpec, dict[str, Any] | None]]:
+            if batch_seeds and not wait:
+                yield from run_groups(batch)
+                return
             if pool is None:
                 for c in batch:
                     yield c, run_cell(str(root), c, threads, wait)
@@ -441,6 +488,18 @@ def run_study(
             futures = {pool.submit(run_cell, str(root), c, threads, wait): c for c in batch}
             for f in cf.as_completed(futures):
                 yield futures[f], f.result()
+
+        def run_groups(batch: list[CellSpec]) -> Iterator[tuple[CellSpec, dict[str, Any] | None]]:
+            from vicinal.experiments.batched import run_seed_group, seed_groups
+
+            groups = seed_groups(batch)
+            if pool is None:
+                for group in groups:
+                    yield from run_seed_group(str(root), group, threads)
+                return
+            futures = [pool.submit(run_seed_group, str(root), group, threads) for group in groups]
+            for f in cf.as_completed(futures):
+                yield from f.result()
 
         held: list[CellSpec] = []  # cells another process trains: waited for once every free cell is done
         for cell, result in run(todo, False):
@@ -456,6 +515,8 @@ def run_study(
         "cells": len(cells),
         "unfinished_at_start": len(todo),
         "jobs": jobs,
+        "batch_seeds": batch_seeds,
+        "threads": threads,
         "shard": f"{index}/{count}",
         "host": socket.gethostname(),
         "wall_s": time.perf_counter() - t0,
