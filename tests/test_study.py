@@ -246,6 +246,33 @@ def test_study_cli_with_two_jobs(toy_npz: Path, tmp_path: Path) -> None:
     assert main(["study", "nope", "--out", str(tmp_path / "t")]) == 2
 
 
+def test_study_device_is_checked_before_anything_is_written(
+    toy_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text(TOY_STUDY.format(npz=toy_npz))
+    out = tmp_path / "s"
+    assert main(["study", str(toml), "--out", str(out), "--device", "tpu", "--no-progress"]) == 2
+    assert "--device" in capsys.readouterr().err and not out.exists()
+    if not torch.cuda.is_available():
+        assert main(["study", str(toml), "--out", str(out), "--device", "cuda", "--no-progress"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(ValueError, match="CPU only"):
+        run_study(load_study(str(toml)), out, batch_seeds=True, device="cuda")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_study_cell_on_cuda_matches_its_cpu_accuracy(toy_npz: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text(TOY_STUDY.format(npz=toy_npz).replace("alpha = [0.2, 1.0, 4.0]", "alpha = [0.2]"))
+    spec = load_study(str(toml), overrides={"epochs": 1}, seeds=1)
+    cpu = run_study(spec, tmp_path / "cpu", progress=False)
+    gpu = run_study(spec, tmp_path / "gpu", progress=False, device="cuda")
+    for a, b in zip(cpu, gpu):
+        assert abs(a["test_acc"] - b["test_acc"]) <= 0.05
+
+
 def test_robustness_preset_measures_corruptions_on_the_lowdata_recipe() -> None:
     spec = load_study("robustness")
     arms = {a.arm: a for a in spec.arms}

@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     study.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
     study.add_argument("--val-size", type=int, default=None, help="override the validation hold-out size")
+    study.add_argument("--device", default="cpu", help="cpu or cuda[:N], for every cell (default: %(default)s)")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     study.add_argument(
         "--batch-seeds",
@@ -277,6 +278,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         shard=args.shard,
         threads=args.threads,
         batch_seeds=args.batch_seeds,
+        device=args.device,
     )
     with study_lock(out):  # processes sharing the folder write the report in turn
         paths = render_report(out)

@@ -224,9 +224,10 @@ def _corruption_metrics(study_dir: Path, cell: CellSpec, splits: Any) -> Callabl
             copies = corrupted_test_set(images.numpy(), study_dir / "corruptions", name=name, corruptions=(corruption,))
             accs, eces = [], []
             for severity in SEVERITIES:
+                device = next(model.parameters()).device
                 probs = predict_probs(
-                    model, torch.from_numpy(copies[(corruption, severity)]), channels_last=cell.channels_last
-                )
+                    model, torch.from_numpy(copies[(corruption, severity)]).to(device), channels_last=cell.channels_last
+                ).cpu()
                 accs.append(float((probs.argmax(1) == labels).double().mean()))
                 eces.append(float(reliability(probs, labels)["ece"]))
             out[corruption] = {"acc": accs, "ece": eces}
@@ -307,8 +308,10 @@ def _log_claim(out: Path, resumed: bool) -> None:
         os.fsync(f.fileno())
 
 
-def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) -> dict[str, Any] | None:
-    """Train (or resume, or just read) one cell; returns its result record.
+def run_cell(
+    study_dir: str, cell: CellSpec, threads: int, wait: bool = True, device: str = "cpu"
+) -> dict[str, Any] | None:
+    """Train (or resume, or just read) one cell on ``device``; returns its result record.
 
     The cell is claimed first: its lock (``<cell>/claim.lock``) is held while it trains,
     and each claim is logged in ``<cell>/claims.jsonl``. A cell another live process
@@ -332,11 +335,12 @@ def run_cell(study_dir: str, cell: CellSpec, threads: int, wait: bool = True) ->
         if (out / RESULT).exists():  # finished by the process that held it
             return read_json(out / RESULT)
         _log_claim(out, resumed=(out / CHECKPOINT).exists())
-        return train_claimed_cell(root, cell)
+        return train_claimed_cell(root, cell, device)
 
 
-def cell_loader(cell: CellSpec, splits: Any) -> InMemoryLoader:
-    """The training batches of ``cell``: its seed's order and plans, its label noise."""
+def cell_loader(cell: CellSpec, splits: Any, device: str = "cpu") -> InMemoryLoader:
+    """The training batches of ``cell``: its seed's order and plans, its label noise,
+    made on ``device`` (where the loader keeps the training images)."""
     from vicinal.experiments.loader import InMemoryLoader
     from vicinal.experiments.noise import symmetric_label_noise
 
@@ -355,16 +359,18 @@ def cell_loader(cell: CellSpec, splits: Any) -> InMemoryLoader:
         jsd=cell.jsd,
         label_smoothing=cell.label_smoothing,
         channels_last=cell.channels_last,
+        device=device,
     )
 
 
-def cell_train_options(root: Path, cell: CellSpec, splits: Any) -> dict[str, Any]:
-    """The keyword arguments :func:`run_cell` gives :func:`~vicinal.experiments.train.train_arm`."""
+def cell_train_options(root: Path, cell: CellSpec, splits: Any, device: str = "cpu") -> dict[str, Any]:
+    """The keyword arguments :func:`run_cell` gives :func:`~vicinal.experiments.train.train_arm`
+    (validation and test sets on ``device``)."""
     from vicinal.experiments.train import OptimConfig
 
     return {
-        "val": splits.val,
-        "test": splits.test,
+        "val": tuple(t.to(device) for t in splits.val),
+        "test": tuple(t.to(device) for t in splits.test),
         "epochs": cell.epochs,
         "out_dir": cell_dir(root, cell),
         "optim": OptimConfig(lr=cell.lr, schedule=cell.schedule),
@@ -387,18 +393,19 @@ def write_cell_record(root: Path, cell: CellSpec, splits: Any, **extra: Any) -> 
     atomic_write_json(cell_dir(root, cell) / "cell.json", record)
 
 
-def train_claimed_cell(root: Path, cell: CellSpec) -> dict[str, Any]:
-    """Train (or resume) ``cell`` on its own; the caller holds the cell's claim."""
+def train_claimed_cell(root: Path, cell: CellSpec, device: str = "cpu") -> dict[str, Any]:
+    """Train (or resume) ``cell`` on its own, on ``device``; the caller holds the cell's claim."""
     from vicinal.experiments._atomic import load_tensors
     from vicinal.experiments.models import build_model
     from vicinal.experiments.train import train_arm
 
     splits = _splits_for(cell)
     write_cell_record(root, cell, splits)
-    loader = cell_loader(cell, splits)
+    loader = cell_loader(cell, splits, device)
     model = build_model(cell.model, splits.input_shape, len(splits.class_names))
     model.load_state_dict(load_tensors(init_path(root, cell)))
-    result = train_arm(cell.arm, model, loader, **cell_train_options(root, cell, splits))
+    model.to(device)
+    result = train_arm(cell.arm, model, loader, **cell_train_options(root, cell, splits, device))
     return asdict(result)
 
 
@@ -407,6 +414,15 @@ def _record(spec: StudySpec) -> dict[str, Any]:
     saved study compares equal to the same spec parsed again."""
     arms: list[dict[str, Any]] = json.loads(json.dumps([asdict(a) for a in spec.arms]))
     return {"name": spec.name, "description": spec.description, "seeds": list(spec.seeds), "arms": arms}
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names a usable device: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` with CUDA present."""
+    if device != "cpu" and device != "cuda" and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"device (--device) must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but PyTorch sees no CUDA GPU here; use --device cpu")
+    return device
 
 
 def run_study(
@@ -418,6 +434,7 @@ def run_study(
     shard: str | tuple[int, int] | None = None,
     threads: int | None = None,
     batch_seeds: bool = False,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell of ``spec`` (of its ``shard``) with ``jobs`` worker processes.
 
@@ -435,6 +452,8 @@ def run_study(
             one process, as one batched model (:mod:`vicinal.experiments.batched`); each
             cell's folder ends up as if it had trained alone. Refused (ValueError, before
             anything is written) for arms it can't train that way.
+        device: where each cell trains (``"cpu"``, ``"cuda"``, ``"cuda:N"``); not part
+            of a cell's identity, so a study may be resumed on another device.
 
     Returns:
         The result records of the shard's cells, in ``spec.cells()`` order.
@@ -445,6 +464,9 @@ def run_study(
     if jobs < 1:
         raise ValueError(f"jobs (--jobs) must be >= 1, got {jobs}")
     cells = shard_cells(spec.cells(), shard)
+    if batch_seeds and device != "cpu":
+        raise ValueError(f"--batch-seeds trains on the CPU only; got device={device!r}")
+    check_device(device)
     if batch_seeds:
         from vicinal.experiments.batched import check_batch_seeds
 
@@ -483,9 +505,9 @@ def run_study(
                 return
             if pool is None:
                 for c in batch:
-                    yield c, run_cell(str(root), c, threads, wait)
+                    yield c, run_cell(str(root), c, threads, wait, device)
                 return
-            futures = {pool.submit(run_cell, str(root), c, threads, wait): c for c in batch}
+            futures = {pool.submit(run_cell, str(root), c, threads, wait, device): c for c in batch}
             for f in cf.as_completed(futures):
                 yield futures[f], f.result()
 
@@ -517,6 +539,7 @@ def run_study(
         "jobs": jobs,
         "batch_seeds": batch_seeds,
         "threads": threads,
+        "device": device,
         "shard": f"{index}/{count}",
         "host": socket.gethostname(),
         "wall_s": time.perf_counter() - t0,
