@@ -12,7 +12,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from vicinal import MixConfig, apply_plan, sample_plan  # noqa: E402
-from vicinal.keras import MixedBatches, MixLayer, SetEpoch, mix_with_plan, plan_tensors  # noqa: E402
+from vicinal.keras import MixedBatches, MixLayer, SetEpoch, mix_with_plan, plan_tensors, tf_dataset  # noqa: E402
 
 # keras.ops.convert_to_numpy on torch tensors (keras 3.15 + numpy 2) warns; not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -22,11 +22,12 @@ B, H, W, C, NUM_CLASSES = 8, 6, 5, 3, 4
 
 def test_package_layout():
     import vicinal.keras
-    from vicinal.keras import data, layer, ops
+    from vicinal.keras import data, layer, ops, tfdata
 
     assert sorted(vicinal.keras.__all__) == sorted(
-        ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_tensors"]
+        ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_tensors", "tf_dataset"]
     )
+    assert tf_dataset is tfdata.tf_dataset
     assert (MixLayer, MixedBatches, SetEpoch) == (layer.MixLayer, data.MixedBatches, data.SetEpoch)
     assert (mix_with_plan, plan_tensors) == (ops.mix_with_plan, ops.plan_tensors)
     assert set(vicinal.keras.DATA_FORMATS) == {"channels_last", "channels_first"}  # importable as before the split
@@ -432,3 +433,118 @@ def test_tf_data_recipe_from_the_docs():
     want = apply_plan(plan, x[16:32], y[16:32], num_classes=10, data_format="channels_last")
     np.testing.assert_allclose(got[0].numpy(), want[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got[1].numpy(), want[1], rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- tf.data path
+
+TF_DATA_CASES = {
+    "plain": None,
+    "mixup-stream": MixConfig(pairing="stream"),
+    "mixup-p-elem": MixConfig(alpha=1.0, p=0.5, p_mode="elem", pairing="derange"),
+    "cutmix": MixConfig("cutmix"),
+    "switch-batch": MixConfig("switch", alpha=1.0, granularity="batch", pairing="permute"),
+    "kway": MixConfig("kway", alpha=0.5, k=3, pairing="derange"),
+}
+
+
+def _tf_data_batches(mix, dtype=np.uint8, rescale=1 / 255, data_format="channels_last", **kw):
+    rng = np.random.default_rng(8)
+    shape = (50, 9, 7, 2) if data_format == "channels_last" else (50, 2, 9, 7)
+    x = rng.integers(0, 256, shape).astype(dtype)
+    y = rng.integers(0, NUM_CLASSES, 50)
+    return MixedBatches(
+        x,
+        y,
+        batch_size=16,
+        mix=mix,
+        num_classes=NUM_CLASSES,
+        seed=3,
+        rescale=rescale,
+        label_smoothing=0.1,
+        data_format=data_format,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TF_DATA_CASES))
+def test_epoch_arrays_rebuild_the_batches(name):
+    """The host half of the tf.data path (NumPy, any backend): the flattened plans of an
+    epoch, applied by hand, give MixedBatches' batches."""
+    from vicinal.keras.tfdata import epoch_arrays
+
+    ds = _tf_data_batches(TF_DATA_CASES[name])
+    arrays = epoch_arrays(ds, 2)
+    assert arrays["rows"].dtype == np.int32 and arrays["rows"].shape[:2] == (4, 16)
+    assert list(arrays["size"]) == [16, 16, 16, 2]
+    soft = np.eye(NUM_CLASSES, dtype=np.float32)[ds.y] * 0.9 + 0.1 / NUM_CLASSES
+    for i in range(len(ds)):
+        m = arrays["size"][i]
+        rows = arrays["rows"][i, :m]
+        want_x, want_y = ds.batch(i, 2)
+        np.testing.assert_array_equal(rows[:, 0], ds.order(2)[i * 16 : (i + 1) * 16])
+        if ds.mix is None:
+            continue
+        x = ds.x.astype(np.float32) / 255
+        w = arrays["weights"][i, :m]
+        got_y = sum(soft[rows[:, j]] * w[:, j : j + 1] for j in range(w.shape[1]))
+        np.testing.assert_allclose(got_y, want_y, atol=1e-6)
+        iw = arrays["image_weights"][i, :m].astype(np.float32)
+        got_x = sum(x[rows[:, j]] * iw[:, j, None, None, None] for j in range(iw.shape[1]))
+        if "boxes" in arrays:
+            for r, (t, left, b, right) in enumerate(arrays["boxes"][i, :m]):
+                got_x[r, t:b, left:right] = x[rows[r, 1], t:b, left:right]
+        np.testing.assert_allclose(got_x, want_x, atol=1e-6)
+
+
+def test_tf_dataset_needs_mixed_batches():
+    with pytest.raises(TypeError, match="MixedBatches"):
+        tf_dataset([1, 2, 3])
+
+
+@pytest.mark.parametrize("name", sorted(TF_DATA_CASES))
+@pytest.mark.parametrize(
+    ("dtype", "rescale", "data_format"),
+    [(np.uint8, 1 / 255, "channels_last"), (np.uint8, None, "channels_last"), (np.float64, None, "channels_first")],
+    ids=["uint8-rescaled", "uint8", "float64-channels-first"],
+)
+def test_tf_dataset_equals_mixed_batches(name, dtype, rescale, data_format):
+    """tf_dataset's batches are MixedBatches' (same epoch, dtypes, shapes), on every pass."""
+    pytest.importorskip("tensorflow")
+    ds = _tf_data_batches(TF_DATA_CASES[name], dtype=dtype, rescale=rescale, data_format=data_format)
+    pipeline = ds.tf_dataset()
+    assert int(pipeline.cardinality()) == len(ds)
+    for epoch in (1, 0):
+        ds.set_epoch(epoch)
+        got = list(pipeline)
+        assert len(got) == len(ds)
+        for i, (gx, gy) in enumerate(got):
+            wx, wy = ds.batch(i, epoch)
+            assert gx.dtype.as_numpy_dtype == wx.dtype and gx.shape == wx.shape
+            if np.issubdtype(wx.dtype, np.integer):  # rounded half to even, as the core: equal
+                np.testing.assert_array_equal(gx.numpy(), wx)
+            else:
+                np.testing.assert_allclose(gx.numpy(), wx, rtol=1e-6, atol=1e-7)
+            assert gy.dtype.as_numpy_dtype == np.float32
+            np.testing.assert_allclose(gy.numpy(), wy, rtol=1e-6, atol=1e-7)
+
+
+def test_fit_on_the_tf_dataset_follows_set_epoch():
+    """model.fit makes a pass per epoch; each reads the epoch SetEpoch set."""
+    pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, NUM_CLASSES, 48)
+    ds = MixedBatches(x, y, batch_size=16, mix=MixConfig("switch"), num_classes=NUM_CLASSES, rescale=1 / 255)
+    drawn = []
+    real = ds.order
+
+    def order(epoch):
+        drawn.append(epoch)
+        return real(epoch)
+
+    ds.order = order  # records the epoch of each pass's plans
+    history = _tiny_model().fit(
+        ds.tf_dataset(), initial_epoch=1, epochs=4, shuffle=False, verbose=0, callbacks=[SetEpoch(ds)]
+    )
+    assert len(history.history["loss"]) == 3 and np.all(np.isfinite(history.history["loss"]))
+    assert sorted(set(drawn)) == [1, 2, 3] and drawn[-1] == 3

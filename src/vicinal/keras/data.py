@@ -192,6 +192,18 @@ class MixedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.batch(index)
 
+    def tf_dataset(self, *, num_parallel_calls: int | None = None, prefetch: int | None = None) -> Any:
+        """These batches as a ``tf.data.Dataset`` made in TensorFlow's graph (needs TensorFlow).
+
+        The fast way to feed ``model.fit`` on the TensorFlow backend, where Keras wraps a
+        ``PyDataset`` in a Python generator: each pass yields the batches of
+        :attr:`epoch` (read when the pass starts; use ``SetEpoch(self)``), equal to
+        :meth:`batch` within float rounding. See :func:`vicinal.keras.tfdata.tf_dataset`.
+        """
+        from vicinal.keras.tfdata import tf_dataset
+
+        return tf_dataset(self, num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+
 
 # Keras losses that take int class ids (B,), not the soft (B, C) targets of MixedBatches.
 _CLASS_ID_LOSSES = ("sparse_categorical_crossentropy", "categorical_generalized_cross_entropy")
