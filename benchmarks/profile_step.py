@@ -3,7 +3,7 @@
 Mirrors the step of ``vicinal.experiments.train.train_arm`` for the default compare
 (reference CNN, batch 64, channels-last, fused Adam, the loader of the mixed arm):
 
-    x, target = next(epoch iterator)            # gather + sample_plan + apply_plan
+    x, target = next(epoch iterator)            # gather + apply_plan (+ the epoch plan at its start)
     with autocast(enabled=precision == "bf16"): logits = model(x)
     loss = soft_target_cross_entropy(logits, target)
     opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
@@ -12,9 +12,11 @@ Mirrors the step of ``vicinal.experiments.train.train_arm`` for the default comp
 and prints a table of milliseconds per step and % of the step for each part:
 
 * loader: the epoch iterator's ``next`` timed as a whole, and inside it the gathers
-  (``InMemoryLoader._fetch``: ``index_select`` + uint8 -> float32 + channels-last, once
-  for the batch and once for the partner stream), ``sample_plan`` and ``apply_plan``
-  (wrapped with ``time.perf_counter`` timers while the instrumented steps run);
+  (``InMemoryLoader._take``: ``index_select`` + uint8 -> float32 + channels-last, once
+  for the batch and once for the partner stream) and ``apply_plan`` (wrapped with
+  ``time.perf_counter`` timers while the instrumented steps run); the epoch's rows and
+  plans (``InMemoryLoader.epoch_plan``: every ``sample_plan`` of the epoch, drawn at
+  its first batch) are timed once and shown per step;
 * forward, per layer: the model's forward run as a copy of ``ReferenceCNN.forward``
   split into timed segments (conv1, pool+relu, conv2, ...), checked at start-up to give
   the same logits as ``model(x)`` bit for bit;
@@ -55,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-import vicinal.transforms as vt
+import vicinal.experiments.loader as loader_module
 from vicinal.experiments.compare import CompareConfig, Splits, load_any, make_loader, make_splits
 from vicinal.experiments.models import ReferenceCNN, build_model
 from vicinal.experiments.options import PRECISIONS
@@ -196,9 +198,13 @@ class Sums:
 
 @contextlib.contextmanager
 def loader_timers(loader, sums: Sums) -> Iterator[None]:
-    """Time the loader's gathers, sample_plan and apply_plan while the block runs."""
+    """Time the loader's gathers, its epoch plans and apply_plan while the block runs.
+
+    The loader draws a whole epoch's rows and plans at the epoch's first batch
+    (``InMemoryLoader.epoch_plan``); that time is charged to the step that pays it.
+    """
     perf = time.perf_counter
-    fetch, sample_plan, apply_plan = loader._fetch, vt.sample_plan, vt.apply_plan
+    take, epoch_plan, apply_plan = loader._take, loader.epoch_plan, loader_module.apply_plan
 
     def wrap(key: str, fn: Callable) -> Callable:
         def timed(*args, **kwargs):
@@ -210,13 +216,13 @@ def loader_timers(loader, sums: Sums) -> Iterator[None]:
 
         return timed
 
-    loader._fetch = wrap("gather", fetch)
-    vt.sample_plan, vt.apply_plan = wrap("sample_plan", sample_plan), wrap("apply_plan", apply_plan)
+    loader._take, loader.epoch_plan = wrap("gather", take), wrap("epoch_plan", epoch_plan)
+    loader_module.apply_plan = wrap("apply_plan", apply_plan)
     try:
         yield
     finally:
-        del loader._fetch  # back to the class's method
-        vt.sample_plan, vt.apply_plan = sample_plan, apply_plan
+        del loader._take, loader.epoch_plan  # back to the class's methods
+        loader_module.apply_plan = apply_plan
 
 
 def hook_backward(outputs: list[torch.Tensor], labels: list[str], stamps: list[tuple[str, str, list[float]]]) -> None:
@@ -425,6 +431,10 @@ def main() -> None:
     wall_timed = statistics.fmean(timed_walls)
     wall_plain = statistics.fmean(plain_walls)
     ms = lambda key: 1e3 * sums.t.get(key, 0.0) / steps
+    # An epoch's plan is drawn once, at its first batch: time one and spread it over the epoch's steps.
+    t = perf()
+    loader.epoch_plan(0)
+    plan_ms = 1e3 * (perf() - t) / len(loader)
 
     # FLOPs: analytic, and FlopCounterMode over one forward + backward.
     flops = layer_flops(model, splits.input_shape, args.batch_size)
@@ -469,12 +479,12 @@ def main() -> None:
         print("precision bf16: the % peak columns compare with the fp32 peak above (AMX can exceed 100%)")
     print()
     rows: list[tuple[str, float]] = [("loader: next(epoch iterator)", ms("loader"))]
-    rest = ms("loader") - ms("gather") - ms("sample_plan") - ms("apply_plan")
+    rest = ms("loader") - ms("gather") - ms("epoch_plan") - ms("apply_plan")
     rows += [
         ("  gather x2 (index_select, uint8->float, channels-last)", ms("gather")),
-        ("  sample_plan", ms("sample_plan")),
+        ("  epoch plan: the epoch's rows and sample_plans, packed (per step, amortised)", plan_ms),
         ("  apply_plan (mix in place, soft targets)", ms("apply_plan")),
-        ("  rest of the iterator (order slice, to_soft, generator)", rest),
+        ("  rest of the iterator (step slices, soft targets, generator)", rest),
         ("forward (autocast context included)", ms("forward")),
     ]
     rows += [(f"  {label}", ms(f"fwd {label}")) for label in labels]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,5 +66,14 @@ def test_a_study_measures_corruptions_and_reports_mce(tmp_path: Path) -> None:
     assert "vs none" in rows["augmix"]  # mCE against its baseline, paired by seed
     assert rows["none"].split("|")[5].strip() == "–"  # the baseline has no baseline
     assert (out / "figures" / "corruptions.png").exists()
+    # The paired test of the mean corruption error: a difference with its interval and a p-value.
+    paired = md[md.index("## Paired comparisons") :].split("\n## ")[0]
+    header = next(line for line in paired.splitlines() if line.startswith("| arm |"))
+    row = next(line for line in paired.splitlines() if line.startswith("| augmix | none |"))
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert re.fullmatch(
+        r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", cells["Δ mean corruption error (points) [95% CI]"]
+    )
+    assert 0 < float(cells["its paired t p"]) <= 1
     settings = md[md.index("## Settings that ran") :]
     assert f"Data: {tmp_path / 'hard.npz'}" in settings and "stratified shuffle" in settings

@@ -51,6 +51,9 @@ def _metric(result: dict[str, Any], name: str) -> float:
         return float(last.get(name, math.nan))
     if name.startswith("fgsm"):
         return float((last.get("fgsm") or {}).get(name[4:], math.nan))
+    if name == "corruption_error":  # mean over corruptions and severities, in [0, 1]
+        errors = _corruption_errors(result)
+        return float(np.mean(list(errors.values()))) if errors else math.nan
     raise KeyError(name)
 
 
@@ -228,7 +231,7 @@ def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
             if not common:
                 continue
             comp: dict[str, Any] = {"arm": arm, "baseline": base, "seeds": common}
-            for key in ("acc_last", "acc_best_epoch", "ece", "fgsm" + FGSM_KEY):
+            for key in ("acc_last", "acc_best_epoch", "ece", "fgsm" + FGSM_KEY, "corruption_error"):
                 a = [_metric(by_arm[arm][s], key) for s in common]
                 b = [_metric(by_arm[base][s], key) for s in common]
                 if any(math.isnan(v) for v in a + b):
@@ -297,6 +300,8 @@ def comparison_table(agg: dict[str, Any]) -> Table:
         "Δ best-epoch acc",
         "Δ ECE (points)",
         "Δ FGSM acc ε=" + FGSM_KEY,
+        "Δ mean corruption error (points) [95% CI]",
+        "its paired t p",
     ]
     rows = []
     for comp in agg["comparisons"].values():
@@ -316,9 +321,11 @@ def comparison_table(agg: dict[str, Any]) -> Table:
                 _fmt_diff(comp.get("acc_best_epoch")),
                 _fmt_diff(comp.get("ece")),
                 _fmt_diff(comp.get("fgsm" + FGSM_KEY)),
+                _fmt_diff(comp.get("corruption_error")),
+                _fmt_p(comp["corruption_error"].get("t_p")) if comp.get("corruption_error") else MISSING,
             ]
         )
-    return Table(columns, rows, [False, False] + [True] * 8).drop_empty(first=7)
+    return Table(columns, rows, [False, False] + [True] * 10).drop_empty(first=7)
 
 
 # --------------------------------------------------------------------------- figures
@@ -341,6 +348,7 @@ FOREST_PANELS = [
     ("acc_last", "test accuracy, last epoch", "higher is better"),
     ("ece", "ECE (15 bins)", "lower is better"),
     ("fgsm" + FGSM_KEY, f"FGSM accuracy, ε={FGSM_KEY}", "higher is better"),
+    ("corruption_error", "mean corruption error", "lower is better"),
 ]
 
 
