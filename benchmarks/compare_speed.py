@@ -116,21 +116,10 @@ def keras_io_program(data_dir: str | None, epochs: int, train_limit: int | None,
     val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch)
     test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch)
 
+    from keras_throughput import reference_cnn  # this folder's script: the same network
+
     def network() -> keras.Model:
-        layers = keras.layers
-        return keras.Sequential(
-            [
-                keras.Input((28, 28, 1)),
-                layers.Conv2D(16, 5, activation="relu"),
-                layers.MaxPooling2D(2),
-                layers.Conv2D(32, 5, activation="relu"),
-                layers.MaxPooling2D(2),
-                layers.Dropout(0.2),
-                layers.GlobalAveragePooling2D(),
-                layers.Dense(128, activation="relu"),
-                layers.Dense(classes, activation="softmax"),
-            ]
-        )
+        return reference_cnn(classes)
 
     initial = network().get_weights()
     out: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}

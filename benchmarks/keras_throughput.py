@@ -147,7 +147,7 @@ def _have_tensorflow() -> bool:
     return True
 
 
-def reference_cnn() -> keras.Model:
+def reference_cnn(num_classes: int = 10) -> keras.Model:
     """The keras.io example's network (two 5×5 conv + pool stages, dropout, GAP, two dense layers)."""
     layers = keras.layers
     return keras.Sequential(
@@ -160,7 +160,7 @@ def reference_cnn() -> keras.Model:
             layers.Dropout(0.2),
             layers.GlobalAveragePooling2D(),
             layers.Dense(128, activation="relu"),
-            layers.Dense(10, activation="softmax"),
+            layers.Dense(num_classes, activation="softmax"),
         ]
     )
 

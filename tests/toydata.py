@@ -4,6 +4,7 @@ pytest puts this folder on sys.path)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,3 +34,8 @@ def fake_result(acc: float) -> dict[str, object]:
         "history": history,
         "metrics": {"last": last},
     }
+
+
+def without_wall_clock(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's per-epoch records without ``elapsed_s``: what two equal runs must share."""
+    return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in history]

@@ -675,6 +675,11 @@ def _combine_labels(
         return MixedTargets(y_a=ya, y_b=partner(ya, yp, 0), lam=weights[:, 0])
     soft = soft_unchecked(y, c, eps)
     soft_p = None if y_partner is None else soft_unchecked(y_partner, c, eps)
+    return _weigh_targets(soft, soft_p, weights, partner)
+
+
+def _weigh_targets(soft: Any, soft_p: Any, weights: Any, partner: Callable[[Any, Any, int], Any]) -> Any:
+    """Σ_j weights[:, j] · (source j's soft targets), in any array library (see :func:`_combine_labels`)."""
     k = int(weights.shape[1])
     cols: list[Any] = [weights[:, j : j + 1] for j in range(k)]
     if k == 2:
@@ -803,14 +808,7 @@ def _mix_labels_host(plan: MixPlan, y: Any, y_partner: Any, num_classes: int | N
         )
     soft = _soft_np(ids, c, eps)
     soft_p = None if ids_p is None else _soft_np(ids_p, c, eps)
-    k = weights.shape[1]
-    cols: list[Any] = [weights[:, j : j + 1] for j in range(k)]
-    if k == 2:
-        cols[1] = 1 - cols[0]  # as the reference writes it: y1·λ + y2·(1-λ)
-    mixed = soft * cols[0]
-    for j in range(k - 1):
-        mixed = mixed + partner(soft, soft_p, j) * cols[j + 1]
-    return torch.from_numpy(mixed)
+    return torch.from_numpy(_weigh_targets(soft, soft_p, weights, partner))
 
 
 def _device(a: Any) -> Any:
