@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 
 from vicinal import CutMix, KWayMix, MixConfig, MixUp, MixUpOrCutMix, apply_plan, sample_plan
 from vicinal.labels import to_soft
-from vicinal.mixing import plan_to_tensors
+from vicinal.mixing import KernelPolicy, plan_to_tensors
+
+MASK_KERNEL = KernelPolicy(region_copy_min_bytes=1 << 40)  # pastes through a (B, H, W) mask
+REGION_KERNEL = KernelPolicy(region_copy_min_bytes=0)  # pastes boxes by region copies
 
 CONFIGS = {
     "mixup-elem-roll": MixConfig(alpha=0.4),
@@ -23,6 +26,12 @@ CONFIGS = {
     "switch": MixConfig("switch", alpha=1.0, pairing="permute"),
     "kway": MixConfig("kway", alpha=0.5, k=3),
     "kway-permute": MixConfig("kway", alpha=0.5, k=4, pairing="permute"),
+    "fmix": MixConfig("fmix"),
+    "fmix-soft-batch": MixConfig("fmix", fmix_max_soft=0.3, granularity="batch", pairing="flip"),
+    "resizemix": MixConfig("resizemix", pairing="permute"),
+    "gridmix-pair": MixConfig("gridmix", granularity="pair", pairing="permute"),
+    "smoothmix": MixConfig("smoothmix", p=0.7, p_mode="elem"),
+    "choice": MixConfig("choice", choices={"mixup": 0.3, "resizemix": 0.3, "fmix": 0.2, "smoothmix": 0.2}),
 }
 
 
@@ -31,6 +40,10 @@ def _sources(plan, x, x_partner=None):  # type: ignore[no-untyped-def]
     srcs = [x]
     for j in range(plan.num_sources - 1):
         srcs.append(x_partner if plan.source == "stream" else x[plan.partners[:, j]])
+    if plan.source_rows is not None:  # ResizeMix: the partner as resampled into its box
+        b = np.arange(x.shape[0])[:, None, None]
+        resampled = np.moveaxis(srcs[1], 1, -1)[b, plan.source_rows[:, :, None], plan.source_cols[:, None, :]]
+        srcs.append(np.moveaxis(resampled, -1, 1))
     return np.stack(srcs)
 
 
@@ -156,13 +169,10 @@ def test_torch_labels_with_numpy_inputs_and_the_reverse() -> None:
 
 @pytest.mark.parametrize("block_bytes", [1 << 20, 4000])  # one block; blocks of 3 samples
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_uint8_equals_float_path_rounded(name: str, block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vicinal.mixing
-
-    monkeypatch.setattr(vicinal.mixing, "_UINT8_CHUNK_BYTES", block_bytes)
+def test_uint8_equals_float_path_rounded(name: str, block_bytes: int) -> None:
     x8 = torch.randint(0, 256, (33, 3, 20, 20), dtype=torch.uint8)
     plan = sample_plan(CONFIGS[name], 33, seed=3, image_size=(20, 20))
-    got, _ = apply_plan(plan, x8)
+    got, _ = apply_plan(plan, x8, policy=KernelPolicy(uint8_block_bytes=block_bytes))
     ref, _ = apply_plan(plan, x8.float())
     assert got.dtype == torch.uint8
     torch.testing.assert_close(got, ref.round().to(torch.uint8), rtol=0, atol=0)
@@ -312,11 +322,7 @@ def _reference_cutmix(plan, x, x_partner=None, channels_last=False):  # type: ig
 @pytest.mark.parametrize("pairing", ["roll", "flip", "permute", "stream"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "memory-channels-last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-def test_box_paste_path_equals_the_formula_and_the_mask_path(
-    pairing: str, layout: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import vicinal.mixing
-
+def test_box_paste_path_equals_the_formula_and_the_mask_path(pairing: str, layout: str, dtype: torch.dtype) -> None:
     b, h, w = 9, 12, 10
     gen = torch.Generator().manual_seed(1)
     shape = (b, h, w, 3) if layout == "nhwc" else (b, 3, h, w)
@@ -328,42 +334,34 @@ def test_box_paste_path_equals_the_formula_and_the_mask_path(
     plan = sample_plan(MixConfig("cutmix", pairing=pairing), b, seed=4, image_size=(h, w))
     ref = _reference_cutmix(plan, x, x2, channels_last=layout == "nhwc")
     kw = dict(x_partner=x2, data_format=data_format)
-    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 1 << 40)  # the mask path
-    masked, _ = apply_plan(plan, x, **kw)
-    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 0)  # the box-paste path
-    got, _ = apply_plan(plan, x, **kw)
+    masked, _ = apply_plan(plan, x, policy=MASK_KERNEL, **kw)
+    got, _ = apply_plan(plan, x, policy=REGION_KERNEL, **kw)
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     torch.testing.assert_close(got, masked, rtol=0, atol=0)
     assert got.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
     # out= a buffer, in place, and the tensor plan
     buf = torch.empty_like(x)
-    assert apply_plan(plan, x, out=buf, **kw)[0] is buf
+    assert apply_plan(plan, x, out=buf, policy=REGION_KERNEL, **kw)[0] is buf
     torch.testing.assert_close(buf, ref, rtol=0, atol=0)
     inplace = x.clone()
-    apply_plan(plan, inplace, out=inplace, **kw)
+    apply_plan(plan, inplace, out=inplace, policy=REGION_KERNEL, **kw)
     torch.testing.assert_close(inplace, ref, rtol=0, atol=0)
     torch.testing.assert_close(apply_plan(plan_to_tensors(plan), x, **kw)[0], ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize("pairing", ["roll", "permute"])
-def test_box_paste_path_blends_the_switch_rows_as_the_mask_path(
-    dtype: torch.dtype, pairing: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import vicinal.mixing
-
+def test_box_paste_path_blends_the_switch_rows_as_the_mask_path(dtype: torch.dtype, pairing: str) -> None:
     x = (torch.rand(16, 3, 8, 8) * 255).to(dtype)
     y = torch.randint(0, 4, (16,))
     plan = sample_plan(MixConfig("switch", alpha=1.0, pairing=pairing), 16, seed=2, image_size=(8, 8))
     assert plan.has_cut and not plan.cut.all()  # type: ignore[union-attr]
-    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 1 << 40)
-    masked, y_masked = apply_plan(plan, x, y, num_classes=4)
-    monkeypatch.setattr(vicinal.mixing, "_BOX_LOOP_MIN_BYTES", 0)
-    got, y_got = apply_plan(plan, x, y, num_classes=4)
+    masked, y_masked = apply_plan(plan, x, y, num_classes=4, policy=MASK_KERNEL)
+    got, y_got = apply_plan(plan, x, y, num_classes=4, policy=REGION_KERNEL)
     torch.testing.assert_close(got, masked, rtol=0, atol=0)
     torch.testing.assert_close(y_got, y_masked, rtol=0, atol=0)
     inplace = x.clone()
-    apply_plan(plan, inplace, out=inplace)
+    apply_plan(plan, inplace, out=inplace, policy=REGION_KERNEL)
     torch.testing.assert_close(inplace, masked, rtol=0, atol=0)
 
 
@@ -404,17 +402,15 @@ def test_host_label_path_with_a_second_stream_and_bad_ids() -> None:
 
 
 @pytest.mark.parametrize("pairing", ["roll", "permute", "stream"])
-def test_uint8_roll_blocks_wrap_around(pairing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uint8_roll_blocks_wrap_around(pairing: str) -> None:
     # Blocks of 2 samples: the first block's partners wrap to the end of the batch.
-    import vicinal.mixing
-
-    monkeypatch.setattr(vicinal.mixing, "_UINT8_CHUNK_BYTES", 2 * 3 * 5 * 5)
+    blocks = KernelPolicy(uint8_block_bytes=2 * 3 * 5 * 5)
     x8 = torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8)
     x8p = torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8) if pairing == "stream" else None
     plan = sample_plan(MixConfig(alpha=1.0, pairing=pairing), 7, seed=8)
-    got, _ = apply_plan(plan, x8, x_partner=x8p)
+    got, _ = apply_plan(plan, x8, x_partner=x8p, policy=blocks)
     ref, _ = apply_plan(plan, x8.float(), x_partner=None if x8p is None else x8p.float())
     torch.testing.assert_close(got, ref.round().to(torch.uint8), rtol=0, atol=0)
     inplace = x8.clone()
-    apply_plan(plan, inplace, x_partner=x8p, out=inplace)
+    apply_plan(plan, inplace, x_partner=x8p, out=inplace, policy=blocks)
     torch.testing.assert_close(inplace, got, rtol=0, atol=0)

@@ -218,14 +218,18 @@ def test_bad_plan_arguments() -> None:
         MixConfig(alpha="0.2")  # type: ignore[arg-type]
 
 
-# Digests of plans drawn by the library before its speed work (issue 15): the draws of a
-# (config, seed, epoch, step, rank) are a promise, whatever is done to draw them faster.
+# Digests of plans drawn by the library before its speed work (issue 15) and before the
+# one-core redesign (issue 19): the draws of a (config, seed, epoch, step, rank) are a
+# promise, whatever is done to draw them faster or to fit more methods in. The float64
+# weights are hashed rounded to float32: NumPy's vectorised log and exp differ in the last
+# bit between CPU instruction sets (the exact digests of 8f02c54 differed between two
+# AVX-512 machines), and that is not a change of the draws.
 PINNED_PLANS = [
-    (MixConfig(), "2939a53a38c15880"),
-    (MixConfig(granularity="batch", pairing="flip"), "c39f8499dbeeb469"),
-    (MixConfig("switch", pairing="permute", p=0.7, p_mode="elem"), "7c4c8f4941e7aa1c"),
-    (MixConfig("cutmix", granularity="pair", pairing="flip"), "7a074fa7f1969956"),
-    (MixConfig("kway", k=3, pairing="derange"), "9bdba187ee714ea8"),
+    (MixConfig(), "1dbe630c7f28692b"),
+    (MixConfig(granularity="batch", pairing="flip"), "4412eb9f9f5a1489"),
+    (MixConfig("switch", pairing="permute", p=0.7, p_mode="elem"), "f6145130bfa42c45"),
+    (MixConfig("cutmix", granularity="pair", pairing="flip"), "1f74bdd63e887eff"),
+    (MixConfig("kway", k=3, pairing="derange"), "345e51d3d8a00121"),
 ]
 
 
@@ -236,7 +240,7 @@ def test_plans_are_the_pinned_draws(config: MixConfig, expected: str) -> None:
     h = hashlib.sha256()
     for step in range(3):
         plan = sample_plan(config, 37, seed=11, epoch=1, step=step, rank=2, image_size=(32, 30))
-        for a in (plan.weights, plan.partners, plan.cut, plan.boxes):
+        for a in (plan.weights.astype(np.float32), plan.partners, plan.cut, plan.boxes):
             if a is not None:
                 h.update(np.ascontiguousarray(a).tobytes())
     assert h.hexdigest()[:16] == expected

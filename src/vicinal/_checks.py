@@ -13,6 +13,15 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "MIN_POSITIVE_CONCENTRATION",
+    "check_choice",
+    "check_concentration",
+    "check_int",
+    "check_probability",
+    "check_real_range",
+]
+
 # Below this a Gamma(α) draw's log, log(U)/α, overflows to -inf for some U and the Beta
 # ratio becomes -inf - (-inf) = NaN; 1e-300 leaves a margin of ~1e7 (|log U| <= 37).
 MIN_POSITIVE_CONCENTRATION = 1e-300
@@ -68,4 +77,17 @@ def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None
         raise ValueError(f"{name} must be an int >= {minimum}, got {v}")
     if maximum is not None and v > maximum:
         raise ValueError(f"{name} must be an int <= {maximum}, got {v}")
+    return v
+
+
+def check_real_range(name: str, value: Any, *, low: float, high: float | None, low_open: bool = False) -> float:
+    """A finite real number in ``[low, high]`` (``(low, high]`` with ``low_open``; no upper
+    bound when ``high`` is None)."""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    below = v <= low if low_open else v < low
+    if math.isnan(v) or math.isinf(v) or below or (high is not None and v > high):
+        interval = ("(" if low_open else "[") + f"{low}, " + ("inf)" if high is None else f"{high}]")
+        raise ValueError(f"{name} must be a finite real number in {interval}, got {v}")
     return v

@@ -56,7 +56,19 @@ import numpy as np
 import torch
 
 from vicinal._checks import check_concentration, check_int
-from vicinal.sampling import plan_generator, sample_beta, sample_dirichlet
+from vicinal._counter import generator
+from vicinal.sampling import sample_beta, sample_dirichlet
+
+__all__ = [
+    "AUGMIX_OPS",
+    "GEOMETRIC_OPS",
+    "MAX_DEPTH",
+    "AugMix",
+    "AugMixConfig",
+    "AugMixPlan",
+    "augmix",
+    "sample_augmix_plan",
+]
 
 AUGMIX_OPS: tuple[str, ...] = (
     "autocontrast",
@@ -79,15 +91,8 @@ MAX_DEPTH = 3
 
 _IS_GEOMETRIC = np.array([op in GEOMETRIC_OPS for op in AUGMIX_OPS])
 
-# The plan's counter. sampling.plan_generator(seed, epoch, step, rank) positions Philox
-# at (0, step, epoch, purpose | rank); mixing plans use word 1 = step < 2**40 in practice.
-# AugMix plans use word 1 = TAG << 48 | view << 40 | step, a range no mixing plan
-# reaches, so an AugMix plan and the mixing plan of the same (seed, epoch, step, rank)
-# are independent. (A public hook, e.g. a `purpose=` argument of plan_generator that
-# sets the upper half of word 3, would make this derivation unnecessary.)
-_AUGMIX_TAG = 0x4158  # "AX"
-_STEP_BITS = 40
-_VIEW_BITS = 8
+# AugMix's chains have a stream of their own (vicinal._counter, purpose 'augmix'), independent
+# of the mixing plan of the same (seed, epoch, step, rank).
 
 
 @dataclass(frozen=True)
@@ -167,13 +172,6 @@ class AugMixPlan:
         return AugMixPlan(self.ops[rows], self.magnitudes[rows], self.chain_weights[rows], self.m[rows])
 
 
-def _augmix_generator(seed: int, epoch: int, step: int, rank: int, view: int) -> np.random.Generator:
-    check_int("step", step, minimum=0, maximum=(1 << _STEP_BITS) - 1)
-    check_int("view", view, minimum=0, maximum=(1 << _VIEW_BITS) - 1)
-    derived = (_AUGMIX_TAG << (_STEP_BITS + _VIEW_BITS)) | (view << _STEP_BITS) | step
-    return plan_generator(seed, epoch=epoch, step=derived, rank=rank)
-
-
 def sample_augmix_plan(
     config: AugMixConfig,
     batch_size: int,
@@ -207,7 +205,7 @@ def sample_augmix_plan(
     if not isinstance(config, AugMixConfig):
         raise TypeError(f"config must be an AugMixConfig, got {type(config).__name__}")
     b = check_int("batch_size", batch_size, minimum=1)
-    rng = _augmix_generator(seed, epoch, step, rank, view)
+    rng = generator(seed, "augmix", epoch=epoch, step=step, rank=rank, view=view)
     w = config.width
     if config.depth is None:
         depth = rng.integers(1, MAX_DEPTH + 1, size=(b, w))

@@ -44,6 +44,15 @@ from torch.utils.data import (
 from vicinal._checks import check_int
 from vicinal.transforms import Mixer
 
+__all__ = [
+    "MixCollate",
+    "StepBatchSampler",
+    "StepIndex",
+    "TaggedDataset",
+    "TaggedSample",
+    "mixing_loader",
+]
+
 
 class StepIndex(NamedTuple):
     """A dataset index tagged with the (epoch, step) of the batch it belongs to."""

@@ -29,6 +29,17 @@ from array_api_compat import array_namespace, device
 
 from vicinal._checks import check_int, check_probability
 
+__all__ = [
+    "SOFT_LABEL_TOLERANCE",
+    "batch_size_of",
+    "check_labels",
+    "is_class_ids",
+    "is_torch_tensor",
+    "soft_unchecked",
+    "to_soft",
+    "torch_compiling",
+]
+
 # Soft-label rows must sum to 1 within this (absolute, i.e. relative to the sum 1):
 # loose enough for float16 labels or rows renormalised in float32 over 10^4 classes.
 SOFT_LABEL_TOLERANCE = 1e-3

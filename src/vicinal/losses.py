@@ -11,6 +11,14 @@ import torch.nn.functional as F
 from vicinal._checks import check_choice
 from vicinal.mixing import MixedTargets
 
+__all__ = [
+    "REDUCTIONS",
+    "SoftTargetCrossEntropy",
+    "jensen_shannon_consistency",
+    "mixed_loss",
+    "soft_target_cross_entropy",
+]
+
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 

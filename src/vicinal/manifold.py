@@ -46,6 +46,11 @@ from vicinal.labels import batch_size_of
 from vicinal.mixing import apply_plan
 from vicinal.sampling import MixConfig, MixPlan, sample_choice, sample_plan
 
+__all__ = [
+    "INPUT",
+    "ManifoldMixup",
+]
+
 INPUT = "input"
 
 

@@ -30,19 +30,40 @@ compiled function (NumPy is not traced)::
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 from array_api_compat import array_namespace
 
+from vicinal import masks
 from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.labels import batch_size_of, check_labels, is_class_ids, is_torch_tensor, soft_unchecked, torch_compiling
-from vicinal.sampling import MixPlan
+from vicinal.sampling import MixPlan, boxes_at, replace_boxes
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = [
+    "DATA_FORMATS",
+    "DEFAULT_POLICY",
+    "PLAN_ARRAY_KEYS",
+    "TARGET_FORMATS",
+    "DataFormat",
+    "KernelPolicy",
+    "MixedTargets",
+    "PackedArrays",
+    "PlanTensors",
+    "TargetFormat",
+    "apply_plan",
+    "check_plan_inputs",
+    "pack_arrays",
+    "place_boxes",
+    "plan_arrays",
+    "plan_to_tensors",
+    "spatial_size",
+]
 
 TargetFormat = Literal["dense", "pair"]
 DataFormat = Literal["channels_first", "channels_last"]
@@ -52,17 +73,36 @@ TARGET_FORMATS: tuple[str, ...] = get_args(TargetFormat)
 ArrayT = TypeVar("ArrayT")
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 
-# uint8 batches are mixed in blocks of whole samples of about this many input bytes:
-# vectorized over the samples of a block (a 64 x 1x28x28 batch is one block, 64 x
-# 3x224x224 is 64 blocks of one sample), and the float32 workspace stays near the
-# cache; whole-batch float copies measured ~10x slower here (page faults of fresh 38 MB
-# buffers), and 1 MiB blocks ~15% slower than 256 KiB ones.
-_UINT8_CHUNK_BYTES = 1 << 18
 _ROUND_MAGIC = 12582912.0  # 1.5 * 2**23
-# On the CPU, CutMix boxes of samples at least this big are pasted one sample at a time
-# (a copy of the box region, ~B small calls), instead of a blend and a select over the
-# whole batch through a (B, H, W) mask, which reads and writes every pixel ~3 more times.
-_BOX_LOOP_MIN_BYTES = 16 << 10
+
+
+@dataclass(frozen=True)
+class KernelPolicy:
+    """Which torch kernel mixes a batch: every kernel gives the reference's values
+    (:func:`apply_plan` documents the tolerances), so this only trades speed.
+
+    Args:
+        region_copy_min_bytes: on the CPU, plans whose pastes are all boxes (CutMix,
+            ResizeMix, SaliencyMix) paste each box with one copy of its region when a
+            sample holds at least this many bytes; smaller samples are mixed through a
+            (B, H, W) mask over the whole batch, which reads every pixel a few more
+            times but makes a few batched calls instead of ~B small ones. 0: always
+            copy regions; a huge value: always the mask.
+        uint8_block_bytes: uint8 batches are mixed in float32 a block of whole samples
+            of about this many input bytes at a time, so the float workspace stays in
+            cache instead of page-faulting a float copy of the whole batch.
+    """
+
+    region_copy_min_bytes: int = 16 << 10
+    uint8_block_bytes: int = 1 << 18
+
+    def __post_init__(self) -> None:
+        check_int("region_copy_min_bytes", self.region_copy_min_bytes, minimum=0)
+        check_int("uint8_block_bytes", self.uint8_block_bytes, minimum=1)
+
+
+DEFAULT_POLICY = KernelPolicy()
+"""The policy :func:`apply_plan` uses unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +144,11 @@ class PlanTensors:
             box; present for every CutMix and switch plan, else None.
         source: ``"batch"`` or ``"stream"`` (partners from ``x_partner``).
         shift: the roll shifts (:attr:`MixPlan.shift`), or None.
-        image_size: (H, W) for plans with boxes, else None.
+        image_size: (H, W) for plans that paste, else None.
+        masks: bool or float32 (B, H, W), the partner's pixel weights
+            (:attr:`MixPlan.masks`), or None.
+        source_rows, source_cols: int64 (B, H) and (B, W), the resampling of the pasted
+            partner (:attr:`MixPlan.source_rows`), or None.
     """
 
     weights: torch.Tensor
@@ -114,6 +158,14 @@ class PlanTensors:
     source: Literal["batch", "stream"]
     shift: tuple[int, ...] | None
     image_size: tuple[int, int] | None
+    masks: torch.Tensor | None = None
+    source_rows: torch.Tensor | None = None
+    source_cols: torch.Tensor | None = None
+
+    @property
+    def pastes(self) -> bool:
+        """Whether the plan pastes boxes or masks (its structure, not this batch's rows)."""
+        return self.boxes is not None or self.masks is not None
 
     @property
     def batch_size(self) -> int:
@@ -128,11 +180,62 @@ class PlanTensors:
         return self.weights.device
 
 
+PLAN_ARRAY_KEYS: tuple[str, ...] = (
+    "weights",
+    "input_weights",
+    "partners",
+    "boxes",
+    "masks",
+    "source_rows",
+    "source_cols",
+)
+"""The keys :func:`plan_arrays` can return, in the order they are packed."""
+
+
+def plan_arrays(plan: MixPlan) -> dict[str, np.ndarray]:
+    """The one "plan as arrays" format: ``plan``'s numbers as plain NumPy arrays.
+
+    Every front end that moves a plan into another library or onto a device packs it
+    through this function: :func:`plan_to_tensors` (torch, ``torch.compile``),
+    :func:`vicinal.keras.ops.plan_tensors` (``keras.ops``), the ``tf.data`` pipeline and
+    the harness's epoch buffers.
+
+    Returns:
+        ``"weights"``: float32 (B, K), the label weights; ``"input_weights"``: float32
+        (B, K), the weights that blend the inputs; ``"partners"``: int64 (B, K-1);
+        and, for plans that paste (present whatever this batch's rows got, so the key
+        set depends only on the config): ``"boxes"`` int64 (B, 4), ``"masks"`` bool or
+        float32 (B, H, W), ``"source_rows"``/``"source_cols"`` int64 (B, H)/(B, W).
+        See :class:`~vicinal.sampling.MixPlan` for their meaning.
+    """
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
+    if not plan.is_placed:
+        raise ValueError(_UNPLACED)
+    weights = plan.weights.astype(np.float32)
+    out: dict[str, np.ndarray] = {
+        "weights": weights,
+        "input_weights": plan.input_weights.astype(np.float32) if plan.has_cut else weights,
+        "partners": np.ascontiguousarray(plan.partners, dtype=np.int64),
+    }
+    for key in ("boxes", "masks", "source_rows", "source_cols"):
+        value = getattr(plan, key)
+        if value is not None:
+            out[key] = np.ascontiguousarray(value)
+    return out
+
+
+_UNPLACED = (
+    "the plan's boxes have their size but not their place (SaliencyMix): pass it to "
+    "vicinal.mixing.place_boxes(plan, x) first (the transforms do)"
+)
+
+
 def plan_to_tensors(plan: MixPlan, device: Any = None) -> PlanTensors:
     """``plan``'s numbers as torch tensors on ``device`` (default: the CPU).
 
     For an accelerator: one host→device transfer, non-blocking (from pinned memory on
-    CUDA), so no sync. On the CPU the integer tensors share memory with the plan's
+    CUDA), so no sync. On the CPU the tensors share memory with :func:`plan_arrays`'
     arrays. Call it outside a compiled function and pass the result to
     :func:`apply_plan` inside it.
 
@@ -143,66 +246,103 @@ def plan_to_tensors(plan: MixPlan, device: Any = None) -> PlanTensors:
     >>> tuple(t.weights.shape), tuple(t.partners.shape), tuple(t.boxes.shape), t.image_size
     ((4, 2), (4, 1), (4, 4), (8, 8))
     """
-    if not isinstance(plan, MixPlan):
-        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
-    return _to_tensors(plan, device, keep_boxes=True)
+    return _to_tensors(plan, device, keep_paste=True)
 
 
-def _to_tensors(plan: MixPlan, device: Any, *, keep_boxes: bool) -> PlanTensors:
-    """:func:`plan_to_tensors`; ``keep_boxes=False`` drops boxes when no row has one
-    (eager calls then skip the mask)."""
+def _to_tensors(plan: MixPlan, device: Any, *, keep_paste: bool) -> PlanTensors:
+    """:func:`plan_to_tensors`; ``keep_paste=False`` drops boxes and masks when no row
+    pastes (eager calls then skip the paste)."""
     import torch
 
-    b, k = plan.batch_size, plan.num_sources
-    boxes = plan.boxes if plan.boxes is not None and (keep_boxes or plan.has_cut) else None
+    arrays = plan_arrays(plan)
+    if not (keep_paste or plan.has_cut):
+        for key in ("boxes", "masks", "source_rows", "source_cols"):
+            arrays.pop(key, None)
     dev = torch.device("cpu") if device is None else torch.device(device)
-    if dev.type == "cpu":  # no transfer: wrap the plan's arrays (~3x less overhead than packing)
-        weights = torch.from_numpy(plan.weights.astype(np.float32))
-        input_weights = torch.from_numpy(plan.input_weights.astype(np.float32)) if plan.has_cut else weights
-        partners = torch.from_numpy(np.ascontiguousarray(plan.partners, dtype=np.int64))
-        t_boxes = None if boxes is None else torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.int64))
+    if dev.type == "cpu":  # no transfer: wrap the arrays
+        tensors = {key: torch.from_numpy(value) for key, value in arrays.items()}
     else:
-        # One byte buffer, one transfer: int64 (B, n_int) [partners | boxes], then float32
-        # (B, 2K) [weights | input_weights]; the int64 block first keeps both aligned.
-        n_int = k - 1 + (0 if boxes is None else 4)
-        int_bytes = b * n_int * 8
-        raw = np.empty(int_bytes + b * 2 * k * 4, dtype=np.uint8)
-        ints = raw[:int_bytes].view(np.int64).reshape(b, n_int)
-        floats = raw[int_bytes:].view(np.float32).reshape(b, 2 * k)
-        ints[:, : k - 1] = plan.partners
-        if boxes is not None:
-            ints[:, k - 1 :] = boxes
-        floats[:, :k] = plan.weights
-        floats[:, k:] = plan.input_weights
-        buf = torch.from_numpy(raw)
-        # From pinned memory the copy is asynchronous: no sync (pageable memory may sync).
-        buf = (buf.pin_memory() if dev.type == "cuda" else buf).to(dev, non_blocking=True)
-        t_int = buf[:int_bytes].view(torch.int64).view(b, n_int)
-        t_float = buf[int_bytes:].view(torch.float32).view(b, 2 * k)
-        weights, input_weights = t_float[:, :k], t_float[:, k:]
-        partners = t_int[:, : k - 1]
-        t_boxes = None if boxes is None else t_int[:, k - 1 :]
+        tensors = pack_arrays(arrays, dev).tensors
     return PlanTensors(
-        weights=weights,
-        input_weights=input_weights,
-        partners=partners,
-        boxes=t_boxes,
+        weights=tensors["weights"],
+        input_weights=tensors["input_weights"],
+        partners=tensors["partners"],
+        boxes=tensors.get("boxes"),
         source=plan.source,
         shift=plan.shift,
-        image_size=plan.image_size if boxes is not None else None,
+        image_size=plan.image_size if ("boxes" in tensors or "masks" in tensors) else None,
+        masks=tensors.get("masks"),
+        source_rows=tensors.get("source_rows"),
+        source_cols=tensors.get("source_cols"),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class PackedArrays:
+    """Arrays packed into one byte buffer and copied to a device in one transfer.
+
+    Attributes:
+        tensors: name -> tensor on the device, a view of ``buffer`` with the array's
+            dtype and shape.
+        buffer: uint8, the device buffer the tensors view.
+        host: uint8, the host buffer it was copied from (pinned for CUDA); keep it
+            alive until the (non-blocking) copy is done, e.g. as long as ``buffer``.
+    """
+
+    tensors: dict[str, Any]
+    buffer: Any
+    host: Any
+
+
+_TORCH_DTYPES = {"float32": "float32", "int64": "int64", "bool": "bool"}
+
+
+def pack_arrays(arrays: Mapping[str, np.ndarray], device: Any) -> PackedArrays:
+    """Copy NumPy arrays (float32, int64 or bool) to ``device`` in one buffer and one
+    non-blocking transfer (from pinned memory on CUDA: no sync).
+
+    The one packer of plans: :func:`plan_to_tensors` packs a step's
+    :func:`plan_arrays` with it, and the harness packs a whole epoch's. Arrays are laid
+    out widest dtype first, so each view stays aligned.
+    """
+    import torch
+
+    dev = torch.device(device)
+    keys = sorted(arrays, key=lambda key: -arrays[key].dtype.itemsize)
+    for key in keys:
+        if arrays[key].dtype.name not in _TORCH_DTYPES:
+            raise TypeError(f"pack_arrays takes float32, int64 or bool arrays, got {key!r} of {arrays[key].dtype}")
+    sizes = [arrays[key].nbytes for key in keys]
+    offsets = [0, *np.cumsum(sizes).tolist()]
+    host = torch.empty(offsets[-1], dtype=torch.uint8, pin_memory=dev.type == "cuda")
+    raw = host.numpy()
+    for key, start, stop in zip(keys, offsets, offsets[1:]):
+        raw[start:stop] = np.ascontiguousarray(arrays[key]).reshape(-1).view(np.uint8)
+    buffer = host if dev.type == "cpu" else host.to(dev, non_blocking=True)
+    tensors = {}
+    for key, start, stop in zip(keys, offsets, offsets[1:]):
+        a = arrays[key]
+        dtype = getattr(torch, _TORCH_DTYPES[a.dtype.name])
+        tensors[key] = buffer[start:stop].view(dtype).view(a.shape)
+    return PackedArrays(tensors=tensors, buffer=buffer, host=host)
 
 
 def _tensors_on(t: PlanTensors, device: Any) -> PlanTensors:
     if t.device == device:
         return t
-    boxes = None if t.boxes is None else t.boxes.to(device)
+
+    def move(a: Any) -> Any:
+        return None if a is None else a.to(device)
+
     return replace(
         t,
         weights=t.weights.to(device),
         input_weights=t.input_weights.to(device),
         partners=t.partners.to(device),
-        boxes=boxes,
+        boxes=move(t.boxes),
+        masks=move(t.masks),
+        source_rows=move(t.source_rows),
+        source_cols=move(t.source_cols),
     )
 
 
@@ -265,6 +405,7 @@ def check_plan_inputs(
     x_partner: Any = None,
     y_partner: Any = None,
     data_format: DataFormat = "channels_first",
+    placed: bool = True,
 ) -> None:
     """Raise a clear error unless ``x``, ``y`` and the partners fit ``plan``.
 
@@ -293,8 +434,10 @@ def check_plan_inputs(
             raise ValueError("y_partner must have the same shape as y")
     elif x_partner is not None or y_partner is not None:
         raise ValueError("x_partner/y_partner are only used by plans with pairing='stream'")
-    has_boxes = plan.cut is not None if isinstance(plan, MixPlan) else plan.boxes is not None
-    if has_boxes:
+    if placed and isinstance(plan, MixPlan) and not plan.is_placed:
+        raise ValueError(_UNPLACED)
+    pastes = plan.cut is not None if isinstance(plan, MixPlan) else plan.pastes
+    if pastes:
         size = spatial_size(x, data_format)
         if size != plan.image_size:
             raise ValueError(f"x has spatial size {size} but the plan was drawn for image_size={plan.image_size}")
@@ -329,42 +472,99 @@ def _check_finite(name: str, a: Any) -> None:
     )
 
 
-def _box_mask_np(plan: MixPlan, ndim: int, channels_last: bool) -> np.ndarray:
-    """bool mask, broadcastable to x, True where the partner's box is pasted.
+def _box_indicator(xp: Any, boxes: Any, h: int, w: int, device: Any = None) -> Any:
+    """bool (B, H, W): True inside each row's box ``(top, left, bottom, right)``;
+    all False for an empty box (all four coordinates 0)."""
+    ys = xp.arange(h, device=device)[None, :]
+    xs = xp.arange(w, device=device)[None, :]
+    rows = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])  # (B, H)
+    cols = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])  # (B, W)
+    return rows[:, :, None] & cols[:, None, :]
 
-    Rows without CutMix have an empty box (all four coordinates 0), so their mask is
-    all False.
-    """
-    assert plan.boxes is not None and plan.image_size is not None
+
+def _resample(xp: Any, a: Any, rows: Any, cols: Any, ah: int) -> Any:
+    """``a`` (B, ..., H, W, ...) with spatial axes ``ah, ah+1`` resampled per sample:
+    ``out[i, ..., h, w, ...] = a[i, ..., rows[i, h], cols[i, w], ...]``."""
+    moved = xp.moveaxis(a, (ah, ah + 1), (1, 2)) if ah != 1 else a
+    batch = xp.arange(a.shape[0], device=getattr(rows, "device", None))
+    picked = moved[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return xp.moveaxis(picked, (1, 2), (ah, ah + 1)) if ah != 1 else picked
+
+
+def _paste_np(plan: MixPlan, x: Any, partner0: Any, channels_last: bool) -> tuple[Any, Any]:
+    """The reference paste of ``plan``: ``(m, P)``, the partner's pixel weight ``m``
+    (bool for box and binary masks, float for soft masks; shaped to broadcast against
+    x) and the pasted image ``P`` (partner 0, resampled by ResizeMix's maps)."""
+    xp = array_namespace(x)
+    assert plan.image_size is not None
     h, w = plan.image_size
-    top, left, bottom, right = (plan.boxes[:, i, None] for i in range(4))
-    rows = (np.arange(h) >= top) & (np.arange(h) < bottom)  # (B, H)
-    cols = (np.arange(w) >= left) & (np.arange(w) < right)  # (B, W)
-    mask = rows[:, :, None] & cols[:, None, :]  # (B, H, W)
-    ah, _ = _spatial_axes(ndim, channels_last)
-    shape = [plan.batch_size] + [1] * (ndim - 1)
-    shape[ah], shape[ah + 1] = h, w
-    return mask.reshape(shape)
+    dev = _device(x)
+    m = None
+    if plan.boxes is not None:
+        m = _box_indicator(xp, xp.asarray(plan.boxes, device=dev), h, w, dev)
+    if plan.masks is not None:
+        masks = xp.asarray(plan.masks, device=dev)
+        if masks.dtype == xp.bool:
+            m = masks if m is None else (m | masks)
+        else:
+            m = masks if m is None else xp.where(m, xp.asarray(1.0, dtype=masks.dtype), masks)
+    assert m is not None
+    ah, _ = _spatial_axes(x.ndim, channels_last)
+    pasted = partner0
+    if plan.source_rows is not None:
+        assert plan.source_cols is not None
+        rows = xp.asarray(plan.source_rows, device=dev)
+        cols = xp.asarray(plan.source_cols, device=dev)
+        pasted = _resample(xp, partner0, rows, cols, ah)
+    return xp.reshape(m, _mask_shape(plan.batch_size, h, w, x.ndim, channels_last)), pasted
 
 
 # --------------------------------------------------------------------------- torch paths
 
 
-def _box_mask(t: PlanTensors, ndim: int, channels_last: bool, device: Any) -> Any:
-    """:func:`_box_mask_np` on the device, from the (B, 4) boxes: no host copy."""
+def _paste_mask(t: PlanTensors, ndim: int, channels_last: bool, device: Any, dtype: Any) -> Any:
+    """The partner's pixel weight of :func:`_paste_np` on the device, in ``dtype`` (0/1
+    for boxes and binary masks), from the (B, 4) boxes and the masks: no host copy.
+
+    Floating, not bool: the kernels paste with one ``lerp(blend, pasted, m)``, which is
+    exact for m in {0, 1} on finite values, and a few times faster on the CPU than a
+    broadcast ``torch.where``.
+    """
     torch = _torch()
-    assert t.boxes is not None and t.image_size is not None
+    assert t.image_size is not None
     h, w = t.image_size
     b = t.batch_size
-    corners = t.boxes.reshape(b, 2, 2, 1)  # [[top, left], [bottom, right]]
-    ar = torch.arange(max(h, w), device=device)
-    inside = (ar >= corners[:, 0]) & (ar < corners[:, 1])  # (B, 2, max(H, W)): row i / column j in the box
-    if torch_compiling():  # the compiler fuses the ops (and Inductor's C++ cannot bitcast bool)
-        return torch.reshape(inside[:, 0, :h, None] & inside[:, 1, None, :w], _mask_shape(b, h, w, ndim, channels_last))
-    # Eager: & on uint8 viewed as bool is ~4x faster than & on bool on the CPU.
-    inside = inside.view(torch.uint8)
-    mask = (inside[:, 0, :h, None] & inside[:, 1, None, :w]).view(torch.bool)  # (B, H, W)
-    return mask.reshape(_mask_shape(b, h, w, ndim, channels_last))
+    m = None
+    if t.boxes is not None:
+        corners = t.boxes.reshape(b, 2, 2, 1)  # [[top, left], [bottom, right]]
+        ar = torch.arange(max(h, w), device=device)
+        inside = ((ar >= corners[:, 0]) & (ar < corners[:, 1])).to(dtype)  # (B, 2, max(H, W))
+        m = inside[:, 0, :h, None] * inside[:, 1, None, :w]  # (B, H, W)
+    if t.masks is not None:
+        masks = t.masks.to(dtype)
+        m = masks if m is None else torch.maximum(m, masks)  # rows have a box or a mask, not both
+    assert m is not None
+    return m.reshape(_mask_shape(b, h, w, ndim, channels_last))
+
+
+def _pasted(t: PlanTensors, partner0: Any, channels_last: bool, rows: slice = slice(None)) -> Any:
+    """The pasted image: partner 0, resampled through the plan's maps (ResizeMix).
+
+    :func:`_resample`'s values with one ``gather`` over the flattened (H·W) axis
+    instead of advanced indexing, which is several times slower on the CPU.
+    """
+    if t.source_rows is None:
+        return partner0
+    assert t.source_cols is not None and t.image_size is not None
+    torch = _torch()
+    h, w = t.image_size
+    ah, _ = _spatial_axes(partner0.ndim, channels_last)
+    flat_index = (t.source_rows[rows][:, :, None] * w + t.source_cols[rows][:, None, :]).reshape(-1, h * w)
+    moved = partner0.movedim((ah, ah + 1), (-2, -1)) if ah != partner0.ndim - 2 else partner0
+    lead = moved.shape[:-2]
+    flat = moved.reshape(lead[0], -1, h * w)
+    picked = torch.gather(flat, 2, flat_index[:, None, :].expand(-1, flat.shape[1], -1)).reshape(*lead, h, w)
+    return picked.movedim((-2, -1), (ah, ah + 1)) if ah != partner0.ndim - 2 else picked
 
 
 def _mask_shape(b: int, h: int, w: int, ndim: int, channels_last: bool) -> list[int]:
@@ -381,9 +581,15 @@ def _weight_columns(t: PlanTensors, dtype: Any, ndim: int) -> list[Any]:
     return list(t.input_weights.to(dtype).T.reshape((t.num_sources, -1) + (1,) * (ndim - 1)).unbind(0))
 
 
-def _combine_into(out: Any, x: Any, partners: list[Any], cols: list[Any], mask: Any) -> Any:
-    """out = Σ_j cols[j]·source_j, then paste CutMix boxes from partner 0."""
+def _combine_into(
+    out: Any, x: Any, partners: list[Any], cols: list[Any], mask: Any, pasted: Any, blends: bool = True
+) -> Any:
+    """out = Σ_j cols[j]·source_j, then the paste ``lerp(out, pasted, mask)``; with
+    ``blends=False`` (every row pastes: its blend is x itself) the paste reads x
+    directly, one pass instead of two."""
     torch = _torch()
+    if mask is not None and not blends:
+        return torch.lerp(x, pasted, mask, out=out)
     if len(partners) == 1:
         torch.lerp(x, partners[0], cols[1], out=out)
     else:
@@ -391,8 +597,14 @@ def _combine_into(out: Any, x: Any, partners: list[Any], cols: list[Any], mask: 
         for p, c in zip(partners, cols[1:]):
             out.addcmul_(p, c)
     if mask is not None:
-        torch.where(mask, partners[0], out, out=out)
+        torch.lerp(out, pasted, mask, out=out)
     return out
+
+
+def _blends(plan: MixPlan | PlanTensors) -> bool:
+    """Whether some row may blend; False when every row of a host plan pastes over
+    itself (input weights (1, 0)). Tensor plans are not read (no host sync): True."""
+    return not isinstance(plan, MixPlan) or bool((plan.input_weights[:, 0] != 1).any())
 
 
 def _gather_partners(t: PlanTensors, x: Any, x_partner: Any, rows: slice = slice(None)) -> list[Any]:
@@ -402,32 +614,43 @@ def _gather_partners(t: PlanTensors, x: Any, x_partner: Any, rows: slice = slice
     return [x.index_select(0, idx[:, j]) for j in range(t.num_sources - 1)]
 
 
-def _mix_roll(x: Any, out: Any, w: Any, shift: int) -> Any:
+def _mix_roll(x: Any, out: Any, w: Any, shift: int, mask: Any = None) -> Any:
     """Two-source roll pairing: the partner of rows [s:] is rows [:-s], a view, so no
-    gather pass; ``w`` (B, 1, ...) is the partner's input weight in x's dtype."""
+    gather pass; ``w`` (B, 1, ...) is the partner's input weight in x's dtype, or None
+    when no row blends; ``mask`` the paste's partner weights (:func:`_paste_mask`)."""
     torch = _torch()
     b, s = x.shape[0], shift % x.shape[0]
     src = x.clone() if out.data_ptr() == x.data_ptr() else x  # in place would read rows it wrote
-    if s == 0:
-        out.copy_(src)
-    else:
-        torch.lerp(src[s:], src[:-s], w[s:], out=out[s:])
-        torch.lerp(src[:s], src[b - s :], w[:s], out=out[:s])
+    if s == 0:  # every partner is the sample itself
+        return out.copy_(src)
+    for rows, partner_rows in ((slice(s, None), slice(None, b - s)), (slice(None, s), slice(b - s, None))):
+        own, partner, dst = src[rows], src[partner_rows], out[rows]
+        if w is not None:
+            torch.lerp(own, partner, w[rows], out=dst)
+            own = dst
+        if mask is not None:
+            torch.lerp(own, partner, mask[rows], out=dst)
     return out
 
 
-def _mix_float_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
+def _mix_float_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, blends: bool = True) -> Any:
     """Mix a floating tensor; ``out`` may be ``x`` itself (in place) or another buffer."""
-    if t.shift is not None and t.num_sources == 2 and t.boxes is None:
-        w = t.input_weights[:, 1].to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-        return _mix_roll(x, out, w, t.shift[0])
+    if t.shift is not None and t.num_sources == 2 and t.source_rows is None:
+        w = t.input_weights[:, 1].to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) if blends else None
+        mask = _paste_mask(t, x.ndim, channels_last, x.device, x.dtype) if t.pastes else None
+        return _mix_roll(x, out, w, t.shift[0], mask)
     cols = _weight_columns(t, x.dtype, x.ndim)
     partners = _gather_partners(t, x, x_partner)  # gathered copies: safe when out is x
-    mask = None if t.boxes is None else _box_mask(t, x.ndim, channels_last, x.device)
-    return _combine_into(out, x, partners, cols, mask)
+    mask = pasted = None
+    if t.pastes:
+        mask = _paste_mask(t, x.ndim, channels_last, x.device, x.dtype)
+        pasted = _pasted(t, partners[0], channels_last)
+    return _combine_into(out, x, partners, cols, mask, pasted, blends)
 
 
-def _mix_uint8_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool) -> Any:
+def _mix_uint8_torch(
+    t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, policy: KernelPolicy
+) -> Any:
     """Same float32 ops as the float path, a few rows at a time, then rounded.
 
     One float32 workspace serves every block. With the roll pairing a block's partner
@@ -436,10 +659,10 @@ def _mix_uint8_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_
     """
     torch = _torch()
     cols = _weight_columns(t, torch.float32, x.ndim)
-    mask = None if t.boxes is None else _box_mask(t, x.ndim, channels_last, x.device)
+    mask = None if not t.pastes else _paste_mask(t, x.ndim, channels_last, x.device, torch.float32)
     src = x.clone() if out.data_ptr() == x.data_ptr() else x
     b = t.batch_size
-    rows_per_chunk = max(1, _UINT8_CHUNK_BYTES // max(1, x[0].numel()))
+    rows_per_chunk = max(1, policy.uint8_block_bytes // max(1, x[0].numel()))
     n = min(rows_per_chunk, b)
     roll = t.shift is not None and t.num_sources == 2
     s = t.shift[0] % b if roll else 0  # type: ignore[index]
@@ -463,7 +686,11 @@ def _mix_uint8_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_
             xf = own = ext_buf[:m]
             own.copy_(src[start:stop])
             partners = [p.to(torch.float32) for p in _gather_partners(t, src, x_partner, slice(start, stop))]
-        _combine_into(xf, own, partners, [c[start:stop] for c in cols], None if mask is None else mask[start:stop])
+        block_mask = pasted = None
+        if mask is not None:
+            block_mask = mask[start:stop]
+            pasted = _pasted(t, partners[0], channels_last, slice(start, stop))
+        _combine_into(xf, own, partners, [c[start:stop] for c in cols], block_mask, pasted)
         # Round half to even and cast in two passes instead of round_ + a float->uint8
         # cast: v + 1.5·2^23 (v in [0, 255]) rounds v to an integer in the float's low
         # mantissa bits (float32's ulp is 1 there), which the int32 -> uint8 cast keeps.
@@ -481,43 +708,62 @@ def _box_region(a: Any, i: int, box: Any, ah: int) -> Any:
 
 
 def _mix_boxes_cpu(
-    plan: MixPlan | PlanTensors, t: PlanTensors | None, x: Any, x_partner: Any, out: Any, channels_last: bool
+    plan: MixPlan | PlanTensors,
+    t: PlanTensors | None,
+    x: Any,
+    x_partner: Any,
+    out: Any,
+    channels_last: bool,
+    policy: KernelPolicy,
 ) -> Any:
-    """CutMix (and switch) plans on the CPU for big samples: blend only the rows that
-    blend, copy the others, then paste each box with one copy of its region.
+    """Plans whose pastes are all boxes (CutMix, ResizeMix, SaliencyMix, their switch
+    with MixUp) on the CPU for big samples: blend only the rows that blend, copy the
+    others, then paste each box with one copy of its region (ResizeMix: of the
+    resampled partner).
 
     The same values as the mask path (whose cut rows are ``lerp(x, partner, 0) == x``
     outside the box), with the memory traffic of about one copy of the batch plus one of
     the pasted areas. ``out`` may be ``x`` (in place): the pasted regions are then read
     before anything is written.
     """
-    if isinstance(plan, MixPlan):
-        assert plan.boxes is not None
-        boxes, partners, w1 = plan.boxes, plan.partners[:, 0], plan.input_weights[:, 1]
-    else:
-        assert plan.boxes is not None
-        boxes, partners, w1 = plan.boxes.numpy(), plan.partners[:, 0].numpy(), plan.input_weights[:, 1].numpy()
+
+    def host(a: Any) -> Any:
+        return a if a is None or isinstance(a, np.ndarray) else a.numpy()
+
+    assert plan.boxes is not None
+    boxes, partners, w1 = host(plan.boxes), host(plan.partners[:, 0]), host(plan.input_weights[:, 1])
+    maps = None if plan.source_rows is None else (host(plan.source_rows).tolist(), host(plan.source_cols).tolist())
     rows = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).tolist()
     box_list, partner_list = boxes.tolist(), partners.tolist()
     ah, _ = _spatial_axes(x.ndim, channels_last)
     source = x_partner if plan.source == "stream" else x
     in_place = out.data_ptr() == x.data_ptr()
+
+    def patch_of(i: int) -> Any:
+        box = box_list[i]
+        if maps is None:
+            return _box_region(source, partner_list[i], box, ah)
+        # ResizeMix: the whole partner, resampled into the box by the plan's maps.
+        torch = _torch()
+        r = torch.tensor(maps[0][i][box[0] : box[2]])
+        c = torch.tensor(maps[1][i][box[1] : box[3]])
+        return source[partner_list[i]].index_select(ah - 1, r).index_select(ah, c)
+
     patches = None
     if in_place and source is x:
-        patches = [_box_region(x, partner_list[i], box_list[i], ah).clone() for i in rows]
+        patches = [patch_of(i).clone() for i in rows]
     if bool(np.any(w1 != 0)):  # some rows blend (switch): mix the batch without boxes
-        tb = t if t is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
-        tb = replace(tb, boxes=None, image_size=None)
+        tb = t if t is not None else _to_tensors(plan, x.device, keep_paste=False)  # type: ignore[arg-type]
+        tb = replace(tb, boxes=None, image_size=None, source_rows=None, source_cols=None)
         if x.is_floating_point():
             _mix_float_torch(tb, x, x_partner, out, channels_last)
         else:
-            _mix_uint8_torch(tb, x, x_partner, out, channels_last)
+            _mix_uint8_torch(tb, x, x_partner, out, channels_last, policy)
     elif not in_place:
         out.copy_(x)
     for n, i in enumerate(rows):
-        box = box_list[i]
-        patch = patches[n] if patches is not None else _box_region(source, partner_list[i], box, ah)
-        _box_region(out, i, box, ah).copy_(patch)
+        patch = patches[n] if patches is not None else patch_of(i)
+        _box_region(out, i, box_list[i], ah).copy_(patch)
     return out
 
 
@@ -545,8 +791,9 @@ def _mix_functional(t: PlanTensors, x: Any, x_partner: Any, channels_last: bool)
         mixed = torch.mul(work, cols[0])
         for p, c in zip(partners, cols[1:]):
             mixed = torch.addcmul(mixed, p, c)
-    if t.boxes is not None:
-        mixed = torch.where(_box_mask(t, x.ndim, channels_last, x.device), partners[0], mixed)
+    if t.pastes:  # differentiable in the images (the mask is data)
+        mask = _paste_mask(t, x.ndim, channels_last, x.device, work.dtype)
+        mixed = torch.lerp(mixed, _pasted(t, partners[0], channels_last), mask)
     if uint8:
         mixed = mixed.round().to(torch.uint8)
     # Keep x's memory format (gathers and masks return NCHW-contiguous tensors).
@@ -556,10 +803,22 @@ def _mix_functional(t: PlanTensors, x: Any, x_partner: Any, channels_last: bool)
 
 
 def _mix_torch(
-    plan: MixPlan | PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, tensors: PlanTensors | None
+    plan: MixPlan | PlanTensors,
+    x: Any,
+    x_partner: Any,
+    out: Any,
+    channels_last: bool,
+    tensors: PlanTensors | None,
+    policy: KernelPolicy,
 ) -> Any:
-    """Dispatch among the torch paths; ``tensors`` is ``plan`` as tensors on x's device
-    when already built."""
+    """Dispatch among the torch kernels (:class:`KernelPolicy`); ``tensors`` is ``plan``
+    as tensors on x's device when already built.
+
+    The rule: autograd, ``torch.compile`` and meta tensors take the out-of-place kernel;
+    otherwise plans whose pastes are all boxes, on the CPU, with samples of at least
+    ``policy.region_copy_min_bytes``, take the region copies; two-source roll plans
+    without pastes take the shifted views; the rest the batched mask kernel (floats),
+    or its blocked uint8 form."""
     torch = _torch()
     grad = torch.is_grad_enabled() and (x.requires_grad or (x_partner is not None and x_partner.requires_grad))
     functional = grad or torch_compiling() or x.device.type == "meta"
@@ -570,23 +829,28 @@ def _mix_torch(
             out.copy_(x)
         return out
     if functional:
-        t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
+        t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_paste=False)  # type: ignore[arg-type]
         mixed = _mix_functional(t, x, x_partner, channels_last)
         return mixed if out is None else out.copy_(mixed)  # out: only under torch.compile
     if out is None:
         out = torch.empty_like(x)
     host = isinstance(plan, MixPlan)
-    has_boxes = plan.has_cut if host else plan.boxes is not None  # type: ignore[union-attr]
-    if has_boxes and x.device.type == "cpu" and x[0].numel() * x.element_size() >= _BOX_LOOP_MIN_BYTES:
-        return _mix_boxes_cpu(plan, tensors, x, x_partner, out, channels_last)
-    roll = host and tensors is None and plan.shift is not None and plan.num_sources == 2 and not has_boxes
+    pastes = plan.has_cut if host else plan.pastes  # type: ignore[union-attr]
+    if (
+        pastes
+        and plan.masks is None
+        and x.device.type == "cpu"
+        and x[0].numel() * x.element_size() >= policy.region_copy_min_bytes
+    ):
+        return _mix_boxes_cpu(plan, tensors, x, x_partner, out, channels_last, policy)
+    roll = host and tensors is None and plan.shift is not None and plan.num_sources == 2 and not pastes
     if roll and x.is_floating_point():  # the weight column straight from the host plan: no PlanTensors
         w = torch.from_numpy(plan.input_weights[:, 1].astype(np.float32).reshape((-1,) + (1,) * (x.ndim - 1)))  # type: ignore[union-attr]
         return _mix_roll(x, out, w if x.dtype == torch.float32 else w.to(x.dtype), plan.shift[0])  # type: ignore[index]
-    t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_boxes=False)  # type: ignore[arg-type]
+    t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_paste=False)  # type: ignore[arg-type]
     if x.is_floating_point():
-        return _mix_float_torch(t, x, x_partner, out, channels_last)
-    return _mix_uint8_torch(t, x, x_partner, out, channels_last)
+        return _mix_float_torch(t, x, x_partner, out, channels_last, _blends(plan))
+    return _mix_uint8_torch(t, x, x_partner, out, channels_last, policy)
 
 
 def _check_torch_x(x: Any, x_partner: Any, out: Any, plan: MixPlan | PlanTensors) -> None:
@@ -634,7 +898,12 @@ def _mix_generic(plan: MixPlan, x: Any, x_partner: Any, channels_last: bool) -> 
     for j in range(plan.num_sources - 1):
         out = out + partner(j) * cols[j + 1]
     if plan.has_cut:
-        out = xp.where(xp.asarray(_box_mask_np(plan, x.ndim, channels_last)), partner(0), out)
+        m, pasted = _paste_np(plan, x, partner(0), channels_last)
+        if m.dtype == xp.bool:  # a binary mask: blend·(1 - m) + P·m is a select (and keeps inf/NaN out)
+            out = xp.where(m, pasted, out)
+        else:
+            m = xp.astype(m, out.dtype)
+            out = out * (1 - m) + pasted * m
     if integral:
         info = xp.iinfo(x.dtype)
         out = xp.astype(xp.clip(xp.round(out), info.min, info.max), x.dtype)
@@ -835,8 +1104,17 @@ def apply_plan(
     validate: bool = True,
     check_finite: bool = False,
     multi_label: bool = False,
+    policy: KernelPolicy = DEFAULT_POLICY,
 ) -> tuple[ArrayT, Any]:
     """Mix a batch according to ``plan``.
+
+    The reference is the generic (NumPy / array-API) path: per sample, the blend
+    ``Σ_j input_weights[i, j]·source_j`` (``x·λ + x_partner·(1-λ)`` for two sources),
+    then on pasted rows ``blend·(1-m) + P·m`` with the partner's pixel weight ``m`` (a
+    select where ``m`` is binary) and the pasted image ``P``
+    (:class:`~vicinal.sampling.MixPlan`); integers are computed in float64 and rounded
+    half-to-even. The torch kernels are optimisations of it: equal for binary pastes
+    and integers up to ties; floats within about one ulp (``lerp`` rounds once).
 
     Args:
         plan: from :func:`vicinal.sampling.sample_plan`, for this batch size; or, for
@@ -878,6 +1156,7 @@ def apply_plan(
         multi_label: ``y`` (B, C) holds independent per-class probabilities in [0, 1]
             (multi-hot targets; float, int or bool), not distributions: no row-sum check
             and no renormalisation (timm's ``multi_label``).
+        policy: which torch kernel runs (:class:`KernelPolicy`); values do not depend on it.
 
     Returns:
         ``(x_mixed, y_mixed)``; ``x_mixed`` has ``x``'s shape, dtype and device;
@@ -886,6 +1165,8 @@ def apply_plan(
         shape (its values are not checked).
     """
     check_choice("targets", targets, TARGET_FORMATS)
+    if not isinstance(policy, KernelPolicy):
+        raise TypeError(f"policy must be a KernelPolicy, got {type(policy).__name__}")
     eps = check_probability("label_smoothing", label_smoothing)
     check_plan_inputs(plan, x, y, x_partner=x_partner, y_partner=y_partner, data_format=data_format)
     if targets == "pair" and plan.num_sources != 2:
@@ -924,7 +1205,7 @@ def apply_plan(
                     ty = _tensors_on(tensors, y.device)
                 else:
                     assert isinstance(plan, MixPlan)
-                    ty = _to_tensors(plan, y.device, keep_boxes=False)
+                    ty = _to_tensors(plan, y.device, keep_paste=False)
                     if torch_x and y.device == getattr(x, "device", None):
                         tensors = ty  # one transfer serves x too
                 y_mixed = _mix_labels_torch(ty, y, y_partner, *args)
@@ -934,6 +1215,50 @@ def apply_plan(
             y_mixed = _mix_labels(plan, y, y_partner, *args)
 
     if torch_x:
-        return _mix_torch(plan, x, x_partner, out, channels_last, tensors), y_mixed
+        return _mix_torch(plan, x, x_partner, out, channels_last, tensors, policy), y_mixed
     assert isinstance(plan, MixPlan)
     return _mix_generic(plan, x, x_partner, channels_last), y_mixed
+
+
+def place_boxes(plan: MixPlan, x: Any, *, x_partner: Any = None, data_format: DataFormat = "channels_first") -> MixPlan:
+    """The second, data-dependent stage of SaliencyMix: centre each unplaced box on its
+    partner's saliency peak.
+
+    :func:`~vicinal.sampling.sample_plan` draws each box's size (a pure function of the
+    seed); this places it from the images: box ``(cut_h, cut_w)`` of row ``i`` is
+    centred on the argmax of the spectral-residual saliency of the image it is taken
+    from (partner 0 of row ``i``), clipped to the image as CutMix clips, and the row's
+    label weights become the clipped box's exact area. Plans without unplaced boxes are
+    returned as they are.
+
+    Args:
+        plan: a plan drawn for ``x``.
+        x: (B, C, H, W) or (B, H, W, C) (``data_format``) or (B, H, W) images, NumPy or
+            torch (read on the host once: saliency needs the pixels).
+        x_partner: the second batch of a stream plan.
+
+    Returns:
+        A placed :class:`~vicinal.sampling.MixPlan`.
+    """
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
+    if plan.is_placed:
+        return plan
+    check_plan_inputs(plan, x, x_partner=x_partner, data_format=data_format, placed=False)
+    rows = plan.unplaced
+    assert rows is not None and plan.boxes is not None and plan.image_size is not None
+    idx = np.flatnonzero(rows)
+    source = x_partner if plan.source == "stream" else x
+    partner_rows = plan.partners[idx, 0]
+    if is_torch_tensor(source):
+        images = source.detach()[_torch().from_numpy(partner_rows)].to("cpu", _torch().float32).numpy()
+    else:
+        images = np.asarray(source)[partner_rows]
+    channels_last = _is_channels_last(data_format, x)
+    saliency = masks.spectral_residual_saliency(images, channels_last=channels_last and images.ndim == 4)
+    peaks = masks.saliency_peaks(saliency)
+    cut_h, cut_w = plan.boxes[idx, 2], plan.boxes[idx, 3]
+    placed, _ = boxes_at(peaks[:, 0], peaks[:, 1], cut_h, cut_w, plan.image_size)
+    boxes = np.zeros_like(plan.boxes)
+    boxes[idx] = placed
+    return replace_boxes(plan, rows, boxes)

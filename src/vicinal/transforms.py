@@ -16,18 +16,57 @@ whatever process calls it, provided it is told where it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from vicinal._checks import check_choice, check_concentration, check_int, check_probability
-from vicinal.labels import batch_size_of
-from vicinal.mixing import DATA_FORMATS, DataFormat, TargetFormat, apply_plan, spatial_size
-from vicinal.sampling import ApplyMode, Granularity, MixConfig, MixPlan, Pairing, identity_plan, sample_plan
+from vicinal._stepper import StepCounter
+from vicinal.labels import batch_size_of, is_torch_tensor, torch_compiling
+from vicinal.mixing import (
+    DATA_FORMATS,
+    DataFormat,
+    PlanTensors,
+    TargetFormat,
+    apply_plan,
+    place_boxes,
+    plan_to_tensors,
+    spatial_size,
+)
+from vicinal.sampling import (
+    ApplyMode,
+    Granularity,
+    MixConfig,
+    MixPlan,
+    Pairing,
+    SmoothShape,
+    identity_plan,
+    sample_plan,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+__all__ = [
+    "CutMix",
+    "FMix",
+    "GridMix",
+    "KWayMix",
+    "MixOptions",
+    "MixUp",
+    "MixUpOrCutMix",
+    "Mixer",
+    "RandomMethod",
+    "ResizeMix",
+    "SaliencyMix",
+    "SmoothMix",
+    "cutmix",
+    "mix_indexed_batch",
+    "mixup",
+]
 
 
 class MixOptions(TypedDict, total=False):
@@ -53,6 +92,12 @@ class MixOptions(TypedDict, total=False):
 
 
 _CONFIG_KEYS = frozenset({"granularity", "pairing", "p", "p_mode"})
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(MixConfig)) - {"method", "choices", "choice_mode"}
+
+
+def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run outside any ``torch.compile`` graph (only called for torch inputs)."""
+    return sys.modules["torch"].compiler.disable(fn)  # type: ignore[no-any-return]
 
 
 class Mixer:
@@ -109,8 +154,18 @@ class Mixer:
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
         self.validate, self.check_finite, self.multi_label = validate, check_finite, multi_label
         self.enabled = True
-        self.epoch = 0
-        self._step = 0
+        self.counter = StepCounter()
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (:meth:`set_epoch`)."""
+        return self.counter.epoch
+
+    @property
+    def step(self) -> int:
+        """The step the next call without ``step=`` uses: calls that succeeded since
+        :meth:`set_epoch`."""
+        return self.counter.step
 
     @classmethod
     def from_timm(
@@ -190,13 +245,21 @@ class Mixer:
 
     def set_epoch(self, epoch: int) -> None:
         """Move to ``epoch`` and restart the step count (call before each epoch)."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
-        self._step = 0
+        self.counter.set_epoch(epoch)
 
-    def plan(self, x: Any, *, step: int, epoch: int | None = None, dataset_size: int | None = None) -> MixPlan:
-        """The plan this mixer uses for batch ``x`` at ``step``."""
+    def plan(
+        self,
+        x: Any,
+        *,
+        step: int,
+        epoch: int | None = None,
+        dataset_size: int | None = None,
+        x_partner: Any = None,
+    ) -> MixPlan:
+        """The plan this mixer uses for batch ``x`` at ``step``: drawn from the seed, then
+        (SaliencyMix) placed from the images (:func:`vicinal.mixing.place_boxes`)."""
         image_size = spatial_size(x, self.data_format) if self.config.needs_image_size else None
-        return sample_plan(
+        plan = sample_plan(
             self.config,
             batch_size_of("x", x),
             seed=self.seed,
@@ -206,6 +269,18 @@ class Mixer:
             image_size=image_size,
             dataset_size=dataset_size,
         )
+        if not plan.is_placed:
+            plan = place_boxes(plan, x, x_partner=x_partner, data_format=self.data_format)
+        return plan
+
+    def _active_plan(self, x: Any, x_partner: Any, step: int, epoch: int) -> MixPlan:
+        plan = self.plan(x, step=step, epoch=epoch, x_partner=x_partner)
+        return plan if self.is_active(epoch) else identity_plan(plan)
+
+    def _plan_tensors(self, x: Any, x_partner: Any, step: int | None, epoch: int | None) -> tuple[Any, bool]:
+        """The call's plan as tensors on x's device, and whether it was counted."""
+        e, s, counted = self.counter.resolve(step, epoch)
+        return plan_to_tensors(self._active_plan(x, x_partner, s, e), x.device), counted
 
     def __call__(
         self,
@@ -230,10 +305,16 @@ class Mixer:
         Returns:
             ``(x_mixed, y_mixed)`` as :func:`vicinal.apply_plan` returns them.
         """
-        counted = step is None
-        plan = self.plan(x, step=self._step if counted else step, epoch=epoch)  # type: ignore[arg-type]
-        if not self.is_active(epoch):
-            plan = identity_plan(plan)
+        plan: MixPlan | PlanTensors
+        if is_torch_tensor(x) and torch_compiling():
+            # torch.compile traces this call (a whole training step compiled): NumPy's plan
+            # draws cannot be traced, so they run eagerly, outside the graph, and the plan
+            # enters it as tensors; the counter is read and advanced outside it too, so
+            # the graph does not depend on (and is not recompiled for) the step.
+            plan, counted = _eager(self._plan_tensors)(x, x_partner, step, epoch)
+        else:
+            e, s, counted = self.counter.resolve(step, epoch)
+            plan = self._active_plan(x, x_partner, s, e)
         mixed = apply_plan(
             plan,
             x,
@@ -250,7 +331,10 @@ class Mixer:
             multi_label=self.multi_label,
         )
         if counted:  # a call that raised does not use up a step
-            self._step += 1
+            if is_torch_tensor(x) and torch_compiling():
+                _eager(self.counter.advance)()
+            else:
+                self.counter.advance()
         return mixed
 
     def __repr__(self) -> str:
@@ -276,7 +360,8 @@ class CutMix(Mixer):
 
 
 class MixUpOrCutMix(Mixer):
-    """CutMix with probability ``switch_prob``, else MixUp, decided per λ draw."""
+    """CutMix with probability ``switch_prob``, else MixUp, decided per λ draw (the
+    two-method case of :class:`RandomMethod`, with the draws of earlier versions)."""
 
     def __init__(
         self,
@@ -295,6 +380,72 @@ class KWayMix(Mixer):
 
     def __init__(self, alpha: float = 0.2, k: int = 3, **options: Unpack[MixOptions]) -> None:
         super().__init__(**self._from_options("kway", {"alpha": alpha, "k": k}, options))
+
+
+class FMix(Mixer):
+    """FMix (Harris et al. 2020): a binarised low-frequency Fourier mask; the label
+    weight is the mask's exact mean (:func:`vicinal.masks.fmix_masks`)."""
+
+    def __init__(
+        self, alpha: float = 1.0, *, decay: float = 3.0, max_soft: float = 0.0, **options: Unpack[MixOptions]
+    ) -> None:
+        params = {"mask_alpha": alpha, "fmix_decay": decay, "fmix_max_soft": max_soft}
+        super().__init__(**self._from_options("fmix", params, options))
+
+
+class ResizeMix(Mixer):
+    """ResizeMix (Qin et al. 2020): the whole partner shrunk to a side scale
+    τ ~ U(scale) and pasted inside the image; label weight: the pasted area."""
+
+    def __init__(self, scale: tuple[float, float] = (0.1, 0.8), **options: Unpack[MixOptions]) -> None:
+        super().__init__(**self._from_options("resizemix", {"resize_scale": scale}, options))
+
+
+class GridMix(Mixer):
+    """A grid of n×n cells, each from the partner with probability 1-λ
+    (:func:`vicinal.masks.gridmix_masks`); label weight: the realised share."""
+
+    def __init__(self, alpha: float = 1.0, *, grid: tuple[int, int] = (2, 6), **options: Unpack[MixOptions]) -> None:
+        super().__init__(**self._from_options("gridmix", {"mask_alpha": alpha, "grid": grid}, options))
+
+
+class SmoothMix(Mixer):
+    """SmoothMix (Lee et al. 2020): a soft blob mask G of the partner; label weight:
+    the exact mean of G for the partner (:func:`vicinal.masks.smoothmix_masks`)."""
+
+    def __init__(
+        self,
+        shape: SmoothShape = "gaussian",
+        *,
+        sigma: tuple[float, float] = (0.25, 0.5),
+        **options: Unpack[MixOptions],
+    ) -> None:
+        super().__init__(**self._from_options("smoothmix", {"smooth_shape": shape, "smooth_sigma": sigma}, options))
+
+
+class SaliencyMix(Mixer):
+    """SaliencyMix (Uddin et al. 2021): a CutMix box centred on the partner's
+    spectral-residual saliency peak (placed from the images each call)."""
+
+    def __init__(self, alpha: float = 1.0, **options: Unpack[MixOptions]) -> None:
+        super().__init__(**self._from_options("saliencymix", {"mask_alpha": alpha}, options))
+
+
+class RandomMethod(Mixer):
+    """One of several methods per λ draw (``mode="elem"``) or per batch (``"batch"``),
+    with the given probabilities; each method's parameters are :class:`MixConfig`
+    fields passed as keywords (``alpha``, ``cutmix_alpha``, ``mask_alpha``, ...).
+
+    >>> mix = RandomMethod({"mixup": 0.5, "cutmix": 0.3, "fmix": 0.2}, num_classes=10)
+    >>> mix.config.methods
+    ('mixup', 'cutmix', 'fmix')
+    """
+
+    def __init__(self, choices: Mapping[str, float], *, mode: ApplyMode = "elem", **options: Any) -> None:
+        config_fields = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
+        mixer_args = {k: v for k, v in options.items() if k not in _CONFIG_FIELDS}
+        config = MixConfig("choice", choices=tuple(dict(choices).items()), choice_mode=mode, **config_fields)
+        super().__init__(config, **mixer_args)
 
 
 def mixup(
@@ -407,6 +558,8 @@ def mix_indexed_batch(
     x_partner = y_partner = None
     if plan.stream_indices is not None:
         x_partner, y_partner = fetch(plan.stream_indices)
+    if not plan.is_placed:
+        plan = place_boxes(plan, x, x_partner=x_partner, data_format=data_format)
     return apply_plan(
         plan,
         x,

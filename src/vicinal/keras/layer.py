@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 
 from vicinal._checks import check_int, check_probability
+from vicinal._stepper import StepCounter
 from vicinal.keras.ops import (
     as_mix_config,
     is_integer_dtype,
@@ -20,8 +21,11 @@ from vicinal.keras.ops import (
     soft_labels,
 )
 from vicinal.labels import batch_size_of
-from vicinal.mixing import spatial_size
+from vicinal.mixing import place_boxes, spatial_size
 from vicinal.sampling import MixConfig, MixPlan, sample_plan
+
+# MixConfig fields, accepted as MixLayer keywords.
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(MixConfig))
 
 __all__ = ["MixLayer"]
 
@@ -59,14 +63,18 @@ class MixLayer(keras.layers.Layer):
 
     Args:
         config: a :class:`~vicinal.sampling.MixConfig` or a dict of its fields;
-            default ``MixConfig()`` (MixUp, α = 0.2, one λ per sample).
+            default ``MixConfig()`` (MixUp, α = 0.2, one λ per sample). Instead of a
+            config, its fields may be given as keywords, as ``keras.layers.MixUp`` is
+            called: ``MixLayer(alpha=0.2, num_classes=10)``,
+            ``MixLayer(method="fmix", mask_alpha=1.0, num_classes=10)``.
         num_classes: number of classes; required for int class ids.
         label_smoothing: ε in [0, 1] applied to the labels before mixing.
         seed: the plan stream's seed (int in [0, 2**63)).
         rank: the process index in a distributed run (a separate plan stream).
         data_format: ``"channels_last"`` (B, H, W, C) or ``"channels_first"``
             (B, C, H, W); default ``keras.config.image_data_format()``.
-        **kwargs: :class:`keras.layers.Layer` arguments (``name``, ``dtype``...).
+        **kwargs: :class:`~vicinal.sampling.MixConfig` fields, and
+            :class:`keras.layers.Layer` arguments (``name``, ``dtype``...).
     """
 
     def __init__(
@@ -80,7 +88,14 @@ class MixLayer(keras.layers.Layer):
         data_format: str | None = None,
         **kwargs: Any,
     ) -> None:
+        fields = {key: kwargs.pop(key) for key in list(kwargs) if key in _CONFIG_FIELDS}
         super().__init__(**kwargs)
+        if fields:
+            if config is not None:
+                raise ValueError(
+                    f"pass either config or MixConfig fields as keywords, not both: got config and {sorted(fields)}"
+                )
+            config = fields
         self.mix_config: MixConfig = as_mix_config("config", config, allow_none=False)  # type: ignore[assignment]
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, minimum=1)
         self.label_smoothing = check_probability("label_smoothing", label_smoothing)
@@ -91,8 +106,7 @@ class MixLayer(keras.layers.Layer):
         if self.rank >= 2**32:
             raise ValueError(f"rank must be < 2**32, got {rank}")
         self.data_format = resolve_data_format(data_format)
-        self._epoch = 0
-        self._step = 0
+        self.counter = StepCounter()
         self.built = True
 
     # -- plan stream ------------------------------------------------------------------
@@ -100,20 +114,21 @@ class MixLayer(keras.layers.Layer):
     @property
     def epoch(self) -> int:
         """The epoch of the next plan, an int >= 0 (set by :meth:`set_epoch`)."""
-        return self._epoch
+        return self.counter.epoch
 
     @property
     def step(self) -> int:
         """The step of the next plan, an int >= 0: calls in training mode since :meth:`set_epoch`."""
-        return self._step
+        return self.counter.step
 
     def set_epoch(self, epoch: int, step: int = 0) -> None:
         """Move the plan stream to ``(epoch, step)`` (ints >= 0); call before each epoch
         (or with ``step`` to resume mid-epoch)."""
-        self._epoch = check_int("epoch", epoch, minimum=0)
-        self._step = check_int("step", step, minimum=0)
+        self.counter.set_epoch(epoch, step)
 
-    def plan_for(self, images: Any, *, step: int | None = None, epoch: int | None = None) -> MixPlan:
+    def plan_for(
+        self, images: Any, *, step: int | None = None, epoch: int | None = None, partner_images: Any = None
+    ) -> MixPlan:
         """The plan for a batch ``images`` at ``(epoch, step)`` (default: the next one),
         without advancing the counter.
 
@@ -130,15 +145,15 @@ class MixLayer(keras.layers.Layer):
         image_size = None
         if self.mix_config.needs_image_size:
             image_size = spatial_size(images, self.data_format)
-        return sample_plan(
-            self.mix_config,
-            batch,
-            seed=self.seed,
-            epoch=self._epoch if epoch is None else epoch,
-            step=self._step if step is None else step,
-            rank=self.rank,
-            image_size=image_size,
+        e, s, _ = self.counter.resolve(step, epoch)
+        plan = sample_plan(
+            self.mix_config, batch, seed=self.seed, epoch=e, step=s, rank=self.rank, image_size=image_size
         )
+        if not plan.is_placed:  # SaliencyMix: boxes placed from the images
+            host = np.asarray(images)
+            partner = None if partner_images is None else np.asarray(partner_images)
+            plan = place_boxes(plan, host, x_partner=partner, data_format=self.data_format)
+        return plan
 
     # -- calling ------------------------------------------------------------------------
 
@@ -190,7 +205,7 @@ class MixLayer(keras.layers.Layer):
                 images = ops.cast(images, self.compute_dtype)
             out = (images, soft_labels(labels, self.num_classes, 0.0))
         else:
-            plan = self.plan_for(images)
+            plan = self.plan_for(images, partner_images=parts.get("partner_images"))
             out = mix_with_plan(
                 plan,
                 images,
@@ -202,7 +217,7 @@ class MixLayer(keras.layers.Layer):
                 y_partner=parts.get("partner_labels"),
                 dtype=self.compute_dtype,
             )
-            self._step += 1
+            self.counter.advance()
         return {"images": out[0], "labels": out[1]} if form == "dict" else out
 
     def compute_output_spec(self, inputs: Any, training: bool = True) -> Any:
@@ -241,7 +256,7 @@ class MixLayer(keras.layers.Layer):
     def save_own_variables(self, store: Any) -> None:
         """Saves the plan counter: int64 ``[epoch, step]`` (not a Keras variable: reading
         one would sync the device)."""
-        store["epoch_step"] = np.array([self._epoch, self._step], dtype=np.int64)
+        store["epoch_step"] = np.array([self.counter.epoch, self.counter.step], dtype=np.int64)
 
     def load_own_variables(self, store: Any) -> None:
         """Restores the plan counter saved by :meth:`save_own_variables`."""

@@ -21,7 +21,7 @@ from keras import ops
 
 from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.labels import check_labels
-from vicinal.mixing import DATA_FORMATS, DataFormat, check_plan_inputs, spatial_size
+from vicinal.mixing import DATA_FORMATS, DataFormat, check_plan_inputs, plan_arrays, spatial_size
 from vicinal.sampling import MixConfig, MixPlan
 
 __all__ = [
@@ -119,32 +119,29 @@ def _image_size(x: Any, data_format: DataFormat) -> tuple[int, int]:
 
 
 def plan_tensors(plan: MixPlan) -> dict[str, np.ndarray]:
-    """A :class:`~vicinal.sampling.MixPlan` as plain arrays for :func:`mix_with_plan`.
+    """A :class:`~vicinal.sampling.MixPlan` as plain arrays for :func:`mix_with_plan`:
+    :func:`vicinal.mixing.plan_arrays`, the one packed format, with Keras' names.
 
     Returns:
         ``"weights"``: float32 (B, K) in [0, 1], the weight of each sample (column 0)
         and its partners in the mixed label; rows sum to 1.
         ``"image_weights"``: float32 (B, K), the same for the image
         (:attr:`MixPlan.input_weights <vicinal.sampling.MixPlan.input_weights>`):
-        CutMix'ed rows are ``(1, 0, ...)``, their box is pasted instead.
+        pasted rows are ``(1, 0, ...)``, their box or mask is pasted instead.
         ``"partners"``: int32 (B, K-1), partner rows in [0, B) (for a stream plan,
         ``arange(B)``: row ``i`` of the partner batch).
-        ``"boxes"``: int32 (B, 4) ``(top, left, bottom, right)`` in pixels
-        (bottom/right exclusive), all 0 where nothing is pasted; present only for
-        CutMix and switch plans.
+        For plans that paste: ``"boxes"`` int32 (B, 4) ``(top, left, bottom, right)``
+        in pixels (bottom/right exclusive), all 0 where nothing is pasted; ``"masks"``
+        bool or float32 (B, H, W), the partner's pixel weights; ``"source_rows"`` and
+        ``"source_cols"`` int32 (B, H) and (B, W), ResizeMix's resampling.
 
     The key set and the shapes depend only on the config and the batch size, so the
     arrays can be fed to a traced function without retracing.
     """
-    if not isinstance(plan, MixPlan):
-        raise TypeError(f"plan must be a MixPlan, got {type(plan).__name__}")
-    out = {
-        "weights": plan.weights.astype(np.float32),
-        "image_weights": plan.input_weights.astype(np.float32),
-        "partners": plan.partners.astype(np.int32),
-    }
-    if plan.boxes is not None:
-        out["boxes"] = plan.boxes.astype(np.int32)
+    arrays = plan_arrays(plan)
+    out = {"weights": arrays.pop("weights"), "image_weights": arrays.pop("input_weights")}
+    for key, value in arrays.items():
+        out[key] = value.astype(np.int32) if value.dtype == np.int64 else value
     return out
 
 
@@ -209,6 +206,54 @@ def _box_mask(boxes: Any, height: int, width: int, ndim: int, data_format: DataF
     else:
         shape = (-1,) + (1,) * (ndim - 3) + (height, width)
     return ops.reshape(mask, shape)
+
+
+# keras.ops counterpart of vicinal.mixing's reference paste (_paste_np): blend·(1-m) + P·m,
+# a select where m is binary; test_keras_mask_methods_equal_core checks they agree.
+def _paste(tensors: Mapping[str, Any], blend: Any, partner: Any, size: tuple[int, int], fmt: DataFormat) -> Any:
+    h, w = size
+    ndim = len(blend.shape)
+    m = None
+    if "boxes" in tensors:
+        m = _box_mask(ops.convert_to_tensor(tensors["boxes"]), h, w, ndim, fmt)
+    if "masks" in tensors:
+        masks = ops.convert_to_tensor(tensors["masks"])
+        if fmt == "channels_last":
+            shape = (-1,) + (1,) * (ndim - 4) + (h, w, 1)
+        else:
+            shape = (-1,) + (1,) * (ndim - 3) + (h, w)
+        masks = ops.reshape(masks, shape)
+        if keras.backend.standardize_dtype(masks.dtype) == "bool":
+            m = masks if m is None else ops.logical_or(m, masks)
+        else:
+            m = masks if m is None else ops.where(m, ops.ones_like(masks), masks)
+    pasted = partner
+    if "source_rows" in tensors:
+        pasted = _resample(partner, tensors["source_rows"], tensors["source_cols"], size, fmt)
+    assert m is not None
+    if keras.backend.standardize_dtype(m.dtype) == "bool":
+        return ops.where(m, pasted, blend)
+    m = ops.cast(m, blend.dtype)
+    return blend * (1 - m) + pasted * m
+
+
+def _resample(a: Any, rows: Any, cols: Any, size: tuple[int, int], fmt: DataFormat) -> Any:
+    """``a[i, ..., rows[i, h], cols[i, w], ...]`` per sample, with ``keras.ops``."""
+    h, w = size
+    rows = ops.cast(ops.convert_to_tensor(rows), "int32")
+    cols = ops.cast(ops.convert_to_tensor(cols), "int32")
+    flat_index = ops.reshape(rows[:, :, None] * w + cols[:, None, :], (-1, h * w))  # (B, H*W)
+    if fmt == "channels_last":  # (B, ..., H, W, C)
+        moved = ops.moveaxis(a, (-3, -2), (1, 2))
+    else:  # (B, ..., H, W)
+        moved = ops.moveaxis(a, (-2, -1), (1, 2))
+    shape = tuple(moved.shape)
+    flat = ops.reshape(moved, (shape[0], h * w, -1))
+    picked = ops.take_along_axis(flat, flat_index[:, :, None], axis=1)
+    picked = ops.reshape(picked, shape)
+    if fmt == "channels_last":
+        return ops.moveaxis(picked, (1, 2), (-3, -2))
+    return ops.moveaxis(picked, (1, 2), (-2, -1))
 
 
 def mix_with_plan(
@@ -287,10 +332,8 @@ def mix_with_plan(
         x_mixed = x  # every row keeps its own image (CutMix, or nothing applied): x·1 + x'·0 = x
     else:
         x_mixed = _combine(ops.convert_to_tensor(tensors["image_weights"]), x, x_sources)
-    if "boxes" in tensors:
-        h, w = _image_size(x, fmt)
-        mask = _box_mask(ops.convert_to_tensor(tensors["boxes"]), h, w, len(x.shape), fmt)
-        x_mixed = ops.where(mask, x_sources[0], x_mixed)
+    if "boxes" in tensors or "masks" in tensors:
+        x_mixed = _paste(tensors, x_mixed, x_sources[0], _image_size(x, fmt), fmt)
 
     y_mixed = None
     if y is not None:

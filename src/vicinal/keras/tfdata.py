@@ -132,9 +132,15 @@ def tf_dataset(batches: Any, *, num_parallel_calls: int | None = None, prefetch:
 
     if not isinstance(batches, MixedBatches):
         raise TypeError(f"batches must be a MixedBatches, got {type(batches).__name__}")
+    mix = batches.mix
+    if mix is not None and not set(mix.methods) <= {"mixup", "cutmix", "kway"}:
+        raise ValueError(
+            f"tf_dataset makes MixUp, CutMix, their switch and k-way batches in the graph; "
+            f"method={mix.method!r} (masks, resized or saliency-placed pastes) is not built there yet: "
+            "pass the MixedBatches itself to model.fit"
+        )
     tf = _tf()
     auto = tf.data.AUTOTUNE
-    mix = batches.mix
     nb, b = batches.num_batches, batches.batch_size
     k = 1 if mix is None else mix.num_sources
     names = ["size", "rows"] + ([] if mix is None else ["weights", "image_weights"])
