@@ -1,0 +1,54 @@
+"""The mask family through the Keras front end: MixLayer (called as keras.layers.MixUp
+is), keras.ops' paste against the core's reference, MixedBatches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from vicinal import MixConfig, apply_plan, sample_plan  # noqa: E402
+from vicinal.keras import MixedBatches, MixLayer  # noqa: E402
+from vicinal.keras.ops import mix_with_plan, plan_tensors  # noqa: E402
+
+METHODS = ["cutmix", "fmix", "resizemix", "gridmix", "smoothmix", "saliencymix"]
+
+
+def test_mixlayer_takes_the_method_parameters_as_keywords() -> None:
+    layer = MixLayer(alpha=0.4, num_classes=10, name="mix")
+    assert layer.mix_config == MixConfig(alpha=0.4) and layer.name == "mix"
+    assert MixLayer(method="fmix", mask_alpha=2.0, num_classes=3).mix_config.method == "fmix"
+    with pytest.raises(ValueError, match="not both"):
+        MixLayer(MixConfig(), alpha=0.4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_keras_ops_paste_equals_the_core(method: str, data_format: str) -> None:
+    rng = np.random.default_rng(0)
+    shape = (5, 9, 7, 3) if data_format == "channels_last" else (5, 3, 9, 7)
+    x = rng.random(shape).astype(np.float32)
+    y = rng.integers(0, 4, 5)
+    layer = MixLayer(method=method, num_classes=4, data_format=data_format, seed=2)
+    plan = layer.plan_for(x)
+    want_x, want_y = apply_plan(plan, x, y, num_classes=4, data_format=data_format)
+    got_x, got_y = mix_with_plan(plan_tensors(plan), x, y, num_classes=4, data_format=data_format)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got_x), want_x, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got_y), want_y, atol=1e-6)
+    out = layer({"images": x, "labels": y})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["images"]), want_x, atol=1e-6)
+    assert layer.step == 1
+
+
+@pytest.mark.parametrize("method", ["fmix", "saliencymix"])
+def test_mixed_batches_take_mask_methods(method: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((20, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    data = MixedBatches(x, y, batch_size=8, mix=MixConfig(method), num_classes=3, seed=0)
+    xb, yb = data[0]
+    assert xb.shape == (8, 8, 8, 1) and yb.shape == (8, 3)
+    np.testing.assert_allclose(yb.sum(axis=1), 1.0, atol=1e-6)
+    plan = sample_plan(MixConfig(method), 8, seed=0, image_size=(8, 8))
+    assert plan.cut is not None and plan.cut.all()
