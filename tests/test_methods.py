@@ -246,3 +246,14 @@ def test_a_compiled_training_step_with_the_mixer_inside() -> None:
         assert compiled_mixer.step == 3
     frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert frames <= 8  # a few graphs around the eager plan draw, not one per step
+
+
+def test_label_weight_distributions_follow_the_papers() -> None:
+    """FMix with α = 1: λ ~ U(0, 1) and the mask's mean is within 1/N of 1 - λ, so the
+    partner weights are uniform (KS test); GridMix's realised share has mean E[1-λ] = 1/2
+    (a CLT bound at 5 standard errors)."""
+    n = 3000
+    fmix = sample_plan(MixConfig("fmix"), n, seed=3, image_size=(16, 16)).weights[:, 1]
+    assert stats.kstest(fmix, "uniform").pvalue > 1e-3
+    grid = sample_plan(MixConfig("gridmix"), n, seed=4, image_size=(24, 24)).weights[:, 1]
+    assert abs(grid.mean() - 0.5) < 5 * grid.std() / np.sqrt(n)
