@@ -553,3 +553,13 @@ def test_same_seed_same_masks(render) -> None:  # type: ignore[no-untyped-def]
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     assert np.array_equal(render(np.random.default_rng(7)), render(np.random.default_rng(7)))
+
+
+def test_empty_batches() -> None:
+    assert fmix_masks(gen(60), np.zeros(0), (3, 4), max_soft=0.1).shape == (0, 3, 4)
+    assert gridmix_masks(gen(60), np.zeros(0), (3, 4)).shape == (0, 3, 4)
+    assert smoothmix_masks(gen(60), 0, (3, 4)).shape == (0, 3, 4)
+    maps = spectral_residual_saliency(np.zeros((0, 3, 5, 7)))
+    assert maps.shape == (0, 5, 7) and maps.dtype == np.float32
+    peaks = saliency_peaks(maps)
+    assert peaks.shape == (0, 2) and peaks.dtype == np.int64

@@ -66,8 +66,9 @@ _SR_BLUR_SIGMA = 8.0
 # ITU-R BT.601 luma weights for an RGB image (what cv2.cvtColor(BGR2GRAY) applies to a
 # BGR one).
 _LUMA_RGB = (0.299, 0.587, 0.114)
-# A 64 x 64 grey image whose standard deviation is at most this fraction of its largest
-# absolute value is taken as constant (a resized constant image varies by rounding only).
+# A working grey image (after the resize) whose standard deviation is at most this
+# fraction of its largest absolute value is taken as constant (a resized constant image
+# varies by rounding only).
 _FLAT_RELATIVE_STD = 1e-10
 # Fourier coefficients of the standardised image below this fraction of the RMS
 # coefficient carry no information (rounding noise, exact zeros); they get this floor as
@@ -224,8 +225,9 @@ def fmix_masks(
       with the stated scale (the intended 1/f^δ spectrum). Its grid for odd W has one
       extra (negative-frequency) column, which ``irfftn`` drops; here the grid is the
       ``rfft2`` grid;
-    * the official count is ``ceil(λN)`` or ``floor(λN)`` with probability 1/2 each (biased
-      toward the ceiling); here stochastic rounding as above;
+    * the official count is ``ceil(λN)`` or ``floor(λN)`` with probability 1/2 each, whose
+      mean is off ``λN`` by ``1/2 - frac(λN)`` (unless λN is whole); here stochastic
+      rounding as above;
     * the official mask is the *sample's* weight (``x·mask + x[perm]·(1 - mask)``); here
       ``m`` is the partner's (``m = 1 - mask``);
     * the official code min–max normalises the noise first (a division by zero on a
@@ -638,7 +640,7 @@ def saliency_peaks(saliency: npt.ArrayLike) -> npt.NDArray[np.int64]:
         raise ValueError(f"saliency must have shape (n, H, W) with H, W >= 1, got {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError("saliency must be finite (no NaN or inf)")
-    n, _, w = arr.shape
-    flat_index = np.argmax(arr.reshape(n, -1), axis=1).astype(np.int64)
+    n, h, w = arr.shape
+    flat_index = np.argmax(arr.reshape(n, h * w), axis=1).astype(np.int64)
     peaks: npt.NDArray[np.int64] = np.stack([flat_index // w, flat_index % w], axis=1)
     return peaks
