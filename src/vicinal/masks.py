@@ -18,6 +18,17 @@ function of its seed. The draws are vectorised over the samples.
   (Hou & Zhang 2007) and its argmax, for placing SaliencyMix's box (Uddin et al. 2021).
 
 Nothing here imports torch or SciPy.
+
+Example::
+
+    >>> rng = np.random.Generator(np.random.Philox(key=0))
+    >>> m = fmix_masks(rng, np.array([0.3, 0.75]), (4, 8))  # own weights λ; N = 32 pixels
+    >>> m.shape, m.dtype
+    ((2, 4, 8), dtype('bool'))
+    >>> own = 32 - m.sum(axis=(1, 2))  # floor(λN) or ceil(λN) pixels stay the sample's
+    >>> bool(own[0] in (9, 10)), int(own[1])
+    (True, 24)
+    >>> label_weight = 1.0 - m.mean(axis=(1, 2), dtype=np.float64)  # the sample's own
 """
 
 from __future__ import annotations
@@ -55,8 +66,9 @@ _SR_BLUR_SIGMA = 8.0
 # ITU-R BT.601 luma weights for an RGB image (what cv2.cvtColor(BGR2GRAY) applies to a
 # BGR one).
 _LUMA_RGB = (0.299, 0.587, 0.114)
-# A 64 x 64 grey image whose standard deviation is at most this fraction of its largest
-# absolute value is taken as constant (a resized constant image varies by rounding only).
+# A working grey image (after the resize) whose standard deviation is at most this
+# fraction of its largest absolute value is taken as constant (a resized constant image
+# varies by rounding only).
 _FLAT_RELATIVE_STD = 1e-10
 # Fourier coefficients of the standardised image below this fraction of the RMS
 # coefficient carry no information (rounding noise, exact zeros); they get this floor as
@@ -95,8 +107,9 @@ def _check_lam(lam: Any) -> Float64:
     out = arr.astype(np.float64)
     bad = ~((out >= 0.0) & (out <= 1.0))  # also catches NaN
     if bad.any():
+        first = int(np.argmax(bad))
         raise ValueError(
-            f"lam must lie in [0, 1] (each sample's own weight), got {out[bad][0]!r} at index {int(np.argmax(bad))}"
+            f"lam must lie in [0, 1] (each sample's own weight), got {float(out[first])!r} at index {first}"
         )
     return out
 
@@ -105,10 +118,10 @@ def _check_real(name: str, value: Any, *, low: float, high: float, low_open: boo
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
-    ok = (v > low if low_open else v >= low) and v <= high  # False for NaN
+    ok = math.isfinite(v) and (v > low if low_open else v >= low) and v <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must lie in {bracket}{low:g}, {high:g}], got {v!r}")
+        raise ValueError(f"{name} must be finite and lie in {bracket}{low:g}, {high:g}], got {v!r}")
     return v
 
 
@@ -212,8 +225,9 @@ def fmix_masks(
       with the stated scale (the intended 1/f^δ spectrum). Its grid for odd W has one
       extra (negative-frequency) column, which ``irfftn`` drops; here the grid is the
       ``rfft2`` grid;
-    * the official count is ``ceil(λN)`` or ``floor(λN)`` with probability 1/2 each (biased
-      toward the ceiling); here stochastic rounding as above;
+    * the official count is ``ceil(λN)`` or ``floor(λN)`` with probability 1/2 each, whose
+      mean is off ``λN`` by ``1/2 - frac(λN)`` (unless λN is whole); here stochastic
+      rounding as above;
     * the official mask is the *sample's* weight (``x·mask + x[perm]·(1 - mask)``); here
       ``m`` is the partner's (``m = 1 - mask``);
     * the official code min–max normalises the noise first (a division by zero on a
@@ -311,7 +325,7 @@ def gridmix_masks(
         raise ValueError(f"grid must be a pair (lo, hi) with 1 <= lo <= hi, got {grid!r}")
     n = lam_.shape[0]
 
-    cells = gen.integers(lo, hi, endpoint=True, size=n).astype(np.int64)
+    cells: npt.NDArray[np.int64] = np.asarray(gen.integers(lo, hi, endpoint=True, size=n), dtype=np.int64)
     partner = gen.random((n, hi, hi)) < (1.0 - lam_)[:, None, None]
     # Pixel y lies in cell a iff floor(a·H/n) <= y < floor((a+1)·H/n), i.e. a = ceil((y+1)·n/H) - 1.
     rows = ((np.arange(h, dtype=np.int64)[None, :] + 1) * cells[:, None] - 1) // h
@@ -335,36 +349,42 @@ def smoothmix_masks(
     """SmoothMix masks: a smooth bump G at a uniform centre; G is the partner's weight.
 
     Lee et al., "SmoothMix: a Simple Yet Effective Data Augmentation to Train Robust
-    Classifiers", CVPR Workshops 2020. The authors published no code; the
-    implementations read for this one are OpenMixup's ``openmixup/models/augments/smoothmix.py``
-    and copies of the same kernel code.
+    Classifiers", CVPR Workshops 2020. No code by the authors was found; the
+    implementations read for this one are OpenMixup's
+    (``openmixup/models/augments/smoothmix.py``) and a third-party copy of the same
+    Gaussian kernel code. The paper's own text was not at hand when this was written:
+    the Gaussian follows those implementations, the square is this module's definition
+    (below), and both should be checked against the paper.
 
     Per sample: a centre ``(cy, cx)`` uniform on the continuous image ``[0, H) × [0, W)``
     (pixel ``(i, j)`` has its centre at ``(i + 0.5, j + 0.5)``, so the pixel holding the
     centre, the mask's maximum, is uniform over the pixels), and ``s ~ U(sigma[0], sigma[1])``,
-    ONE draw shared by both axes (as in the implementations, which draw one σ; the
-    paper's σ is one number too), scaled per axis by the side: ``σ_y = s·H``, ``σ_x = s·W``.
+    one draw shared by both axes (the implementations draw one σ for both), scaled per
+    axis by the side: ``σ_y = s·H``, ``σ_x = s·W``.
 
     * ``"gaussian"``: ``G = exp(-((y - cy)²/(2σ_y²) + (x - cx)²/(2σ_x²)))``, 1 at the
-      centre; the paper's circle mask, and with ``sigma=(0.25, 0.5)`` the σ range of the
-      implementations (``σ ~ U(0.25, 0.5)·H``).
+      centre; with the default ``sigma=(0.25, 0.5)`` the implementations' range
+      ``σ ~ U(0.25, 0.5)·H``.
     * ``"square"``: an axis-aligned square (in units of each side) of half side
       ``a_y = s·H``, ``a_x = s·W`` with linear ramps: per axis
       ``p(d) = clip((1.5a - d)/a, 0, 1)`` of the distance ``d`` to the centre (1 up to
-      ``a/2``, 0.5 at the square's edge ``a``, 0 from ``1.5a``), ``G = p_y·p_x``. The
-      paper's square variant has no public code; this definition (its size range and
-      the ramp width ``a``) is this module's.
+      ``a/2``, 0.5 at the square's edge ``a``, 0 from ``1.5a``), ``G = p_y·p_x``. Neither
+      implementation has a square; its size range (``sigma``) and ramp width (``a``)
+      are this module's choice.
 
     G extends past the image edges and is cut there, as in the implementations.
-    The mixed image is ``x·(1 - G) + partner·G`` and the sample's own label weight is
-    ``1 - mean(G)``. A known implementation (OpenMixup's ``smoothmix``) blends
-    ``img·(1 - G) + img[perm]·G`` but returns ``mean(G)`` as the weight of the sample's
-    OWN label: inverted targets (with ``G ≡ 1`` the image is the partner's, the label
-    the sample's). Here ``mean(G)`` is the partner's share.
 
-    Deviations from the implementations: centres are continuous and per sample (they
-    draw one integer centre per batch, on a grid of side ``H`` that also serves as
-    ``W``, so non-square images fail there); here ``σ`` scales with each side.
+    Which label gets ``mean(G)``: the paper writes ``x = G·x_a + (1 - G)·x_b`` with
+    ``λ = mean(G)`` the weight of ``y_a``, the image G multiplies. Here G multiplies the
+    partner: the mixed image is ``x·(1 - G) + partner·G``, the partner's label weight is
+    ``mean(G)`` and the sample's own is ``1 - mean(G)``. OpenMixup's ``smoothmix`` blends
+    ``img·(1 - G) + img[perm]·G`` but returns ``mean(G)`` as the weight of ``img``'s own
+    label: inverted targets (with ``G ≡ 1`` the image is the partner's and the label the
+    sample's).
+
+    Deviations from the implementations: one mask per sample with a continuous centre
+    (they draw one integer pixel centre per batch); ``σ`` scales with each side (they
+    build an ``H × H`` kernel, so non-square images fail to broadcast).
 
     Draws: ``3n`` uniforms, as an ``(n, 3)`` array ``(cy, cx, s)``.
 
@@ -391,8 +411,8 @@ def smoothmix_masks(
 
     u = gen.random((count, 3))
     scale = s_lo + (s_hi - s_lo) * u[:, 2]
-    profile_y = _smooth_profile(kind, np.arange(h) + 0.5, u[:, 0] * h, scale * h)
-    profile_x = _smooth_profile(kind, np.arange(w) + 0.5, u[:, 1] * w, scale * w)
+    profile_y = _smooth_profile(kind, np.arange(h, dtype=np.float64) + 0.5, u[:, 0] * h, scale * h)
+    profile_x = _smooth_profile(kind, np.arange(w, dtype=np.float64) + 0.5, u[:, 1] * w, scale * w)
     masks: FloatMasks = (profile_y[:, :, None] * profile_x[:, None, :]).astype(np.float32)
     return masks
 
@@ -513,16 +533,18 @@ def spectral_residual_saliency(images: npt.ArrayLike, *, channels_last: bool = F
     1. grey: for 3 channels the BT.601 luma ``0.299·R + 0.587·G + 0.114·B`` (channels
        taken in RGB order; OpenCV's ``BGR2GRAY`` gives the same weights to a BGR image),
        otherwise the mean over the channels; ``(n, H, W)`` input is grey already;
-    2. resize to 64×64, bilinear with OpenCV's INTER_LINEAR pixel-centre mapping
-       (separable interpolation matrices, edge samples clamped, no antialiasing);
-    3. standardise each grey image to mean 0 and standard deviation 1 (not in OpenCV);
+    2. resize each side longer than 64 to 64, bilinear with OpenCV's INTER_LINEAR
+       pixel-centre mapping (separable interpolation matrices, edge samples clamped, no
+       antialiasing); sides of 64 or less are kept;
+    3. standardise each grey image to mean 0 and standard deviation 1;
     4. the log amplitude ``L`` of its 2-D FFT; the spectral residual ``R = L - box3(L)``
        with a 3×3 mean filter whose border is circular (the spectrum is periodic);
     5. the inverse FFT of ``exp(R)`` with the original phase, and its magnitude;
     6. OpenCV's Gaussian blur (5×5 kernel, σ = 8, reflect-101 border), then squared
        (OpenCV's order; the paper blurs the squared magnitude);
     7. divided by its maximum (as OpenCV), so the maximum is 1 and all values in [0, 1];
-    8. resized back to ``(H, W)``, bilinear as in step 2.
+    8. resized back to ``(H, W)``, bilinear as in step 2 (the identity when no side
+       exceeds 64).
 
     Invariance: the map of ``a·x + b_c`` equals the map of ``x`` (to float rounding,
     ~1e-6) for any real ``a != 0`` common to all channels and any per-channel offsets
@@ -536,6 +558,12 @@ def spectral_residual_saliency(images: npt.ArrayLike, *, channels_last: bool = F
     *fine-grained* static saliency on one image per batch and fed it normalised floats
     where it expects 8-bit images):
 
+    * step 2: OpenCV resizes every image to 64×64, also upwards. An upsampled small
+      image (CIFAR's 32×32, MNIST's 28×28) has a smooth, interpolated spectrum whose
+      whitened residual is dominated by the interpolation and by the image border. On
+      64 blob images like the tests', upsampled to 64×64, the peak missed the blob by
+      up to 29 (28×28), 34 (32×32) and 21 (17×23) pixels (medians 0.7, 22, 11); at the
+      native size by at most 2 pixels. So sides of 64 or less stay as they are;
     * step 3 and the DC term: OpenCV's map depends on the image's offset and contrast
       through the DC coefficient (the image's sum), which it keeps in the reconstruction
       as a constant added before the magnitude is taken. Here the standardised image
@@ -564,7 +592,7 @@ def spectral_residual_saliency(images: npt.ArrayLike, *, channels_last: bool = F
         ``float32`` ``(n, H, W)`` in ``[0, 1]``.
     """
     grey = _to_grey(images, channels_last)
-    n, h, w = grey.shape
+    _, h, w = grey.shape
     sh, sw = min(h, _SR_SIDE), min(w, _SR_SIDE)
     small = _resize(grey, sh, sw)
 
@@ -612,7 +640,7 @@ def saliency_peaks(saliency: npt.ArrayLike) -> npt.NDArray[np.int64]:
         raise ValueError(f"saliency must have shape (n, H, W) with H, W >= 1, got {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError("saliency must be finite (no NaN or inf)")
-    n, _, w = arr.shape
-    flat_index = np.argmax(arr.reshape(n, -1), axis=1).astype(np.int64)
+    n, h, w = arr.shape
+    flat_index = np.argmax(arr.reshape(n, h * w), axis=1).astype(np.int64)
     peaks: npt.NDArray[np.int64] = np.stack([flat_index // w, flat_index % w], axis=1)
     return peaks
