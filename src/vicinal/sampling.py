@@ -572,11 +572,16 @@ def boxes_at(
     """Boxes of ``cut_h × cut_w`` centred at ``(cy, cx)``, clipped to the image; returns
     them and each box's exact kept fraction ``1 - area / (H·W)``."""
     h, w = image_size
-    top = np.clip(cy - cut_h // 2, 0, h)
-    left = np.clip(cx - cut_w // 2, 0, w)
-    bottom = np.clip(cy - cut_h // 2 + cut_h, 0, h)
-    right = np.clip(cx - cut_w // 2 + cut_w, 0, w)
-    boxes = np.stack([top, left, bottom, right], axis=1)
+    # np.clip's integer path builds iinfo objects each call; minimum/maximum give the
+    # same values at a fraction of the cost.
+    boxes = np.empty((cy.shape[0], 4), dtype=np.int64)
+    np.subtract(cy, cut_h // 2, out=boxes[:, 0])
+    np.subtract(cx, cut_w // 2, out=boxes[:, 1])
+    np.add(boxes[:, 0], cut_h, out=boxes[:, 2])
+    np.add(boxes[:, 1], cut_w, out=boxes[:, 3])
+    np.maximum(boxes, 0, out=boxes)
+    np.minimum(boxes, (h, w, h, w), out=boxes)
+    top, left, bottom, right = boxes.T
     exact_lam = 1.0 - (bottom - top) * (right - left) / float(h * w)
     return boxes, exact_lam
 
@@ -747,6 +752,16 @@ def _paste_fields(
     ``source_rows``/``source_cols`` and ``unplaced`` (per unit)."""
     n = which.shape[0]
     h, w = image_size
+    if len(draws) == 1:  # one method: its arrays as they are (no per-row selection)
+        d = draws[0][1]
+        rows = np.ones(n, dtype=bool)
+        return {
+            "cut": rows,
+            "boxes": d.boxes,
+            "masks": d.masks,
+            "resized": rows.copy() if d.resized else None,
+            "unplaced": rows.copy() if d.unplaced else None,
+        }
     cut = np.zeros(n, dtype=bool)
     boxes: np.ndarray | None = None
     masks: np.ndarray | None = None
