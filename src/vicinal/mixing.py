@@ -496,9 +496,21 @@ def _paste_np(plan: MixPlan, x: Any, partner0: Any, channels_last: bool) -> tupl
     (bool for box and binary masks, float for soft masks; shaped to broadcast against
     x) and the pasted image ``P`` (partner 0, resampled by ResizeMix's maps)."""
     xp = array_namespace(x)
+    ah, _ = _spatial_axes(x.ndim, channels_last)
+    pasted = partner0
+    if plan.source_rows is not None:
+        assert plan.source_cols is not None
+        rows = xp.asarray(plan.source_rows, device=_device(x))
+        cols = xp.asarray(plan.source_cols, device=_device(x))
+        pasted = _resample(xp, partner0, rows, cols, ah)
+    return _paste_weight(xp, plan, x.ndim, channels_last, _device(x)), pasted
+
+
+def _paste_weight(xp: Any, plan: MixPlan, ndim: int, channels_last: bool, dev: Any) -> Any:
+    """The partner's pixel weight ``m`` of :func:`_paste_np`, shaped to broadcast
+    against a batch of ``ndim`` dims."""
     assert plan.image_size is not None
     h, w = plan.image_size
-    dev = _device(x)
     m = None
     if plan.boxes is not None:
         m = _box_indicator(xp, xp.asarray(plan.boxes, device=dev), h, w, dev)
@@ -509,14 +521,7 @@ def _paste_np(plan: MixPlan, x: Any, partner0: Any, channels_last: bool) -> tupl
         else:
             m = masks if m is None else xp.where(m, xp.asarray(1.0, dtype=masks.dtype), masks)
     assert m is not None
-    ah, _ = _spatial_axes(x.ndim, channels_last)
-    pasted = partner0
-    if plan.source_rows is not None:
-        assert plan.source_cols is not None
-        rows = xp.asarray(plan.source_rows, device=dev)
-        cols = xp.asarray(plan.source_cols, device=dev)
-        pasted = _resample(xp, partner0, rows, cols, ah)
-    return xp.reshape(m, _mask_shape(plan.batch_size, h, w, x.ndim, channels_last)), pasted
+    return xp.reshape(m, _mask_shape(plan.batch_size, h, w, ndim, channels_last))
 
 
 # --------------------------------------------------------------------------- torch paths
@@ -633,23 +638,27 @@ def _mix_roll(x: Any, out: Any, w: Any, shift: int, mask: Any = None) -> Any:
     return out
 
 
-def _mix_float_torch(t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, blends: bool = True) -> Any:
+def _mix_float_torch(
+    t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, blends: bool = True, mask: Any = None
+) -> Any:
     """Mix a floating tensor; ``out`` may be ``x`` itself (in place) or another buffer."""
     if t.shift is not None and t.num_sources == 2 and t.source_rows is None:
         w = t.input_weights[:, 1].to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) if blends else None
-        mask = _paste_mask(t, x.ndim, channels_last, x.device, x.dtype) if t.pastes else None
+        if mask is None and t.pastes:
+            mask = _paste_mask(t, x.ndim, channels_last, x.device, x.dtype)
         return _mix_roll(x, out, w, t.shift[0], mask)
     cols = _weight_columns(t, x.dtype, x.ndim)
     partners = _gather_partners(t, x, x_partner)  # gathered copies: safe when out is x
-    mask = pasted = None
+    pasted = None
     if t.pastes:
-        mask = _paste_mask(t, x.ndim, channels_last, x.device, x.dtype)
+        if mask is None:
+            mask = _paste_mask(t, x.ndim, channels_last, x.device, x.dtype)
         pasted = _pasted(t, partners[0], channels_last)
     return _combine_into(out, x, partners, cols, mask, pasted, blends)
 
 
 def _mix_uint8_torch(
-    t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, policy: KernelPolicy
+    t: PlanTensors, x: Any, x_partner: Any, out: Any, channels_last: bool, policy: KernelPolicy, mask: Any = None
 ) -> Any:
     """Same float32 ops as the float path, a few rows at a time, then rounded.
 
@@ -659,7 +668,8 @@ def _mix_uint8_torch(
     """
     torch = _torch()
     cols = _weight_columns(t, torch.float32, x.ndim)
-    mask = None if not t.pastes else _paste_mask(t, x.ndim, channels_last, x.device, torch.float32)
+    if mask is None and t.pastes:
+        mask = _paste_mask(t, x.ndim, channels_last, x.device, torch.float32)
     src = x.clone() if out.data_ptr() == x.data_ptr() else x
     b = t.batch_size
     rows_per_chunk = max(1, policy.uint8_block_bytes // max(1, x[0].numel()))
@@ -848,9 +858,17 @@ def _mix_torch(
         w = torch.from_numpy(plan.input_weights[:, 1].astype(np.float32).reshape((-1,) + (1,) * (x.ndim - 1)))  # type: ignore[union-attr]
         return _mix_roll(x, out, w if x.dtype == torch.float32 else w.to(x.dtype), plan.shift[0])  # type: ignore[index]
     t = tensors if tensors is not None else _to_tensors(plan, x.device, keep_paste=False)  # type: ignore[arg-type]
+    mask = None
+    if host and pastes and x.device.type == "cpu":
+        # The paste weights straight from the host plan, in NumPy: a handful of small
+        # torch ops (comparisons, an outer product) cost more than the paste itself here.
+        weight = _paste_weight(array_namespace(plan.weights), plan, x.ndim, channels_last, None)  # type: ignore[union-attr, arg-type]
+        mask = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+        if x.is_floating_point() and x.dtype != torch.float32:
+            mask = mask.to(x.dtype)
     if x.is_floating_point():
-        return _mix_float_torch(t, x, x_partner, out, channels_last, _blends(plan))
-    return _mix_uint8_torch(t, x, x_partner, out, channels_last, policy)
+        return _mix_float_torch(t, x, x_partner, out, channels_last, _blends(plan), mask)
+    return _mix_uint8_torch(t, x, x_partner, out, channels_last, policy, mask)
 
 
 def _check_torch_x(x: Any, x_partner: Any, out: Any, plan: MixPlan | PlanTensors) -> None:
