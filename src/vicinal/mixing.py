@@ -862,7 +862,7 @@ def _mix_torch(
     if host and pastes and x.device.type == "cpu":
         # The paste weights straight from the host plan, in NumPy: a handful of small
         # torch ops (comparisons, an outer product) cost more than the paste itself here.
-        weight = _paste_weight(array_namespace(plan.weights), plan, x.ndim, channels_last, None)  # type: ignore[union-attr, arg-type]
+        weight = _paste_weight(array_namespace(plan.weights), plan, x.ndim, channels_last, None)  # type: ignore[arg-type]
         mask = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         if x.is_floating_point() and x.dtype != torch.float32:
             mask = mask.to(x.dtype)
