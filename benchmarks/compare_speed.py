@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vicinal.experiments.compare import CompareConfig
+    from vicinal.experiments.runs.compare import CompareConfig
 
 # The keras.io program as measured on the issue's 2-core AVX2 machine (both arms, 10
 # epochs, Keras 3.15.1 + TensorFlow 2.21), against 166-170 s for `vicinal compare`.
@@ -41,7 +41,7 @@ def loader_cost(cfg: CompareConfig, steps: int = 300) -> None:
     """ms per batch of the in-memory loader with and without mixing, vs a training step."""
     import torch
 
-    from vicinal.experiments.compare import load_any, make_loader, make_splits
+    from vicinal.experiments.runs.compare import load_any, make_loader, make_splits
     from vicinal.experiments.models import build_model
     from vicinal.losses import soft_target_cross_entropy
 
@@ -182,7 +182,7 @@ def main() -> None:
 
     import torch
 
-    from vicinal.experiments.compare import CompareConfig, run_compare
+    from vicinal.experiments.runs.compare import CompareConfig, run_compare
 
     cfg = CompareConfig(
         data_dir=args.data_dir, epochs=args.epochs, parallel=not args.sequential, train_limit=args.train_limit

@@ -1,6 +1,6 @@
 """Where one training step of `vicinal compare`'s mixed arm spends its time, on CPU.
 
-Mirrors the step of ``vicinal.experiments.train.train_arm`` for the default compare
+Mirrors the step of ``vicinal.experiments.training.single.train_arm`` for the default compare
 (reference CNN, batch 64, channels-last, fused Adam, the loader of the mixed arm):
 
     x, target = next(epoch iterator)            # gather + apply_plan (+ the epoch plan at its start)
@@ -58,10 +58,10 @@ from pathlib import Path
 import torch
 
 import vicinal.experiments.loader as loader_module
-from vicinal.experiments.compare import CompareConfig, Splits, load_any, make_loader, make_splits
+from vicinal.experiments.runs.compare import CompareConfig, Splits, load_any, make_loader, make_splits
 from vicinal.experiments.models import ReferenceCNN, build_model
-from vicinal.experiments.options import PRECISIONS
-from vicinal.experiments.train import OptimConfig
+from vicinal.experiments.spec import PRECISIONS
+from vicinal.experiments.training.single import OptimConfig
 from vicinal.losses import soft_target_cross_entropy
 
 FMA_UNITS = 2  # assumed per core; true of most server cores (some Xeon Silver/Bronze SKUs have 1 AVX-512 FMA)

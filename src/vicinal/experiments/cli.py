@@ -1,7 +1,7 @@
 """The command line: ``vicinal compare | preview | study | report``.
 
 The top of the package: it parses options into the harness's configs
-(:mod:`vicinal.experiments.compare`, :mod:`vicinal.experiments.study`) and prints
+(:mod:`vicinal.experiments.runs.compare`, :mod:`vicinal.experiments.runs.study`) and prints
 one clear line for bad options or data instead of a traceback.
 """
 
@@ -14,10 +14,10 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from vicinal.experiments._atomic import DiskFullError, check_writable_folder
-from vicinal.experiments.options import METHOD_DEFAULTS, MIX_POLICIES, PRECISIONS, RUN_METHODS
+from vicinal.experiments.atomic import DiskFullError, check_writable_folder
+from vicinal.experiments.spec import METHOD_DEFAULTS, MIX_POLICIES, PRECISIONS, RUN_METHODS
 from vicinal.experiments.presets import PRESETS
-from vicinal.experiments.processes import RunFailed, describe_interrupt
+from vicinal.experiments.runs.processes import RunFailed, describe_interrupt
 from vicinal.sampling import GRANULARITIES, PAIRINGS
 
 
@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from vicinal.experiments.report import render_report
-    from vicinal.experiments.study import load_study, run_study, study_lock
+    from vicinal.experiments.report.report import render_report
+    from vicinal.experiments.runs.study import load_study, run_study, study_lock
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
@@ -289,7 +289,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from vicinal.experiments.report import render_report
+    from vicinal.experiments.report.report import render_report
 
     paths = render_report(args.folder, preview=not args.no_preview)
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -297,7 +297,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _config_from(args: argparse.Namespace):
-    from vicinal.experiments.compare import CompareConfig
+    from vicinal.experiments.runs.compare import CompareConfig
 
     values = {
         "dataset": args.dataset,
@@ -333,7 +333,7 @@ def _config_from(args: argparse.Namespace):
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from vicinal.experiments.compare import run_compare, summary_table
+    from vicinal.experiments.runs.compare import run_compare, summary_table
 
     cfg = _config_from(args).validate()
     if args.resume and not args.out:
@@ -351,7 +351,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
-    from vicinal.experiments.compare import load_any, make_splits, write_preview
+    from vicinal.experiments.runs.compare import load_any, make_splits, write_preview
 
     cfg = _config_from(args).validate()
     splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 
 from vicinal._checks import check_choice, check_int
-from vicinal.experiments._atomic import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json
 
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
@@ -535,12 +535,12 @@ def corruption_heatmap(
         table: ``{arm: {corruption: mean error in [0, 1]}}`` (:func:`corruption_errors`
             of each arm); a corruption an arm lacks is left blank.
         path: where the PNG goes (written by
-            :func:`vicinal.experiments.plots.save_figure`).
+            :func:`vicinal.experiments.report.plots.save_figure`).
 
     Returns:
         ``path``. Cells are annotated with the error in percent.
     """
-    from vicinal.experiments.plots import _pyplot, save_figure
+    from vicinal.experiments.report.plots import _pyplot, save_figure
 
     if not table:
         raise ValueError("table is empty: expected at least one arm")

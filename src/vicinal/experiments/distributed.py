@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vicinal.experiments.processes import RunFailed
+from vicinal.experiments.runs.processes import RunFailed
 
 
 @dataclass(frozen=True)

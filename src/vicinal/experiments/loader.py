@@ -32,7 +32,7 @@ import torch
 from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.experiments.data import InputKind
 from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
-from vicinal.experiments.options import MIX_POLICIES
+from vicinal.experiments.spec import MIX_POLICIES
 from vicinal.labels import soft_unchecked, to_soft
 from vicinal.mixing import PlanTensors, apply_plan
 from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan

@@ -23,7 +23,7 @@ import torch
 from filelock import FileLock
 
 from vicinal.experiments.cli import main
-from vicinal.experiments.processes import (
+from vicinal.experiments.runs.processes import (
     GRACE_S,
     HOLD_ENV,
     NO_PDEATHSIG_ENV,
@@ -32,7 +32,7 @@ from vicinal.experiments.processes import (
     describe_interrupt,
     stop_on_signals,
 )
-from vicinal.experiments.study import CLAIM_LOCK, CLAIMS_LOG, cell_dir, default_threads, load_study, run_study
+from vicinal.experiments.runs.study import CLAIM_LOCK, CLAIMS_LOG, cell_dir, default_threads, load_study, run_study
 
 BOUND_S = 180.0  # failure bound for any awaited event
 

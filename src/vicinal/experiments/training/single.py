@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from vicinal._checks import check_choice
-from vicinal.experiments._atomic import (
+from vicinal.experiments.atomic import (
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
@@ -40,7 +40,7 @@ from vicinal.experiments._atomic import (
 )
 from vicinal.experiments.distributed import SINGLE, DistContext, all_reduce_sum, barrier, shard_positions
 from vicinal.experiments.loader import InMemoryLoader, to_model_input
-from vicinal.experiments.options import PRECISIONS, SCHEDULES
+from vicinal.experiments.spec import PRECISIONS, SCHEDULES
 from vicinal.losses import jensen_shannon_consistency, soft_target_cross_entropy
 from vicinal.sampling import MixConfig
 

@@ -23,12 +23,12 @@ except for the reference CNN, which runs as grouped convolutions and batched mat
 products (the same arithmetic without vmap's layout copies: measured 2.1x faster per
 step here; :data:`GROUPED_FORWARDS`). The result differs from one-by-one training only
 by floating-point summation order (about 1e-7 relative per forward pass); the test
-``tests/test_batch_seeds.py`` holds losses to 1e-4 relative and accuracies equal.
+``tests/harness/test_batch_seeds.py`` holds losses to 1e-4 relative and accuracies equal.
 
 Validation and test metrics are computed per seed with the plain module holding that
-seed's weights, through :func:`vicinal.experiments.train.evaluate`, and the end of a
+seed's weights, through :func:`vicinal.experiments.training.single.evaluate`, and the end of a
 cell (test metrics, ``full_metrics``, corruption metrics, ``result.json``) is
-:func:`~vicinal.experiments.train.train_arm` itself resuming the finished checkpoint,
+:func:`~vicinal.experiments.training.single.train_arm` itself resuming the finished checkpoint,
 so a cell's folder holds exactly what a cell trained alone holds. Checkpoints are
 written in ``train_arm``'s format after every epoch, atomically: a killed group resumes
 with ``--batch-seeds`` or without it.
@@ -58,7 +58,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.overrides import TorchFunctionMode
 
-from vicinal.experiments.study import (
+from vicinal.experiments.runs.study import (
     CLAIM_LOCK,
     CellSpec,
     _log_claim,
@@ -378,8 +378,8 @@ class _Member:
 
 
 def _member(root: Path, cell: CellSpec, splits: Any) -> _Member:
-    from vicinal.experiments._atomic import load_tensors
-    from vicinal.experiments.train import CHECKPOINT, METRICS
+    from vicinal.experiments.atomic import load_tensors
+    from vicinal.experiments.training.single import CHECKPOINT, METRICS
 
     out = cell_dir(root, cell)
     write_cell_record(root, cell, splits, batch_seeds=True)
@@ -424,10 +424,10 @@ def _seed_optimizer_state(opt: torch.optim.Optimizer, seed: int) -> dict[str, An
 def train_members(root: Path, members: list[_Member], splits: Any, *, forward: str = "auto") -> None:
     """Train ``members`` (the same arm and start epoch) to the end as one batched model,
     checkpointing every cell after every epoch in ``train_arm``'s format."""
-    from vicinal.experiments._atomic import atomic_torch_save, atomic_write_bytes
+    from vicinal.experiments.atomic import atomic_torch_save, atomic_write_bytes
     from vicinal.experiments.models import build_model
-    from vicinal.experiments.processes import epoch_hook
-    from vicinal.experiments.train import (
+    from vicinal.experiments.runs.processes import epoch_hook
+    from vicinal.experiments.training.single import (
         CHECKPOINT,
         METRICS,
         NonFiniteLossError,
@@ -540,7 +540,7 @@ def _finish(root: Path, cell: CellSpec, splits: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     from vicinal.experiments.models import build_model
-    from vicinal.experiments.train import train_arm
+    from vicinal.experiments.training.single import train_arm
 
     model = build_model(cell.model, splits.input_shape, len(splits.class_names))
     return asdict(train_arm(cell.arm, model, cell_loader(cell, splits), **cell_train_options(root, cell, splits)))
@@ -551,17 +551,17 @@ def run_seed_group(
 ) -> list[tuple[CellSpec, dict[str, Any] | None]]:
     """Train the unfinished cells of ``cells`` (one arm, several seeds) as one batched model.
 
-    Every cell is claimed as :func:`~vicinal.experiments.study.run_cell` claims it, without
+    Every cell is claimed as :func:`~vicinal.experiments.runs.study.run_cell` claims it, without
     waiting: a cell another live process holds is left to it (its result is None here;
-    :func:`~vicinal.experiments.study.run_study` waits for it afterwards). The claims
+    :func:`~vicinal.experiments.runs.study.run_study` waits for it afterwards). The claims
     are held until the group is finished. Cells resumed from different epochs train in
     sub-groups of the same start epoch; a sub-group of one cell trains alone.
 
     Returns:
         ``(cell, result record or None)`` for each of ``cells``, in order.
     """
-    from vicinal.experiments._atomic import read_json
-    from vicinal.experiments.train import CHECKPOINT, RESULT
+    from vicinal.experiments.atomic import read_json
+    from vicinal.experiments.training.single import CHECKPOINT, RESULT
 
     torch.set_num_threads(threads)
     root = Path(study_dir)

@@ -299,7 +299,7 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def epoch_hook(arm: str) -> Callable[[dict[str, float]], None] | None:
-    """An ``on_epoch`` callback for :func:`~vicinal.experiments.train.train_arm` that
+    """An ``on_epoch`` callback for :func:`~vicinal.experiments.training.single.train_arm` that
     implements :data:`HOLD_ENV` for ``arm``; None when the variable is unset."""
     spec = os.environ.get(HOLD_ENV)
     if not spec:

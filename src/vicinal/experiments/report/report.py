@@ -23,12 +23,12 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from vicinal.experiments._atomic import atomic_write_bytes, atomic_write_json
-from vicinal.experiments.compare import RunSpec
-from vicinal.experiments.options import MIX_OPTIONS
-from vicinal.experiments.plots import save_figure
-from vicinal.experiments.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
-from vicinal.experiments.study import CellSpec, load_results
+from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.runs.compare import RunSpec
+from vicinal.experiments.spec import MIX_OPTIONS
+from vicinal.experiments.report.plots import save_figure
+from vicinal.experiments.report.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
+from vicinal.experiments.runs.study import CellSpec, load_results
 
 FGSM_KEY = "0.03"
 
@@ -575,7 +575,7 @@ _RUN_FIELDS = frozenset(f.name for f in fields(RunSpec))
 
 
 def _fig_preview(record: dict[str, Any], out: Path) -> Path | None:
-    from vicinal.experiments.compare import CompareConfig, load_any, make_splits, write_preview
+    from vicinal.experiments.runs.compare import CompareConfig, load_any, make_splits, write_preview
 
     for arm in record["arms"]:
         spec = CellSpec(**{**arm, "seed": record["seeds"][0]})
@@ -602,7 +602,7 @@ def _template() -> Any:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("vicinal.experiments", "templates"),
+        loader=jinja2.PackageLoader("vicinal.experiments.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -21,8 +21,8 @@ from vicinal.experiments.loader import (
 )
 from vicinal.experiments.metrics import evaluate_all, fgsm_accuracy
 from vicinal.experiments.models import GRUClassifier, build_model, check_model_input
-from vicinal.experiments.plots import preview_grid
-from vicinal.experiments.study import parse_study, run_study
+from vicinal.experiments.report.plots import preview_grid
+from vicinal.experiments.runs.study import parse_study, run_study
 from vicinal.manifold import ManifoldMixup
 from vicinal.sampling import MixConfig
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vicinal._checks import check_choice, check_int, check_probability
-from vicinal.experiments._atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_tensors
+from vicinal.experiments.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_tensors
 from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
 from vicinal.experiments.distributed import (
     SINGLE,
@@ -47,7 +47,7 @@ from vicinal.experiments.distributed import (
 )
 from vicinal.experiments.loader import InMemoryLoader, check_data_fits
 from vicinal.experiments.models import available_models, build_model
-from vicinal.experiments.options import (
+from vicinal.experiments.spec import (
     JSD_WEIGHT,
     METHOD_DEFAULTS,
     MIX_OPTIONS,
@@ -56,8 +56,8 @@ from vicinal.experiments.options import (
     check_seed,
     resolve_mixing,
 )
-from vicinal.experiments.processes import epoch_hook, stop_on_signals, worker_pool
-from vicinal.experiments.train import ArmResult, OptimConfig, train_arm
+from vicinal.experiments.runs.processes import epoch_hook, stop_on_signals, worker_pool
+from vicinal.experiments.training.single import ArmResult, OptimConfig, train_arm
 from vicinal.sampling import MixConfig
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class RunSpec:
 
     The mixing options (``alpha`` ... ``pairing``) are ``None`` for "the method's
     default"; :meth:`resolved` fills them in from
-    :data:`~vicinal.experiments.options.METHOD_DEFAULTS` and sets the ones the method
+    :data:`~vicinal.experiments.spec.METHOD_DEFAULTS` and sets the ones the method
     doesn't use to ``None``. Runs record their resolved spec.
     """
 
@@ -420,7 +420,7 @@ def _train_one(
 
 def write_preview(cfg: CompareConfig, splits: Splits, path: Path) -> Path:
     """Nine images of the first mixed training batch with their soft labels."""
-    from vicinal.experiments.plots import preview_grid
+    from vicinal.experiments.report.plots import preview_grid
 
     loader = make_loader(replace(cfg, channels_last=False, device="cpu"), splits, "mixup")
     x, y = next(iter(loader.epoch(0)))
@@ -510,7 +510,7 @@ def run_compare(
     if not dist.is_main:
         return results
 
-    from vicinal.experiments.plots import learning_curves
+    from vicinal.experiments.report.plots import learning_curves
 
     if "mixup" in cfg.arms and cfg.loader_mixing() is not None:
         write_preview(cfg, splits, run / "preview.png")

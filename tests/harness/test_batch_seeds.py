@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from toydata import without_wall_clock
-from vicinal.experiments.batched import (
+from vicinal.experiments.training.batched import (
     BatchSeedsUnsupported,
     Draw,
     SeedBatch,
@@ -34,8 +34,8 @@ from vicinal.experiments.batched import (
     run_seed_group,
 )
 from vicinal.experiments.models import build_model
-from vicinal.experiments.study import CLAIM_LOCK, _ensure_init, cell_dir, parse_study, run_study
-from vicinal.experiments.train import FAULT_ENV
+from vicinal.experiments.runs.study import CLAIM_LOCK, _ensure_init, cell_dir, parse_study, run_study
+from vicinal.experiments.training.single import FAULT_ENV
 
 RTOL = 1e-4
 

@@ -17,7 +17,7 @@ A study is described in TOML (a file of your own, or a preset shipped in
     [grid]                          # optional: every arm with a "grid" key set to true is
     alpha = [0.1, 0.2, 0.4]         # expanded over the cartesian product of these values
 
-Every cell trains with :func:`vicinal.experiments.train.train_arm` into ``<study>/cells/<arm>/seed<k>/``.
+Every cell trains with :func:`vicinal.experiments.training.single.train_arm` into ``<study>/cells/<arm>/seed<k>/``.
 Running a study again skips finished cells (``result.json``) and resumes interrupted
 ones from their checkpoint, so a killed study loses no finished work. All arms of one
 seed start from the same initial weights (``<study>/init/``) and see the same data
@@ -30,7 +30,7 @@ is trained twice, and a dead process's lock is released by the OS (see :func:`ru
 
 ``run_study(..., batch_seeds=True)`` (``vicinal study --batch-seeds``) trains the cells
 of each arm that differ only by seed together, in one process, as one batched model
-(:mod:`vicinal.experiments.batched`); each cell's folder ends up as a cell trained alone
+(:mod:`vicinal.experiments.training.batched`); each cell's folder ends up as a cell trained alone
 leaves it, up to float rounding.
 """
 
@@ -55,10 +55,10 @@ import torch
 from filelock import FileLock, Timeout
 
 from vicinal._checks import check_choice
-from vicinal.experiments.compare import RunSpec
-from vicinal.experiments.options import JSD_WEIGHT, SCHEDULES
+from vicinal.experiments.runs.compare import RunSpec
+from vicinal.experiments.spec import JSD_WEIGHT, SCHEDULES
 from vicinal.experiments.presets import PRESETS
-from vicinal.experiments.processes import epoch_hook, stop_on_signals, worker_pool
+from vicinal.experiments.runs.processes import epoch_hook, stop_on_signals, worker_pool
 from vicinal.sampling import MixConfig
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ _DATA_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
 def _splits_for(cell: CellSpec):
-    from vicinal.experiments.compare import CompareConfig, load_any, make_splits
+    from vicinal.experiments.runs.compare import CompareConfig, load_any, make_splits
 
     key = (cell.dataset, cell.data_dir, cell.val_size, cell.train_limit, cell.test_limit)
     if key not in _DATA_CACHE:
@@ -237,7 +237,7 @@ def _corruption_metrics(study_dir: Path, cell: CellSpec, splits: Any) -> Callabl
 
 
 def _ensure_init(study_dir: Path, cell: CellSpec) -> None:
-    from vicinal.experiments._atomic import atomic_torch_save
+    from vicinal.experiments.atomic import atomic_torch_save
     from vicinal.experiments.loader import check_data_fits
     from vicinal.experiments.models import build_model
 
@@ -318,8 +318,8 @@ def run_cell(
     holds is waited for (``wait=True``: its result is then read, or, if that process
     died, the cell is resumed from its checkpoint) or skipped (``wait=False``: returns None).
     """
-    from vicinal.experiments._atomic import read_json
-    from vicinal.experiments.train import CHECKPOINT, RESULT
+    from vicinal.experiments.atomic import read_json
+    from vicinal.experiments.training.single import CHECKPOINT, RESULT
 
     torch.set_num_threads(threads)
     root = Path(study_dir)
@@ -364,9 +364,9 @@ def cell_loader(cell: CellSpec, splits: Any, device: str = "cpu") -> InMemoryLoa
 
 
 def cell_train_options(root: Path, cell: CellSpec, splits: Any, device: str = "cpu") -> dict[str, Any]:
-    """The keyword arguments :func:`run_cell` gives :func:`~vicinal.experiments.train.train_arm`
+    """The keyword arguments :func:`run_cell` gives :func:`~vicinal.experiments.training.single.train_arm`
     (validation and test sets on ``device``)."""
-    from vicinal.experiments.train import OptimConfig
+    from vicinal.experiments.training.single import OptimConfig
 
     return {
         "val": tuple(t.to(device) for t in splits.val),
@@ -387,7 +387,7 @@ def cell_train_options(root: Path, cell: CellSpec, splits: Any, device: str = "c
 
 def write_cell_record(root: Path, cell: CellSpec, splits: Any, **extra: Any) -> None:
     """``<cell>/cell.json``: what ran and on which data (the folder found, checksums verified, and the split rule)."""
-    from vicinal.experiments._atomic import atomic_write_json
+    from vicinal.experiments.atomic import atomic_write_json
 
     record = {**asdict(cell), "data_source": splits.source, "split_rule": splits.rule, **extra}
     atomic_write_json(cell_dir(root, cell) / "cell.json", record)
@@ -395,9 +395,9 @@ def write_cell_record(root: Path, cell: CellSpec, splits: Any, **extra: Any) -> 
 
 def train_claimed_cell(root: Path, cell: CellSpec, device: str = "cpu") -> dict[str, Any]:
     """Train (or resume) ``cell`` on its own, on ``device``; the caller holds the cell's claim."""
-    from vicinal.experiments._atomic import load_tensors
+    from vicinal.experiments.atomic import load_tensors
     from vicinal.experiments.models import build_model
-    from vicinal.experiments.train import train_arm
+    from vicinal.experiments.training.single import train_arm
 
     splits = _splits_for(cell)
     write_cell_record(root, cell, splits)
@@ -449,7 +449,7 @@ def run_study(
         threads: CPU threads per cell (default: :func:`default_threads`), or per
             group of seeds with ``batch_seeds``.
         batch_seeds: train the cells of each arm that differ only by seed together, in
-            one process, as one batched model (:mod:`vicinal.experiments.batched`); each
+            one process, as one batched model (:mod:`vicinal.experiments.training.batched`); each
             cell's folder ends up as if it had trained alone. Refused (ValueError, before
             anything is written) for arms it can't train that way.
         device: where each cell trains (``"cpu"``, ``"cuda"``, ``"cuda:N"``); not part
@@ -458,8 +458,8 @@ def run_study(
     Returns:
         The result records of the shard's cells, in ``spec.cells()`` order.
     """
-    from vicinal.experiments._atomic import atomic_write_json, read_json
-    from vicinal.experiments.train import RESULT
+    from vicinal.experiments.atomic import atomic_write_json, read_json
+    from vicinal.experiments.training.single import RESULT
 
     if jobs < 1:
         raise ValueError(f"jobs (--jobs) must be >= 1, got {jobs}")
@@ -468,7 +468,7 @@ def run_study(
         raise ValueError(f"--batch-seeds trains on the CPU only; got device={device!r}")
     check_device(device)
     if batch_seeds:
-        from vicinal.experiments.batched import check_batch_seeds
+        from vicinal.experiments.training.batched import check_batch_seeds
 
         check_batch_seeds(cells)
     root = Path(study_dir)
@@ -512,7 +512,7 @@ def run_study(
                 yield futures[f], f.result()
 
         def run_groups(batch: list[CellSpec]) -> Iterator[tuple[CellSpec, dict[str, Any] | None]]:
-            from vicinal.experiments.batched import run_seed_group, seed_groups
+            from vicinal.experiments.training.batched import run_seed_group, seed_groups
 
             groups = seed_groups(batch)
             if pool is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vicinal.experiments._atomic import atomic_write
+from vicinal.experiments.atomic import atomic_write
 
 
 def _pyplot() -> Any:
@@ -28,7 +28,7 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110, close: boo
     """Write a matplotlib figure to ``path`` as a PNG, atomically; returns the path.
 
     The image is drawn into a temporary file next to ``path`` and renamed over it
-    (:func:`vicinal.experiments._atomic.atomic_write`): a reader sees the old file or the
+    (:func:`vicinal.experiments.atomic.atomic_write`): a reader sees the old file or the
     whole new one, never half an image. Missing parent folders are created.
 
     Args:

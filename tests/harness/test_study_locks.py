@@ -20,8 +20,8 @@ import pytest
 from filelock import FileLock, Timeout
 
 from vicinal.experiments.cli import main
-from vicinal.experiments.processes import HOLD_ENV, WORKER_DIR_ENV
-from vicinal.experiments.study import (
+from vicinal.experiments.runs.processes import HOLD_ENV, WORKER_DIR_ENV
+from vicinal.experiments.runs.study import (
     CLAIMS_LOG,
     STUDY_LOCK,
     CellSpec,
@@ -200,7 +200,7 @@ def test_shard_option_trains_its_cells_only(toy_npz: Path, tmp_path: Path, capsy
 def test_study_json_is_written_under_the_study_lock(
     toy_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vicinal.experiments._atomic as atomic
+    import vicinal.experiments.atomic as atomic
 
     out = tmp_path / "study"
     spec = load_study(str(_toml(tmp_path, toy_npz, epochs=1)))
