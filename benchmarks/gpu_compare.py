@@ -44,7 +44,7 @@ def _fail(message: str) -> None:
 
 def _splits(data_dir: str | None, cfg: Any) -> tuple[Any, str]:
     """Fashion-MNIST's splits if its files are found, else random data of the same shapes."""
-    from vicinal.experiments.runs.compare import Splits, load_any, make_splits
+    from vicinal.experiments.splits import Splits, load_any, make_splits
 
     candidates = [data_dir] if data_dir else [str(ROOT / "shared" / "data"), str(ROOT.parent / "shared" / "data")]
     errors = []
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             f"needs a CUDA GPU, and torch {torch.__version__} sees none (torch.cuda.is_available() is False); "
             "run it on a machine with one"
         )
-    from vicinal.experiments.runs.compare import CompareConfig
+    from vicinal.experiments.spec import CompareConfig
 
     modes = [m for m in args.modes.split(",") if m]
     precisions = [q for q in args.precisions.split(",") if q]

@@ -16,9 +16,10 @@ import torch
 
 from vicinal import MixConfig
 from vicinal.experiments.cli import main
-from vicinal.experiments.runs.compare import CompareConfig, run_compare
 from vicinal.experiments.loader import InMemoryLoader
 from vicinal.experiments.models import ReferenceCNN, available_models, build_model
+from vicinal.experiments.runs.compare import run_compare
+from vicinal.experiments.spec import CompareConfig
 from vicinal.sampling import epoch_order
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -22,21 +22,18 @@ keeps its data on the device as ``uint8`` and makes its batches there
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.experiments.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_tensors
-from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
 from vicinal.experiments.distributed import (
     SINGLE,
     DistContext,
@@ -45,275 +42,25 @@ from vicinal.experiments.distributed import (
     init_from_env,
     launched_by_torchrun,
 )
-from vicinal.experiments.loader import InMemoryLoader, check_data_fits
-from vicinal.experiments.models import available_models, build_model
-from vicinal.experiments.spec import (
-    JSD_WEIGHT,
-    METHOD_DEFAULTS,
-    MIX_OPTIONS,
-    MIX_POLICIES,
-    PRECISIONS,
-    check_seed,
-    resolve_mixing,
-)
-from vicinal.experiments.runs.processes import epoch_hook, stop_on_signals, worker_pool
-from vicinal.experiments.training.single import ArmResult, OptimConfig, train_arm
-from vicinal.sampling import MixConfig
+from vicinal.experiments.loader import InMemoryLoader
+from vicinal.experiments.models import build_model, describe_input
+from vicinal.experiments.report.plots import learning_curves, write_preview
+from vicinal.experiments.runs.processes import stop_on_signals, worker_pool
+from vicinal.experiments.spec import CompareConfig, OptimConfig
+from vicinal.experiments.splits import Splits, check_fits, load_any, make_splits, training_batches
+from vicinal.experiments.testing import epoch_hooks
+from vicinal.experiments.training.loop import ProgressFactory
+from vicinal.experiments.training.single import ArmResult, train_arm
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
-    from vicinal.augmix import AugMixConfig
-
-ARMS = ("mixup", "none")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What a comparison run and a study cell share: data, model, length, mixing.
-
-    The mixing options (``alpha`` ... ``pairing``) are ``None`` for "the method's
-    default"; :meth:`resolved` fills them in from
-    :data:`~vicinal.experiments.spec.METHOD_DEFAULTS` and sets the ones the method
-    doesn't use to ``None``. Runs record their resolved spec.
-    """
-
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    model: str = "reference-cnn"
-    epochs: int = 10
-    batch_size: int = 64
-    method: str = "mixup"
-    alpha: float | None = None
-    cutmix_alpha: float | None = None
-    switch_prob: float | None = None
-    k: int | None = None
-    granularity: str | None = None
-    pairing: str | None = None
-    mix_layers: tuple[str, ...] | None = None
-    augmix: bool = False
-    jsd: bool = False
-    label_smoothing: float = 0.0
-    val_size: int = 2000
-    train_limit: int | None = None
-    test_limit: int | None = None
-    seed: int = 0
-    channels_last: bool = True
-
-    def resolved(self, *, inherited: frozenset[str] = frozenset()) -> Self:
-        """This spec with the method's mixing defaults applied (see :func:`resolve_mixing`)."""
-        values = {name: getattr(self, name) for name in MIX_OPTIONS}
-        return replace(self, **resolve_mixing(self.method, values, inherited=inherited))
-
-    def check_common(self) -> None:
-        """Checks shared by every run: ranges of the data, length and seed options."""
-        check_seed("seed", self.seed)
-        check_int("epochs", self.epochs, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-        # 0 would leave no validation set: "best epoch" and early stopping need one.
-        check_int("val_size", self.val_size, minimum=1)
-        for name in ("train_limit", "test_limit"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), minimum=1)
-        check_probability("label_smoothing", self.label_smoothing)
-        check_choice("model", self.model, available_models())
-        self.check_augmentation()
-
-    def mixing(self) -> MixConfig | None:
-        """The :class:`MixConfig` of the resolved spec (validated); None for ``method="none"``.
-
-        For ``method="manifold"`` this is the MixUp applied at the chosen layer."""
-        spec = self.resolved()
-        if spec.method in ("none", "augmix"):
-            return None
-        params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method] if name != "mix_layers"}
-        return MixConfig("mixup" if spec.method == "manifold" else spec.method, **params)  # type: ignore[arg-type]
-
-    def augmix_config(self) -> AugMixConfig | None:
-        """AugMix per image (``method="augmix"``, or ``augmix`` on top of a mixing method)."""
-        if self.method != "augmix" and not self.augmix:
-            return None
-        from vicinal.augmix import AugMixConfig
-
-        return AugMixConfig()
-
-    def check_augmentation(self) -> None:
-        """AugMix needs kornia; JSD needs AugMix and no mixing of the inputs."""
-        if self.augmix_config() is not None and importlib.util.find_spec("kornia") is None:
-            raise ValueError("AugMix needs kornia: pip install 'vicinal[augmix]'")
-        if self.jsd and (self.augmix_config() is None or self.loader_mixing() is not None):
-            raise ValueError(
-                "jsd needs AugMix without input mixing (method='augmix'): its views are clean, AugMix 1 and AugMix 2"
-            )
-
-    def loader_mixing(self) -> MixConfig | None:
-        """What the data loader mixes: nothing for "none" and "manifold" (mixed in the model)."""
-        return None if self.method == "manifold" else self.mixing()
-
-    def manifold(self) -> tuple[MixConfig, tuple[str, ...]] | None:
-        """``(config, layers)`` for ``method="manifold"``, else None."""
-        if self.method != "manifold":
-            return None
-        spec = self.resolved()
-        return spec.mixing(), spec.mix_layers  # type: ignore[return-value]
-
-    def describe_mixing(self) -> str:
-        """One line naming the method and the options it uses, e.g. ``cutmix, cutmix_alpha=1``."""
-        spec = self.resolved()
-        words = [spec.method] + [f"{n}={getattr(spec, n)}" for n in METHOD_DEFAULTS[spec.method]]
-        if spec.method == "none":
-            words = ["no mixing"]
-        if spec.augmix and spec.method != "augmix":
-            words.append("AugMix")
-        if spec.jsd:
-            words.append(f"JSD x{JSD_WEIGHT:g}")
-        return ", ".join(words)
-
-
-@dataclass(frozen=True)
-class CompareConfig(RunSpec):
-    """Everything that defines a comparison run (saved, resolved, as ``config.json``)."""
-
-    device: str = "cpu"
-    threads: int | None = None
-    parallel: bool = True
-    arms: tuple[str, ...] = ARMS
-    mix_policy: str = "independent"
-    dist_timeout_s: float = 300.0
-    precision: str = "fp32"
-
-    def mix_config(self) -> MixConfig:
-        """The mixing of the mixed arm (validated)."""
-        config = self.mixing()
-        if config is None:
-            raise ValueError(f"method={self.method!r} mixes no images: it has no MixConfig")
-        return config
-
-    def validate(self) -> CompareConfig:
-        """Check every option (before anything is loaded or written); returns the resolved config."""
-        self.check_common()
-        if self.threads is not None:
-            check_int("threads", self.threads, minimum=1)
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} was asked for but torch sees no CUDA device")
-        check_choice("mix_policy", self.mix_policy, MIX_POLICIES)
-        check_choice("precision", self.precision, PRECISIONS)
-        if not self.dist_timeout_s > 0:
-            raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
-        bad = [a for a in self.arms if a not in ARMS]
-        if bad or not self.arms:
-            raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {self.arms}")
-        resolved = self.resolved()
-        if resolved.method == "none":
-            raise ValueError("vicinal compare needs a method for its treated arm, got method='none'")
-        resolved.mixing()
-        return resolved
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CompareConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"config.json has unknown keys {sorted(unknown)}")
-        if "arms" in data:
-            data = dict(data, arms=tuple(data["arms"]))
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class Splits:
-    """uint8 images (N, C, H, W) and int64 labels of each split, plus class names."""
-
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    class_names: tuple[str, ...]
-    rule: str = "first images (the keras.io reference's split)"
-    source: str = ""
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train[0].shape[1:])  # type: ignore[return-value]
-
-
-def load_any(dataset: str, data_dir: str | None) -> ArrayDataset:
-    """A registered dataset by name, or your own: a ``.npz`` file or a class-folder tree.
-
-    A relative path that doesn't exist is also looked for in ``data_dir``, so a preset
-    naming ``breast-cancer.npz`` runs from anywhere with ``--data-dir``.
-    """
-    if dataset in available_datasets():
-        return load_dataset(dataset, data_dir)
-    path = Path(dataset)
-    if not path.exists() and not path.is_absolute() and data_dir is not None:
-        path = Path(data_dir) / path
-    if path.suffix == ".npz" and path.is_file():
-        return load_npz(path)
-    if path.is_dir():
-        return load_image_folder(path)
-    raise ValueError(
-        f"dataset must be one of {list(available_datasets())}, a .npz file or a folder of class folders; "
-        f"got {dataset!r}"
-    )
-
-
-#: Datasets split as the keras.io reference splits Fashion-MNIST: the *first* images.
-FIRST_IMAGES_DATASETS = frozenset({"fashion-mnist", "mnist"})
-SPLIT_SEED = 0
-
-
-def stratified_order(labels: np.ndarray, seed: int = SPLIT_SEED) -> np.ndarray:
-    """A seeded shuffle of ``range(len(labels))`` in which every prefix is stratified.
-
-    Each sample is ranked by its position within its own class (in a random order of
-    that class) divided by the class's size, so that any prefix of the order holds the
-    classes in (nearly) their overall proportions: taking the first ``val_size`` for
-    validation and the next ``train_limit`` for training leaves no class out.
-    """
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(labels))
-    y = labels[perm]
-    quantile = np.empty(len(labels))
-    for c in np.unique(y):
-        where = np.flatnonzero(y == c)
-        quantile[where] = (np.arange(where.size) + rng.random()) / where.size
-    return perm[np.argsort(quantile, kind="stable")]
-
-
-def make_splits(ds: ArrayDataset, cfg: RunSpec) -> Splits:
-    """Validation, training and test splits.
-
-    For the reference datasets (:data:`FIRST_IMAGES_DATASETS`) the first ``val_size``
-    training images are the validation set and ``train_limit`` takes the first of the
-    rest, as in the keras.io example. Any other dataset (an image folder or ``.npz``,
-    often sorted by class) is first put in a seeded stratified order
-    (:func:`stratified_order`), so that neither split lacks a class. ``Splits.rule``
-    records which rule was used.
-    """
-    n = len(ds.y_train)
-    if cfg.val_size >= n:
-        raise ValueError(f"val_size={cfg.val_size} leaves no training images (the training set has {n})")
-    x_all, y_all = ds.x_train, ds.y_train
-    rule = "first images (the keras.io reference's split)"
-    if cfg.dataset not in FIRST_IMAGES_DATASETS:
-        order = stratified_order(np.asarray(y_all))
-        x_all, y_all = x_all[order], y_all[order]
-        rule = f"stratified shuffle (seed {SPLIT_SEED})"
-    xv, yv = x_all[: cfg.val_size], y_all[: cfg.val_size]
-    xt, yt = x_all[cfg.val_size :], y_all[cfg.val_size :]
-    if cfg.train_limit is not None:
-        xt, yt = xt[: cfg.train_limit], yt[: cfg.train_limit]
-    xs, ys = ds.x_test, ds.y_test
-    if cfg.test_limit is not None:
-        xs, ys = xs[: cfg.test_limit], ys[: cfg.test_limit]
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-    source = str(ds.source)
-    if ds.name in available_datasets():
-        source += " (the SHA-256 of every file matched the published checksums)"
-    train, val, test = (as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys))
-    return Splits(train, val, test, tuple(ds.class_names), rule, source)
+__all__ = [
+    "config_differences",
+    "initial_weights",
+    "make_loader",
+    "progress_bars",
+    "run_compare",
+    "summary_table",
+    "train_one_arm",
+]
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], *, ignore: Collection[str] = ()) -> list[str]:
@@ -333,39 +80,29 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], *, ignore
 
 
 def make_loader(cfg: CompareConfig, splits: Splits, arm: str, dist: DistContext = SINGLE) -> InMemoryLoader:
-    return InMemoryLoader(
-        *splits.train,
-        num_classes=len(splits.class_names),
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        mix=cfg.loader_mixing() if arm == "mixup" else None,
-        augmix=cfg.augmix_config() if arm == "mixup" else None,
-        jsd=cfg.jsd and arm == "mixup",
-        label_smoothing=cfg.label_smoothing,
-        channels_last=cfg.channels_last,
-        device=cfg.device,
-        dist=dist,
-        policy=cfg.mix_policy,
-    )
+    """The training batches of ``arm`` (mixed for ``"mixup"``, plain for ``"none"``) on ``cfg.device``."""
+    return training_batches(cfg, splits, mixed=arm == "mixup", device=cfg.device, dist=dist, policy=cfg.mix_policy)
 
 
 def initial_weights(cfg: CompareConfig, splits: Splits, run_dir: Path) -> dict[str, torch.Tensor]:
-    """The shared initial weights: loaded from ``init.pt`` if the run has them, else made."""
+    """The shared initial weights: loaded from ``init.pt`` if the run has them, else made.
+
+    ``cfg.model`` must be set (see :meth:`CompareConfig.for_data`).
+    """
+    assert cfg.model is not None
     path = run_dir / "init.pt"
     if path.exists():
         return load_tensors(path)
     torch.manual_seed(cfg.seed)
-    state = build_model(cfg.model, splits.input_shape, len(splits.class_names)).state_dict()
+    state = build_model(cfg.model, splits.input_shape, splits.num_classes).state_dict()
     atomic_torch_save(state, path)
     return state
 
 
-def _progress_factory(position: int, arm: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def progress_bars(position: int, arm: str) -> ProgressFactory:
+    """One tqdm bar per epoch of ``arm``, on line ``position`` (arms training at once each keep a line)."""
 
-    def make(epoch: int, steps: int):
+    def make(epoch: int, steps: int) -> Any:
         return tqdm(
             total=steps,
             desc=f"{arm:>6} epoch {epoch + 1}",
@@ -378,7 +115,7 @@ def _progress_factory(position: int, arm: str, enabled: bool):
     return make
 
 
-def _train_one(
+def train_one_arm(
     cfg: CompareConfig,
     splits: Splits,
     run_dir: str,
@@ -389,13 +126,16 @@ def _train_one(
     progress: bool,
     dist: DistContext = SINGLE,
 ) -> ArmResult:
+    """Train (or resume) ``arm`` of the run in ``run_dir`` with ``threads`` CPU threads (a worker's task)."""
+    assert cfg.model is not None
     torch.set_num_threads(threads)
     state = initial_weights(cfg, splits, Path(run_dir))
-    model = build_model(cfg.model, splits.input_shape, len(splits.class_names))
+    model = build_model(cfg.model, splits.input_shape, splits.num_classes)
     model.load_state_dict(state)
     model.to(cfg.device)
     val = (splits.val[0].to(cfg.device), splits.val[1].to(cfg.device))
     test = (splits.test[0].to(cfg.device), splits.test[1].to(cfg.device))
+    mixed = arm == "mixup"
     # A dead rank fails DDP's gradient all-reduce inside backward(): one line, not gloo's traceback.
     with collective_errors(dist, f"training arm {arm!r}"):
         return train_arm(
@@ -409,26 +149,17 @@ def _train_one(
             optim=OptimConfig(),
             resume=resume,
             channels_last=cfg.channels_last,
-            progress=_progress_factory(position, arm, progress and dist.is_main),
-            on_epoch=epoch_hook(arm),
+            progress=progress_bars(position, arm) if progress and dist.is_main else None,
+            on_epoch=epoch_hooks(arm),
             dist=dist,
             precision=cfg.precision,
-            manifold=cfg.manifold() if arm == "mixup" else None,
-            jsd_weight=JSD_WEIGHT if cfg.jsd and arm == "mixup" else 0.0,
+            manifold=cfg.manifold() if mixed else None,
+            jsd_weight=cfg.jsd_weight() if mixed else 0.0,
         )
 
 
-def write_preview(cfg: CompareConfig, splits: Splits, path: Path) -> Path:
-    """Nine images of the first mixed training batch with their soft labels."""
-    from vicinal.experiments.report.plots import preview_grid
-
-    loader = make_loader(replace(cfg, channels_last=False, device="cpu"), splits, "mixup")
-    x, y = next(iter(loader.epoch(0)))
-    title = cfg.describe_mixing()
-    return preview_grid(x[:9].numpy(), y[:9].numpy(), splits.class_names, path, title=title)
-
-
 def summary_table(results: list[ArmResult]) -> str:
+    """The results as a Markdown table: one row per arm."""
     lines = [
         "| arm | test accuracy | test loss | best val accuracy (epoch) | wall time |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -458,6 +189,12 @@ def run_compare(
     dist = init_from_env(cfg.device, cfg.dist_timeout_s) if launched_by_torchrun() else SINGLE
     run = Path(run_dir)
     cfg_path = run / "config.json"
+    if cfg_path.exists() and not resume:
+        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    if splits is None:
+        splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
+    model_note = "" if cfg.model is not None else f" (the default for {describe_input(splits.input_shape)})"
+    cfg = cfg.for_data(splits.input_shape)
     if resume and cfg_path.exists():
         try:
             saved = json.loads(cfg_path.read_text())
@@ -469,17 +206,10 @@ def run_compare(
                 f"--resume: {cfg_path} was written with other options; resume with the same ones. "
                 f"Differences (saved -> now): {'; '.join(diffs)}"
             )
-    elif cfg_path.exists() and not resume:
-        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    check_fits(cfg, splits)  # before anything is written
     barrier(dist)  # every rank has checked the folder before rank 0 writes into it
-    if splits is None:
-        splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
-    check_data_fits(splits.train[0], model=cfg.model, mix=cfg.loader_mixing())
-    manifold = cfg.manifold()
-    if manifold is not None:  # the layer names are the model's: check them before writing anything
-        from vicinal.manifold import ManifoldMixup
-
-        ManifoldMixup(build_model(cfg.model, splits.input_shape, len(splits.class_names)), manifold[1], manifold[0])
+    if model_note and dist.is_main:
+        print(f"vicinal compare: model {cfg.model}{model_note}; --model chooses another", flush=True)
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cfg_path, asdict(cfg))
@@ -498,19 +228,17 @@ def run_compare(
             per_arm = max(1, total_threads // len(cfg.arms))
             with worker_pool(len(cfg.arms), hint=hint) as pool:
                 futures = [
-                    pool.submit(_train_one, cfg, splits, str(run), arm, i, per_arm, resume, progress)
+                    pool.submit(train_one_arm, cfg, splits, str(run), arm, i, per_arm, resume, progress)
                     for i, arm in enumerate(cfg.arms)
                 ]
                 results = [f.result() for f in futures]
         else:
             results = [
-                _train_one(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist) for arm in cfg.arms
+                train_one_arm(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist) for arm in cfg.arms
             ]
     wall = time.perf_counter() - t0
     if not dist.is_main:
         return results
-
-    from vicinal.experiments.report.plots import learning_curves
 
     if "mixup" in cfg.arms and cfg.loader_mixing() is not None:
         write_preview(cfg, splits, run / "preview.png")
@@ -525,6 +253,7 @@ def run_compare(
     )
     summary = [
         f"# vicinal compare: {cfg.dataset}, {cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size}",
+        *([] if not model_note else ["", f"Model: {cfg.model}{model_note}."]),
         "",
         table,
         "",

@@ -1,16 +1,17 @@
-"""``vicinal study --batch-seeds``: the seeds of one arm trained together as one batched model.
+"""The seeds of one study arm trained together as one stacked model (``vicinal study --batch-seeds``).
 
-The cells of one arm differ only by their seed. :func:`run_seed_group` trains them in
+The cells of one arm differ only by their seed. :func:`train_stacked` trains them in
 one process as one model whose weights are stacked along a leading seed dimension
 (:func:`torch.func.stack_module_state`), so that each step runs one forward and one
-backward pass for all of them. Each seed keeps everything that makes it that seed's
-run:
+backward pass for all of them; it drives the same epoch loop as a single model
+(:func:`~vicinal.experiments.training.loop.fit`, with :class:`StackedSeeds`). Each seed
+keeps everything that makes it that seed's run:
 
-* its initial weights (``<study>/init/<model>-seed<k>.pt``, as every cell starts);
+* its initial weights (as every cell starts);
 * its data order, mixing plans and label noise (its own
-  :class:`~vicinal.experiments.loader.InMemoryLoader`, built as :func:`run_cell` builds it);
+  :class:`~vicinal.experiments.loader.InMemoryLoader`, built as a cell trained alone builds it);
 * its dropout masks: the masks the model alone would draw after
-  ``torch.manual_seed(_epoch_seed(seed, epoch))``, drawn from a ``torch.Generator`` of
+  ``torch.manual_seed(epoch_seed(seed, epoch))``, drawn from a ``torch.Generator`` of
   its own seeded the same way, with the same op (``uniform_`` for ``torch.rand_like``,
   ``bernoulli_`` for ``F.dropout``), shape and memory layout, in the same order. The
   masks are *equal*, bit for bit, to those of one-by-one training;
@@ -20,57 +21,65 @@ run:
 
 The forward pass is :func:`torch.func.functional_call` under :func:`torch.func.vmap`,
 except for the reference CNN, which runs as grouped convolutions and batched matrix
-products (the same arithmetic without vmap's layout copies: measured 2.1x faster per
-step here; :data:`GROUPED_FORWARDS`). The result differs from one-by-one training only
-by floating-point summation order (about 1e-7 relative per forward pass); the test
-``tests/harness/test_batch_seeds.py`` holds losses to 1e-4 relative and accuracies equal.
+products (the same arithmetic without vmap's layout copies; :data:`GROUPED_FORWARDS`).
+The result differs from one-by-one training only by floating-point summation order
+(about 1e-7 relative per forward pass); ``tests/harness/test_batch_seeds.py`` holds
+losses to 1e-4 relative and accuracies equal.
 
 Validation and test metrics are computed per seed with the plain module holding that
-seed's weights, through :func:`vicinal.experiments.training.single.evaluate`, and the end of a
-cell (test metrics, ``full_metrics``, corruption metrics, ``result.json``) is
-:func:`~vicinal.experiments.training.single.train_arm` itself resuming the finished checkpoint,
-so a cell's folder holds exactly what a cell trained alone holds. Checkpoints are
-written in ``train_arm``'s format after every epoch, atomically: a killed group resumes
-with ``--batch-seeds`` or without it.
+seed's weights, and each seed's checkpoint is the loop's
+:class:`~vicinal.experiments.training.loop.Checkpoint` of the plain model, so a killed
+group resumes with ``--batch-seeds`` or without it, and a finished checkpoint is ended
+(test metrics, ``result.json``) by :func:`~vicinal.experiments.training.single.train_arm`.
 
-Refused (:class:`BatchSeedsUnsupported`, a ValueError naming the arm and the reason):
+Refused (:class:`BatchSeedsUnsupported`, a ValueError naming the model and the reason):
 models with buffers (BatchNorm's running statistics are updated in place, per seed,
-which vmap does not do), models whose forward draws random numbers other than through
+which vmap does not do), and models whose forward draws random numbers other than through
 ``torch.rand_like`` and ``F.dropout`` or that vmap can't run (e.g. ``gru``: no batching
-rule for ``aten::gru``), Manifold Mixup, AugMix and JSD, and distributed (torchrun) jobs.
+rule for ``aten::gru``); see :func:`try_batched_step`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock, Timeout
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.overrides import TorchFunctionMode
 
-from vicinal.experiments.runs.study import (
-    CLAIM_LOCK,
-    CellSpec,
-    _log_claim,
-    _splits_for,
-    cell_dir,
-    cell_loader,
-    cell_train_options,
-    init_path,
-    train_claimed_cell,
-    write_cell_record,
+from vicinal.experiments.loader import InMemoryLoader
+from vicinal.experiments.spec import OptimConfig
+from vicinal.experiments.training.loop import (
+    Checkpoint,
+    ModelRun,
+    epoch_seed,
+    fit,
+    make_optimizer,
+    make_schedule,
+    restart_metrics,
 )
 from vicinal.losses import soft_target_cross_entropy
+
+__all__ = [
+    "GROUPED_FORWARDS",
+    "BatchSeedsUnsupported",
+    "Draw",
+    "RecordDraws",
+    "ReplayDraws",
+    "SeedBatch",
+    "SeedMember",
+    "StackedSeeds",
+    "check_module",
+    "seed_optimizer_state",
+    "stacked_optimizer_state",
+    "train_stacked",
+    "try_batched_step",
+]
 
 
 class BatchSeedsUnsupported(ValueError):
@@ -149,7 +158,7 @@ def _refuse_random(func: Callable[..., Any]) -> BatchSeedsUnsupported:
     )
 
 
-class _RecordDraws(TorchFunctionMode):
+class RecordDraws(TorchFunctionMode):
     """Records the random draws of a plain forward pass (shape, memory layout, dropout rate)."""
 
     def __init__(self) -> None:
@@ -167,7 +176,7 @@ class _RecordDraws(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _ReplayDraws(TorchFunctionMode):
+class ReplayDraws(TorchFunctionMode):
     """Inside the batched forward: each recorded draw returns the seed's own noise."""
 
     def __init__(self, noises: Sequence[torch.Tensor]) -> None:
@@ -274,7 +283,7 @@ class SeedBatch:
         key = (tuple(x.shape), tuple(x.stride()), x.dtype)
         if key not in self._draws:
             self.module.train()  # evaluation between epochs leaves it in eval mode
-            recorder = _RecordDraws()
+            recorder = RecordDraws()
             with torch.random.fork_rng(devices=[]), torch.no_grad(), recorder:
                 self.module(torch.zeros_like(x))
             self._draws[key] = recorder.draws
@@ -291,7 +300,7 @@ class SeedBatch:
             return self.grouped(self.module, self.params, x, noises)
 
         def one(params: dict[str, torch.Tensor], xb: torch.Tensor, nb: list[torch.Tensor]) -> torch.Tensor:
-            with _ReplayDraws(nb):
+            with ReplayDraws(nb):
                 return functional_call(self.base, params, (xb,))
 
         return vmap(one)(self.params, x, list(noises))
@@ -319,101 +328,42 @@ def try_batched_step(model: str, module: nn.Module, x: torch.Tensor) -> None:
         ) from exc
 
 
-def check_batch_seeds(cells: Sequence[CellSpec]) -> None:
-    """Refuse, before anything is written, an arm that ``--batch-seeds`` can't train as one batched model."""
-    from vicinal.experiments.distributed import launched_by_torchrun
-    from vicinal.experiments.loader import to_model_input
-    from vicinal.experiments.models import build_model
-
-    if launched_by_torchrun():
-        raise BatchSeedsUnsupported(
-            "--batch-seeds trains the seeds of an arm in one process; it does not run under torchrun "
-            "(distributed): run the study without torchrun, or without --batch-seeds"
-        )
-    checked: set[tuple[Any, ...]] = set()
-    for cell in cells:
-        if cell.manifold() is not None:
-            raise BatchSeedsUnsupported(
-                f"arm {cell.arm!r}: --batch-seeds does not run Manifold Mixup (it mixes hidden states inside the "
-                "model through hooks, with a layer drawn per step): train this study without --batch-seeds"
-            )
-        if cell.augmix_config() is not None or cell.jsd:
-            raise BatchSeedsUnsupported(
-                f"arm {cell.arm!r}: --batch-seeds does not run AugMix or its JSD loss (three views per batch, "
-                "augmented by a separate pipeline): train this study without --batch-seeds"
-            )
-        splits = _splits_for(cell)
-        key = (cell.model, splits.input_shape, len(splits.class_names), cell.channels_last)
-        if key in checked:
-            continue
-        checked.add(key)
-        with torch.random.fork_rng(devices=[]):
-            module = build_model(cell.model, splits.input_shape, len(splits.class_names))
-        if cell.channels_last:
-            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        x = to_model_input(splits.train[0][:2], channels_last=cell.channels_last)
-        try:
-            try_batched_step(cell.model, module, x)
-        except BatchSeedsUnsupported as exc:
-            raise BatchSeedsUnsupported(f"arm {cell.arm!r}: {exc}") from exc
-
-
 # --------------------------------------------------------------------------- training a group
 
 
 @dataclass
-class _Member:
-    cell: CellSpec
-    out: Path
-    loader: Any
+class SeedMember:
+    """One seed of a stacked group.
+
+    Attributes:
+        run: its folder and progress (:meth:`ModelRun.resume` of its checkpoint).
+        loader: its training batches.
+        seed: its seed (its dropout masks).
+        state: the weights it starts from: its initial weights, or its checkpoint's.
+        checkpoint: the checkpoint it resumes, or None.
+    """
+
+    run: ModelRun
+    loader: InMemoryLoader
+    seed: int
     state: dict[str, torch.Tensor]
-    checkpoint: dict[str, Any] | None
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-    elapsed: float = 0.0
-
-    @property
-    def start_epoch(self) -> int:
-        return 0 if self.checkpoint is None else int(self.checkpoint["epoch"]) + 1
+    checkpoint: Checkpoint | None = None
 
 
-def _member(root: Path, cell: CellSpec, splits: Any) -> _Member:
-    from vicinal.experiments.atomic import load_tensors
-    from vicinal.experiments.training.single import CHECKPOINT, METRICS
-
-    out = cell_dir(root, cell)
-    write_cell_record(root, cell, splits, batch_seeds=True)
-    ckpt = load_tensors(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
-    if ckpt is None:
-        if (out / METRICS).exists():
-            (out / METRICS).unlink()
-        return _Member(cell, out, cell_loader(cell, splits), load_tensors(init_path(root, cell)), None)
-    return _Member(
-        cell,
-        out,
-        cell_loader(cell, splits),
-        ckpt["model"],
-        ckpt,
-        history=list(ckpt["history"]),
-        best_state=ckpt.get("best_model"),
-        elapsed=float(ckpt["elapsed"]),
-    )
-
-
-def _stacked_optimizer_state(opt: torch.optim.Optimizer, members: Sequence[_Member]) -> dict[str, Any]:
-    states = [m.checkpoint["optimizer"] for m in members]  # type: ignore[index]
+def stacked_optimizer_state(optimizer: torch.optim.Optimizer, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The stacked Adam's state dict made of each seed's plain Adam state dict (``states``, in seed order)."""
     stacked: dict[int, dict[str, Any]] = {}
     for i in states[0]["state"]:
         stacked[i] = {
             key: (value if key == "step" else torch.stack([s["state"][i][key] for s in states]))
             for key, value in states[0]["state"][i].items()
         }
-    return {"state": stacked, "param_groups": opt.state_dict()["param_groups"]}
+    return {"state": stacked, "param_groups": optimizer.state_dict()["param_groups"]}
 
 
-def _seed_optimizer_state(opt: torch.optim.Optimizer, seed: int) -> dict[str, Any]:
+def seed_optimizer_state(optimizer: torch.optim.Optimizer, seed: int) -> dict[str, Any]:
     """Seed ``seed``'s part of the stacked Adam, as a state dict of the plain model's Adam."""
-    full = opt.state_dict()
+    full = optimizer.state_dict()
     state = {
         i: {key: (value.clone() if key == "step" else value[seed].clone()) for key, value in entry.items()}
         for i, entry in full["state"].items()
@@ -421,189 +371,94 @@ def _seed_optimizer_state(opt: torch.optim.Optimizer, seed: int) -> dict[str, An
     return {"state": state, "param_groups": full["param_groups"]}
 
 
-def train_members(root: Path, members: list[_Member], splits: Any, *, forward: str = "auto") -> None:
-    """Train ``members`` (the same arm and start epoch) to the end as one batched model,
-    checkpointing every cell after every epoch in ``train_arm``'s format."""
-    from vicinal.experiments.atomic import atomic_torch_save, atomic_write_bytes
-    from vicinal.experiments.models import build_model
-    from vicinal.experiments.runs.processes import epoch_hook
-    from vicinal.experiments.training.single import (
-        CHECKPOINT,
-        METRICS,
-        NonFiniteLossError,
-        _epoch_seed,
-        _fault_injection,
-        evaluate,
-    )
+class StackedSeeds:
+    """The :class:`~vicinal.experiments.training.loop.Trainer` of S seeds stacked into one :class:`SeedBatch`.
 
-    cell = members[0].cell
-    options = cell_train_options(root, cell, splits)
-    optim, epochs, channels_last = options["optim"], cell.epochs, cell.channels_last
-    start = members[0].start_epoch
-    module = build_model(cell.model, splits.input_shape, len(splits.class_names))
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    batch = SeedBatch(module, [m.state for m in members], forward=forward)
-    opt = torch.optim.Adam(list(batch.params.values()), lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
-    steps = len(members[0].loader)
-    total_steps = max(1, epochs * steps)
-    sched = None
-    if optim.schedule == "cosine":
-        import math
-
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
-    if members[0].checkpoint is not None:
-        opt.load_state_dict(_stacked_optimizer_state(opt, members))
-        if sched is not None:
-            sched.load_state_dict(members[0].checkpoint["scheduler"])
-    for m in members:
-        if m.checkpoint is not None:  # metrics.jsonl holds no epoch the checkpoint does not
-            atomic_write_bytes(m.out / METRICS, "".join(json.dumps(h) + "\n" for h in m.history).encode())
-    hooks = [epoch_hook(m.cell.arm) for m in members]
-    n = len(members)
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        generators = [torch.Generator().manual_seed(_epoch_seed(m.cell.seed, epoch)) for m in members]
-        loss_sum = torch.zeros(n, dtype=torch.float64)
-        correct = torch.zeros(n, dtype=torch.int64)
-        first_bad = torch.full((n,), -1, dtype=torch.int64)
-        seen = 0
-        for step, batches in enumerate(zip(*(m.loader.epoch(epoch) for m in members))):
-            xs = [b[0] for b in batches]
-            targets = torch.stack([b[1] for b in batches])
-            logits = batch(xs, batch.noises(xs[0], generators))
-            losses = vmap(soft_target_cross_entropy)(logits, targets)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()  # each seed's gradient is that of its own loss
-            opt.step()
-            if sched is not None:
-                sched.step()
-            with torch.no_grad():
-                b = targets.shape[1]
-                bad_now = (first_bad < 0) & ~torch.isfinite(losses.detach())
-                first_bad = torch.where(bad_now, step, first_bad)
-                loss_sum += losses.detach().double() * b
-                correct += (logits.argmax(-1) == targets.argmax(-1)).sum(-1)
-                seen += b
-        train_s = time.perf_counter() - t0
-        for i, m in enumerate(members):
-            if int(first_bad[i]) >= 0:
-                raise NonFiniteLossError(
-                    f"arm {m.cell.arm!r} seed {m.cell.seed}: the training loss became NaN or inf at epoch "
-                    f"{epoch + 1}, step {int(first_bad[i])}; stopped (the checkpoint of epoch {epoch} is kept). "
-                    "Lower the learning rate or check the data"
-                )
-        records = []
-        for i, m in enumerate(members):
-            t1 = time.perf_counter()
-            module.load_state_dict(batch.state_dict(i))
-            val_loss, val_acc = evaluate(module, *splits.val, channels_last=channels_last)
-            record = {
-                "epoch": epoch,
-                "train_loss": float(loss_sum[i] / seen),
-                "train_acc": float(correct[i].double() / seen),
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-            }
-            record["test_loss"], record["test_acc"] = evaluate(module, *splits.test, channels_last=channels_last)
-            # Each cell's share of the batched training time, plus its own evaluation.
-            m.elapsed += train_s / n + time.perf_counter() - t1
-            record["elapsed_s"] = m.elapsed
-            if not m.history or val_acc > max(h["val_acc"] for h in m.history):
-                m.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            m.history.append(record)
-            atomic_torch_save(
-                {
-                    "model": module.state_dict(),
-                    "optimizer": _seed_optimizer_state(opt, i),
-                    "epoch": epoch,
-                    "history": m.history,
-                    "elapsed": m.elapsed,
-                    "scheduler": None if sched is None else sched.state_dict(),
-                    "best_model": m.best_state,
-                },
-                m.out / CHECKPOINT,
-            )
-            with open(m.out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            records.append(record)
-        for hook, record in zip(hooks, records):
-            if hook is not None:
-                hook(record)
-        _fault_injection(cell.arm, epoch)
-
-
-def _finish(root: Path, cell: CellSpec, splits: Any) -> dict[str, Any]:
-    """``train_arm`` resuming the cell's last checkpoint: the test metrics and ``result.json``."""
-    from dataclasses import asdict
-
-    from vicinal.experiments.models import build_model
-    from vicinal.experiments.training.single import train_arm
-
-    model = build_model(cell.model, splits.input_shape, len(splits.class_names))
-    return asdict(train_arm(cell.arm, model, cell_loader(cell, splits), **cell_train_options(root, cell, splits)))
-
-
-def run_seed_group(
-    study_dir: str, cells: list[CellSpec], threads: int, *, forward: str = "auto"
-) -> list[tuple[CellSpec, dict[str, Any] | None]]:
-    """Train the unfinished cells of ``cells`` (one arm, several seeds) as one batched model.
-
-    Every cell is claimed as :func:`~vicinal.experiments.runs.study.run_cell` claims it, without
-    waiting: a cell another live process holds is left to it (its result is None here;
-    :func:`~vicinal.experiments.runs.study.run_study` waits for it afterwards). The claims
-    are held until the group is finished. Cells resumed from different epochs train in
-    sub-groups of the same start epoch; a sub-group of one cell trains alone.
-
-    Returns:
-        ``(cell, result record or None)`` for each of ``cells``, in order.
+    Args:
+        module: the plain model (in training mode); it holds a seed's weights while that
+            seed is evaluated and checkpointed.
+        batch: the stacked weights.
+        loaders: each seed's training batches (the same number of steps).
+        seeds: each seed (its dropout generator).
+        optimizer: the Adam over ``batch.params``.
     """
-    from vicinal.experiments.atomic import read_json
-    from vicinal.experiments.training.single import CHECKPOINT, RESULT
 
-    torch.set_num_threads(threads)
-    root = Path(study_dir)
-    results: dict[CellSpec, dict[str, Any] | None] = {}
-    with contextlib.ExitStack() as claims:
-        todo: list[CellSpec] = []
-        for cell in cells:
-            out = cell_dir(root, cell)
-            if (out / RESULT).exists():
-                results[cell] = read_json(out / RESULT)
-                continue
-            out.mkdir(parents=True, exist_ok=True)
-            try:
-                claims.enter_context(FileLock(out / CLAIM_LOCK).acquire(timeout=0))
-            except Timeout:
-                results[cell] = None  # another live process trains this cell
-                continue
-            if (out / RESULT).exists():  # finished by the process that held it
-                results[cell] = read_json(out / RESULT)
-                continue
-            _log_claim(out, resumed=(out / CHECKPOINT).exists())
-            todo.append(cell)
-        if todo:
-            splits = _splits_for(todo[0])
-            members = [_member(root, cell, splits) for cell in todo]
-            by_start: dict[int, list[_Member]] = {}
-            for m in members:
-                by_start.setdefault(m.start_epoch, []).append(m)
-            for group in by_start.values():
-                if len(group) == 1:
-                    results[group[0].cell] = train_claimed_cell(root, group[0].cell)
-                    continue
-                if group[0].start_epoch < group[0].cell.epochs:
-                    train_members(root, group, splits, forward=forward)
-                for m in group:
-                    results[m.cell] = _finish(root, m.cell, splits)
-    return [(cell, results[cell]) for cell in cells]
+    def __init__(
+        self,
+        module: nn.Module,
+        batch: SeedBatch,
+        loaders: Sequence[InMemoryLoader],
+        seeds: Sequence[int],
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        self.module, self.batch, self.loaders, self.seeds, self.optimizer = module, batch, loaders, seeds, optimizer
+        self.loss_shape: tuple[int, ...] = (len(loaders),)
+        self.steps = len(loaders[0])
+        self.device = next(module.parameters()).device
+        self.generators: list[torch.Generator] = []
+
+    def start_epoch(self, epoch: int) -> Iterable[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
+        self.generators = [torch.Generator().manual_seed(epoch_seed(seed, epoch)) for seed in self.seeds]
+        return zip(*(loader.epoch(epoch) for loader in self.loaders))
+
+    def loss(
+        self, step: int, epoch: int, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xs = [b[0] for b in batch]
+        targets = torch.stack([b[1] for b in batch])
+        logits = self.batch(xs, self.batch.noises(xs[0], self.generators))
+        return vmap(soft_target_cross_entropy)(logits, targets), logits, targets
+
+    def model_of(self, index: int) -> nn.Module:
+        self.module.load_state_dict(self.batch.state_dict(index))
+        return self.module
+
+    def optimizer_state_of(self, index: int) -> dict[str, Any]:
+        return seed_optimizer_state(self.optimizer, index)
 
 
-def seed_groups(cells: Sequence[CellSpec]) -> list[list[CellSpec]]:
-    """``cells`` grouped by arm (cells of one arm differ only by seed), in first-seen order."""
-    groups: dict[str, list[CellSpec]] = {}
-    for cell in cells:
-        groups.setdefault(cell.arm, []).append(cell)
-    return list(groups.values())
+def train_stacked(
+    module: nn.Module,
+    members: Sequence[SeedMember],
+    *,
+    optim: OptimConfig,
+    epochs: int,
+    val: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    channels_last: bool = False,
+    forward: str = "auto",
+) -> None:
+    """Train ``members`` (the same model and start epoch, at least two) to ``epochs`` as one stacked model.
+
+    Every seed's test metrics are tracked per epoch and its best weights kept, as a
+    study cell does; each seed's checkpoint and metrics are written after every epoch.
+
+    Args:
+        module: a fresh model of the members' architecture (its weights are not used),
+            in the memory format they train in.
+        val, test: uint8 images (N, C, H, W) or float features, and int64 labels (N,), on the CPU.
+        forward: see :class:`SeedBatch`.
+    """
+    batch = SeedBatch(module, [m.state for m in members], forward=forward)
+    optimizer = make_optimizer(batch.params.values(), optim)
+    schedule = make_schedule(optimizer, optim, max(1, epochs * len(members[0].loader)))
+    first = members[0].checkpoint
+    if first is not None:
+        optimizer.load_state_dict(stacked_optimizer_state(optimizer, [m.checkpoint.optimizer for m in members]))  # type: ignore[union-attr]
+        if schedule is not None:
+            schedule.load_state_dict(first.scheduler)  # type: ignore[arg-type]
+    for m in members:
+        restart_metrics(m.run.out, m.run.history)
+    trainer = StackedSeeds(module, batch, [m.loader for m in members], [m.seed for m in members], optimizer)
+    fit(
+        trainer,
+        [m.run for m in members],
+        optimizer=optimizer,
+        schedule=schedule,
+        epochs=epochs,
+        val=val,
+        test=test,
+        channels_last=channels_last,
+        track_test=True,
+        keep_best=True,
+    )
