@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vicinal.experiments.compare import CompareConfig
+    from vicinal.experiments.spec import CompareConfig
 
 # The keras.io program as measured on the issue's 2-core AVX2 machine (both arms, 10
 # epochs, Keras 3.15.1 + TensorFlow 2.21), against 166-170 s for `vicinal compare`.
@@ -41,8 +41,9 @@ def loader_cost(cfg: CompareConfig, steps: int = 300) -> None:
     """ms per batch of the in-memory loader with and without mixing, vs a training step."""
     import torch
 
-    from vicinal.experiments.compare import load_any, make_loader, make_splits
     from vicinal.experiments.models import build_model
+    from vicinal.experiments.runs.compare import make_loader
+    from vicinal.experiments.splits import load_any, make_splits
     from vicinal.losses import soft_target_cross_entropy
 
     torch.set_num_threads(1)
@@ -56,7 +57,7 @@ def loader_cost(cfg: CompareConfig, steps: int = 300) -> None:
         for _ in range(steps):
             next(it)
         per[arm] = (time.perf_counter() - t0) / steps
-    model = build_model(cfg.model, splits.input_shape, len(splits.class_names)).to(memory_format=torch.channels_last)
+    model = build_model(cfg.for_data(splits.input_shape).model, splits.input_shape, len(splits.class_names))  # type: ignore[arg-type].to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), eps=1e-7, fused=True)
     it = make_loader(cfg, splits, "mixup").epoch(1)
     batches = [next(it) for _ in range(120)]
@@ -182,7 +183,8 @@ def main() -> None:
 
     import torch
 
-    from vicinal.experiments.compare import CompareConfig, run_compare
+    from vicinal.experiments.runs.compare import run_compare
+    from vicinal.experiments.spec import CompareConfig
 
     cfg = CompareConfig(
         data_dir=args.data_dir, epochs=args.epochs, parallel=not args.sequential, train_limit=args.train_limit

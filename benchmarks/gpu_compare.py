@@ -44,7 +44,7 @@ def _fail(message: str) -> None:
 
 def _splits(data_dir: str | None, cfg: Any) -> tuple[Any, str]:
     """Fashion-MNIST's splits if its files are found, else random data of the same shapes."""
-    from vicinal.experiments.compare import Splits, load_any, make_splits
+    from vicinal.experiments.splits import Splits, load_any, make_splits
 
     candidates = [data_dir] if data_dir else [str(ROOT / "shared" / "data"), str(ROOT.parent / "shared" / "data")]
     errors = []
@@ -72,7 +72,7 @@ def _sync(device: torch.device) -> None:
 
 def _loader_epoch_s(cfg: Any, splits: Any) -> dict[str, float]:
     """Seconds for one epoch of batches on the device, per arm (no model)."""
-    from vicinal.experiments.compare import make_loader
+    from vicinal.experiments.runs.compare import make_loader
 
     device = torch.device(cfg.device)
     out = {}
@@ -90,7 +90,7 @@ def _loader_epoch_s(cfg: Any, splits: Any) -> dict[str, float]:
 
 
 def _one_run(cfg: Any, splits: Any) -> dict[str, Any]:
-    from vicinal.experiments.compare import run_compare
+    from vicinal.experiments.runs.compare import run_compare
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             f"needs a CUDA GPU, and torch {torch.__version__} sees none (torch.cuda.is_available() is False); "
             "run it on a machine with one"
         )
-    from vicinal.experiments.compare import CompareConfig
+    from vicinal.experiments.spec import CompareConfig
 
     modes = [m for m in args.modes.split(",") if m]
     precisions = [q for q in args.precisions.split(",") if q]

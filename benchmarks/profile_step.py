@@ -1,6 +1,6 @@
 """Where one training step of `vicinal compare`'s mixed arm spends its time, on CPU.
 
-Mirrors the step of ``vicinal.experiments.train.train_arm`` for the default compare
+Mirrors the step of ``vicinal.experiments.training.loop.fit`` for the default compare
 (reference CNN, batch 64, channels-last, fused Adam, the loader of the mixed arm):
 
     x, target = next(epoch iterator)            # gather + apply_plan (+ the epoch plan at its start)
@@ -58,10 +58,10 @@ from pathlib import Path
 import torch
 
 import vicinal.experiments.loader as loader_module
-from vicinal.experiments.compare import CompareConfig, Splits, load_any, make_loader, make_splits
 from vicinal.experiments.models import ReferenceCNN, build_model
-from vicinal.experiments.options import PRECISIONS
-from vicinal.experiments.train import OptimConfig
+from vicinal.experiments.runs.compare import make_loader
+from vicinal.experiments.spec import PRECISIONS, CompareConfig, OptimConfig
+from vicinal.experiments.splits import Splits, load_any, make_splits
 from vicinal.losses import soft_target_cross_entropy
 
 FMA_UNITS = 2  # assumed per core; true of most server cores (some Xeon Silver/Bronze SKUs have 1 AVX-512 FMA)
@@ -276,7 +276,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = CompareConfig(data_dir=None if args.synthetic else args.data_dir, batch_size=args.batch_size).validate()
+    cfg = CompareConfig(
+        data_dir=None if args.synthetic else args.data_dir, batch_size=args.batch_size, model="reference-cnn"
+    ).validate()
     splits = (
         synthetic_splits(60_000 - cfg.val_size)
         if args.synthetic

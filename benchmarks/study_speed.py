@@ -24,7 +24,7 @@ import argparse
 import tempfile
 import time
 
-from vicinal.experiments.study import parse_study, run_study
+from vicinal.experiments.runs.study import parse_study, run_study
 
 STUDY = """
 name = "speed"

@@ -206,7 +206,8 @@ def test_manifold_mixup_under_ddp_and_torch_compile(tmp_path: object) -> None:
 def test_a_study_with_a_manifold_arm_resumes(toy_npz: object, tmp_path: object) -> None:
     from pathlib import Path
 
-    from vicinal.experiments.study import parse_study, run_study
+    from vicinal.experiments.runs.study import run_study
+    from vicinal.experiments.spec import parse_study
 
     text = (
         f"seeds=1\n[defaults]\ndataset='{toy_npz}'\nepochs=1\nbatch_size=32\nval_size=100\n"

@@ -1,8 +1,10 @@
 """The command line: ``vicinal compare | preview | study | report``.
 
-The top of the package: it parses options into the harness's configs
-(:mod:`vicinal.experiments.compare`, :mod:`vicinal.experiments.study`) and prints
-one clear line for bad options or data instead of a traceback.
+The options of ``compare`` and ``preview``, and the overrides of ``study``, are generated
+from the fields of the specifications (:mod:`vicinal.experiments.spec`): each field's
+:class:`~vicinal.experiments.spec.CliOption` gives its help and flag, and its default
+is the field's default. Bad options or data end with one clear line instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -11,156 +13,86 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import fields
+import types
+import typing
+from dataclasses import Field
 from pathlib import Path
+from typing import Any
 
-from vicinal.experiments._atomic import DiskFullError, check_writable_folder
-from vicinal.experiments.options import METHOD_DEFAULTS, MIX_POLICIES, PRECISIONS, RUN_METHODS
+from vicinal.experiments.atomic import DiskFullError, check_writable_folder
+from vicinal.experiments.data import DatasetError
+from vicinal.experiments.errors import RunFailed
 from vicinal.experiments.presets import PRESETS
-from vicinal.experiments.processes import RunFailed, describe_interrupt
-from vicinal.sampling import GRANULARITIES, PAIRINGS
+from vicinal.experiments.report.plots import write_preview
+from vicinal.experiments.report.report import render_report, study_summary
+from vicinal.experiments.runs.compare import run_compare, summary_table
+from vicinal.experiments.runs.processes import describe_interrupt
+from vicinal.experiments.runs.study import run_study, study_lock
+from vicinal.experiments.spec import STUDY_OVERRIDES, CompareConfig, RunSpec, cli_options, load_study
+from vicinal.experiments.splits import load_splits
+
+__all__ = ["COMPARE_OPTIONS", "PREVIEW_OPTIONS", "build_parser", "main"]
+
+#: The CompareConfig fields ``vicinal compare`` offers (all that carry a CliOption).
+COMPARE_OPTIONS: tuple[str, ...] = tuple(f.name for f, _ in cli_options(CompareConfig))
+#: The fields ``vicinal preview`` offers: the data, the mixing, the seed and the batch size.
+PREVIEW_OPTIONS: tuple[str, ...] = tuple(
+    f.name
+    for f, option in cli_options(RunSpec)
+    if option.group in ("data", "mixing") or f.name in ("seed", "batch_size")
+)
+
+_GROUP_TITLES = {"data": "data", "mixing": "mixing (the mixed arm)", "run": "run"}
 
 
-def _method_default(option: str) -> str:
-    """Help text naming each method's default for ``option``."""
-    uses = [f"{m}: {d[option]}" for m, d in METHOD_DEFAULTS.items() if option in d]
-    return "default per method: " + ", ".join(uses)
+def _value_type(f: Field[Any], cls: type[Any]) -> Any:
+    """The type a field's command-line string converts to: its annotation without ``| None``."""
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0]
+    return hint
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default="fashion-mnist",
-        help="'fashion-mnist', 'mnist', a .npz file with x and y arrays, or a folder with one "
-        "sub-folder of images per class (default: %(default)s)",
-    )
-    g.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder holding the dataset's four IDX files (.gz or not). Searched otherwise, in order: "
-        "$VICINAL_DATA_DIR, /usr/share/datasets/<name>/ (Debian's dataset-fashion-mnist), the user "
-        "cache, then a download from the official mirrors into the cache",
-    )
-    g.add_argument(
-        "--val-size",
-        type=int,
-        default=2000,
-        help="the first N training images are held out for validation (default: %(default)s)",
-    )
-    g.add_argument(
-        "--train-limit", type=int, default=None, help="use only the first N remaining training images (quick runs)"
-    )
-    g.add_argument("--test-limit", type=int, default=None, help="use only the first N test images (quick runs)")
+def add_spec_options(
+    parser: argparse.ArgumentParser, cls: type[Any], names: tuple[str, ...], *, overrides: bool = False
+) -> None:
+    """Add the fields ``names`` of specification class ``cls`` to ``parser``, grouped as their CliOption says.
+
+    Args:
+        overrides: every option defaults to None ("keep what the study says") instead of
+            the field's default, and its help says so (``vicinal study``).
+    """
+    groups: dict[str, Any] = {}
+    for f, option in cli_options(cls, names):
+        group = groups.get(option.group)
+        if group is None:
+            group = groups[option.group] = parser.add_argument_group(_GROUP_TITLES[option.group])
+        flag = option.flag or "--" + f.name.replace("_", "-")
+        help_text = option.help + (" (overrides every arm's)" if overrides else "")
+        value_type = _value_type(f, cls)
+        if value_type is bool:
+            action = "store_false" if option.turns_off else "store_true"
+            group.add_argument(flag, dest=f.name, action=action, default=f.default, help=help_text)
+            continue
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=option.parse or value_type,
+            choices=option.choices,
+            default=None if overrides else f.default,
+            help=help_text,
+        )
 
 
-def _add_mix_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("mixing (the mixed arm)")
-    g.add_argument(
-        "--method",
-        choices=[m for m in RUN_METHODS if m != "none"],
-        default="mixup",
-        help="mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
-        "--switch-prob else mixup; kway: Dirichlet mix of --k samples; manifold: mixup of the hidden "
-        "states at one of --mix-layers per step; augmix: AugMix per image, no mixing (default: %(default)s)",
-    )
-    # None: the method's default. An option the chosen method doesn't use is refused.
-    g.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="Beta(alpha, alpha) concentration of mixup's lambda, or the Dirichlet's for kway; "
-        f"0 disables mixing ({_method_default('alpha')})",
-    )
-    g.add_argument(
-        "--cutmix-alpha",
-        type=float,
-        default=None,
-        help=f"Beta concentration of CutMix's area ({_method_default('cutmix_alpha')})",
-    )
-    g.add_argument(
-        "--switch-prob",
-        type=float,
-        default=None,
-        help=f"probability of CutMix under --method switch ({_method_default('switch_prob')})",
-    )
-    g.add_argument("--k", type=int, default=None, help=f"samples per mix under --method kway ({_method_default('k')})")
-    g.add_argument(
-        "--augmix",
-        action="store_true",
-        help="AugMix each image before mixing (--method augmix: AugMix alone, no mixing between images)",
-    )
-    g.add_argument(
-        "--jsd",
-        action="store_true",
-        help="with --method augmix: train on clean + two AugMix views with the Jensen-Shannon consistency loss "
-        "(weight 12, the AugMix paper's)",
-    )
-    g.add_argument(
-        "--mix-layers",
-        default=None,
-        help="under --method manifold: comma-separated module names of the model (and/or 'input'), one chosen "
-        "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small",
-    )
-    g.add_argument(
-        "--granularity",
-        choices=GRANULARITIES,
-        default=None,
-        help="one lambda per batch, per sample (elem, the reference) or per pair (default: elem)",
-    )
-    g.add_argument(
-        "--pairing",
-        choices=PAIRINGS,
-        default=None,
-        help="stream: partners from a second, independently shuffled pass (the reference); roll, flip, "
-        f"permute, derange: partners within the batch ({_method_default('pairing')})",
-    )
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon, both arms (default: 0)")
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("run")
-    g.add_argument("--epochs", type=int, default=10, help="epochs per arm (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=64, help="training batch size (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="seed of initial weights, shuffling and mixing (default: 0)")
-    g.add_argument("--model", default="reference-cnn", help="registered model name (default: %(default)s)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads in all (default: torch's default); split between arms trained in parallel",
-    )
-    g.add_argument(
-        "--sequential", action="store_true", help="train the arms one after another instead of in parallel processes"
-    )
-    g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format (slower on CPU)")
-    g.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="bf16 autocast of the forward pass: for GPUs and AMX CPUs; slower on AVX2-only CPUs "
-        "(default: %(default)s)",
-    )
-    g.add_argument("--out", default=None, help="run folder (default: runs/compare-<time>)")
-    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument(
-        "--mix-policy",
-        choices=MIX_POLICIES,
-        default="independent",
-        help="under torchrun: independent plans per rank, the same plans on every rank (shared), or "
-        "one plan over the global batch (global: results independent of the world size)",
-    )
-    g.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=300.0,
-        help="under torchrun: seconds a collective waits for a dead or stuck rank before failing",
-    )
+def spec_values(args: argparse.Namespace, names: tuple[str, ...], *, overrides: bool = False) -> dict[str, Any]:
+    """The parsed values of the fields ``names``; with ``overrides``, only those given."""
+    values = {name: getattr(args, name) for name in names}
+    return {k: v for k, v in values.items() if v is not None} if overrides else values
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``vicinal`` argument parser with its four commands."""
     parser = argparse.ArgumentParser(
         prog="vicinal",
         description="MixUp-family data augmentation: train with and without mixing and compare.",
@@ -173,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on mixed batches and once on plain ones, then print a table and write a run folder "
         "(config.json, metrics, preview.png, curves.png, summary.md). With no options this is the "
         "reference experiment: Fashion-MNIST, batch 64, 10 epochs, alpha 0.2, one lambda per sample, "
-        "two shuffled streams.",
+        "two shuffled streams. On (N, F) features the default model is the MLP, on (N, T, F) sequences the GRU.",
     )
-    _add_data_options(compare)
-    _add_mix_options(compare)
-    _add_run_options(compare)
+    add_spec_options(compare, CompareConfig, COMPARE_OPTIONS)
+    output = compare.add_argument_group("output")
+    output.add_argument("--out", default=None, help="run folder (default: runs/compare-<time>)")
+    output.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    output.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=_cmd_compare)
 
     preview = sub.add_parser(
@@ -186,10 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write preview.png: nine images of the first mixed training batch, each "
         "titled with its soft label as class names and weights.",
     )
-    _add_data_options(preview)
-    _add_mix_options(preview)
-    preview.add_argument("--seed", type=int, default=0, help="seed of the shuffling and mixing (default: 0)")
-    preview.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
+    add_spec_options(preview, RunSpec, PREVIEW_OPTIONS)
     preview.add_argument("--out", default="preview.png", help="output PNG (default: %(default)s)")
     preview.set_defaults(func=_cmd_preview)
 
@@ -204,11 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default=None, help="study folder (default: runs/study-<name>)")
     study.add_argument("--jobs", type=int, default=1, help="cells trained at once, one process each (default: 1)")
     study.add_argument("--seeds", type=int, default=None, help="use seeds 0..N-1 instead of the study's")
-    study.add_argument("--epochs", type=int, default=None, help="override every arm's epochs")
-    study.add_argument("--data-dir", default=None, help="folder holding the dataset's IDX files (see compare)")
-    study.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    study.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
-    study.add_argument("--val-size", type=int, default=None, help="override the validation hold-out size")
+    add_spec_options(study, RunSpec, STUDY_OVERRIDES, overrides=True)
     study.add_argument("--device", default="cpu", help="cpu or cuda[:N], for every cell (default: %(default)s)")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     study.add_argument(
@@ -247,26 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from vicinal.experiments.report import render_report
-    from vicinal.experiments.study import load_study, run_study, study_lock
-
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.out:
         check_writable_folder(Path(args.out))
-    overrides = {
-        k: v
-        for k, v in (
-            ("epochs", args.epochs),
-            ("data_dir", args.data_dir),
-            ("train_limit", args.train_limit),
-            ("test_limit", args.test_limit),
-            ("val_size", args.val_size),
-        )
-        if v is not None
-    }
+    overrides = spec_values(args, STUDY_OVERRIDES, overrides=True)
     spec = load_study(args.study, overrides=overrides, seeds=args.seeds)
     out = Path(args.out or f"runs/study-{spec.name}")
     t0 = time.perf_counter()
@@ -282,60 +192,19 @@ def _cmd_study(args: argparse.Namespace) -> int:
     )
     with study_lock(out):  # processes sharing the folder write the report in turn
         paths = render_report(out)
-    text = Path(paths["markdown"]).read_text()
-    print(text[: text.find("\n## ", text.find("## Paired") + 1)])  # the two tables, not the figure sections
+    print(study_summary(out))
     print(f"study {spec.name}: {len(spec.cells())} cells, {time.perf_counter() - t0:.1f} s; report: {paths['html']}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from vicinal.experiments.report import render_report
-
     paths = render_report(args.folder, preview=not args.no_preview)
     print(f"wrote {paths['markdown']} and {paths['html']}")
     return 0
 
 
-def _config_from(args: argparse.Namespace):
-    from vicinal.experiments.compare import CompareConfig
-
-    values = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "val_size": args.val_size,
-        "train_limit": args.train_limit,
-        "test_limit": args.test_limit,
-        "method": args.method,
-        "alpha": args.alpha,
-        "cutmix_alpha": args.cutmix_alpha,
-        "switch_prob": args.switch_prob,
-        "k": args.k,
-        "granularity": args.granularity,
-        "pairing": args.pairing,
-        "mix_layers": None if args.mix_layers is None else tuple(args.mix_layers.split(",")),
-        "augmix": args.augmix,
-        "jsd": args.jsd,
-        "label_smoothing": args.label_smoothing,
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-    }
-    for name in ("epochs", "model", "device", "threads"):
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    if hasattr(args, "sequential"):
-        values["parallel"] = not args.sequential
-        values["channels_last"] = not args.no_channels_last
-        values["mix_policy"] = args.mix_policy
-        values["precision"] = args.precision
-        values["dist_timeout_s"] = args.dist_timeout
-    known = {f.name for f in fields(CompareConfig)}
-    return CompareConfig(**{k: v for k, v in values.items() if k in known})
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from vicinal.experiments.compare import run_compare, summary_table
-
-    cfg = _config_from(args).validate()
+    cfg = CompareConfig(**spec_values(args, COMPARE_OPTIONS)).validate()
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -351,16 +220,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
-    from vicinal.experiments.compare import load_any, make_splits, write_preview
-
-    cfg = _config_from(args).validate()
-    splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)
-    path = write_preview(cfg, splits, Path(args.out))
+    spec = RunSpec(**spec_values(args, PREVIEW_OPTIONS))
+    spec.check_common()
+    spec = spec.resolved()
+    spec.mixing()  # validated before the data is loaded
+    path = write_preview(spec, load_splits(spec), Path(args.out))
     print(f"wrote {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -368,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, PermissionError, NotADirectoryError, DiskFullError) as exc:
         # Bad options, bad data, a full disk or an unwritable folder end with one clear
         # line, not a traceback.
-        from vicinal.experiments.data import DatasetError
-
         kind = "data error" if isinstance(exc, DatasetError) else "error"
         message = exc.strerror if isinstance(exc, DiskFullError) else exc
         print(f"vicinal: {kind}: {message}", file=sys.stderr)

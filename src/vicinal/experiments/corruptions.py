@@ -59,9 +59,9 @@ pure function of ``(images, seed)``. Everything is batched except JPEG and pixel
 which only Pillow does: those loop over the images in Python.
 
 :func:`corrupted_test_set` caches the set on disk (one ``.npz`` per corruption and a
-JSON manifest of SHA-256 sums); :func:`corruption_errors`,
-:func:`mean_corruption_error` and :func:`corruption_heatmap` turn accuracies on it
-into the metrics of the AugMix paper.
+JSON manifest of SHA-256 sums); :func:`corruption_errors` and
+:func:`mean_corruption_error` turn accuracies on it into the metrics of the AugMix
+paper (drawn by :func:`vicinal.experiments.report.plots.corruption_heatmap`).
 """
 
 from __future__ import annotations
@@ -73,14 +73,31 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from filelock import FileLock
+from PIL import Image
 
 from vicinal._checks import check_choice, check_int
-from vicinal.experiments._atomic import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.spec import check_seed
+
+__all__ = [
+    "CHUNK",
+    "CORRUPTIONS",
+    "SEVERITIES",
+    "SEVERITY_TABLE",
+    "corrupt",
+    "corrupted_test_set",
+    "corruption_accuracy",
+    "corruption_errors",
+    "images_sha256",
+    "mean_corruption_error",
+]
 
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
@@ -139,8 +156,6 @@ def _motion_kernel_size(sigma: float) -> int:
 
 
 def _torch(x: np.ndarray) -> Any:
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
@@ -149,7 +164,7 @@ def _gaussian_kernel_size(sigma: float, truncate: float) -> int:
 
 
 def _elastic(x: np.ndarray, rng: np.random.Generator, params: tuple[float, float, float]) -> np.ndarray:
-    import kornia
+    import kornia  # the augmix extra: only corruptions that blur or warp need it
 
     n, _, h, w = x.shape
     side = min(h, w)
@@ -184,8 +199,6 @@ def _elastic(x: np.ndarray, rng: np.random.Generator, params: tuple[float, float
 
 def _pillow_each(images: np.ndarray, fn: Callable[[Any], Any]) -> np.ndarray:
     """``fn`` on every image as a Pillow image ("L" or "RGB"); a Python loop (Pillow only)."""
-    from PIL import Image
-
     hwc = images.transpose(0, 2, 3, 1)
     out = np.empty_like(hwc)
     for i, img in enumerate(hwc):
@@ -195,8 +208,6 @@ def _pillow_each(images: np.ndarray, fn: Callable[[Any], Any]) -> np.ndarray:
 
 
 def _jpeg(quality: int) -> Callable[[Any], Any]:
-    from PIL import Image
-
     def fn(img: Any) -> Any:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality)
@@ -207,8 +218,6 @@ def _jpeg(quality: int) -> Callable[[Any], Any]:
 
 
 def _pixelate(fraction: float) -> Callable[[Any], Any]:
-    from PIL import Image
-
     def fn(img: Any) -> Any:
         w, h = img.size
         small = img.resize((int(w * fraction), int(h * fraction)), Image.Resampling.BOX)
@@ -239,8 +248,7 @@ def _corrupt_chunk(x8: np.ndarray, corruption: str, severity: int, rng: np.rando
     if corruption == "elastic_transform":
         return _elastic(x, rng, c)
 
-    import kornia
-    import torch
+    import kornia  # the augmix extra: only corruptions that blur or warp need it
 
     t = _torch(x)
     if corruption == "gaussian_blur":
@@ -296,7 +304,7 @@ def corrupt(images: np.ndarray, corruption: str, severity: int, *, seed: int = 0
     images = _check_images(images)
     check_choice("corruption", corruption, CORRUPTIONS)
     check_int("severity", severity, minimum=1, maximum=len(SEVERITIES))
-    check_int("seed", seed, minimum=0, maximum=2**64 - 1)
+    check_seed("seed", seed)
     out = np.empty_like(images)
     for chunk, start in enumerate(range(0, len(images), CHUNK)):
         part = _corrupt_chunk(
@@ -352,17 +360,6 @@ def _load_checked(path: Path, sha256: str | None, shape: tuple[int, ...]) -> dic
     return arrays
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        from filelock import FileLock
-    except ModuleNotFoundError:  # without the harness extra: no cross-process lock
-        yield
-        return
-    with FileLock(path):
-        yield
-
-
 def corrupted_test_set(
     images: np.ndarray,
     cache_dir: str | os.PathLike,
@@ -397,7 +394,7 @@ def corrupted_test_set(
     images = _check_images(images)
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"name must be letters, digits, '.', '_' or '-' (not first), got {name!r}")
-    check_int("seed", seed, minimum=0, maximum=2**64 - 1)
+    check_seed("seed", seed)
     wanted = tuple(CORRUPTIONS if corruptions is None else corruptions)
     for corruption in wanted:
         check_choice("corruption", corruption, CORRUPTIONS)
@@ -412,7 +409,7 @@ def corrupted_test_set(
         "params_sha256": _params_sha256(),
     }
     result: dict[tuple[str, int], np.ndarray] = {}
-    with _lock(folder / f".{name}.lock"):
+    with FileLock(folder / f".{name}.lock"):
         manifest: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             manifest = json.loads(manifest_path.read_text())
@@ -524,44 +521,3 @@ def mean_corruption_error(errors_arm: Mapping[str, float], errors_baseline: Mapp
         raise ValueError(f"the baseline's error is 0 on {zero}: the corruption error is undefined there")
     ratios = [float(errors_arm[c]) / float(errors_baseline[c]) for c in errors_arm]
     return 100.0 * float(np.mean(ratios))
-
-
-def corruption_heatmap(
-    table: Mapping[str, Mapping[str, float]], path: str | os.PathLike, *, title: str = "Error under corruption (%)"
-) -> Path:
-    """A heat map of mean corruption error: one row per arm, one column per corruption.
-
-    Args:
-        table: ``{arm: {corruption: mean error in [0, 1]}}`` (:func:`corruption_errors`
-            of each arm); a corruption an arm lacks is left blank.
-        path: where the PNG goes (written by
-            :func:`vicinal.experiments.plots.save_figure`).
-
-    Returns:
-        ``path``. Cells are annotated with the error in percent.
-    """
-    from vicinal.experiments.plots import _pyplot, save_figure
-
-    if not table:
-        raise ValueError("table is empty: expected at least one arm")
-    arms = list(table)
-    seen = {c for row in table.values() for c in row}
-    columns = [c for c in CORRUPTIONS if c in seen] + sorted(seen - set(CORRUPTIONS))
-    values = np.array([[100.0 * float(table[a].get(c, np.nan)) for c in columns] for a in arms])
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.5 * len(arms)))
-    finite = values[np.isfinite(values)]
-    vmax = float(finite.max()) if finite.size else 1.0
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=vmax or 1.0, aspect="auto")
-    ax.set_xticks(range(len(columns)), [c.replace("_", "\n") for c in columns], fontsize=8)
-    ax.set_yticks(range(len(arms)), arms, fontsize=9)
-    for i in range(len(arms)):
-        for j in range(len(columns)):
-            v = values[i, j]
-            if np.isfinite(v):
-                dark = v < 0.6 * vmax
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    fig.colorbar(image, ax=ax, label="mean error over severities (%)")
-    ax.set_title(title)
-    fig.tight_layout()
-    return save_figure(fig, path, close=True)

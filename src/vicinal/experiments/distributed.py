@@ -33,7 +33,21 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vicinal.experiments.processes import RunFailed
+from vicinal.experiments.errors import RunFailed
+
+__all__ = [
+    "SINGLE",
+    "DistContext",
+    "RankFailure",
+    "all_reduce_sum",
+    "barrier",
+    "collective_errors",
+    "init_from_env",
+    "is_collective_error",
+    "launched_by_torchrun",
+    "shard_positions",
+    "shutdown",
+]
 
 
 @dataclass(frozen=True)

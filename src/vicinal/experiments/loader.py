@@ -24,22 +24,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from vicinal import MixConfig, MixPlan, PlanTensors, apply_plan, epoch_order, sample_plan
 from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.augmix import AugMix, AugMixConfig
 from vicinal.experiments.data import InputKind
 from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
-from vicinal.experiments.options import MIX_POLICIES
+from vicinal.experiments.models import check_model_input
+from vicinal.experiments.spec import MIX_POLICIES, check_class_ids, check_seed
 from vicinal.labels import soft_unchecked, to_soft
-from vicinal.mixing import PlanTensors, apply_plan
-from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
 from vicinal.transforms import mix_indexed_batch
 
-if TYPE_CHECKING:
-    from vicinal.augmix import AugMixConfig
+__all__ = [
+    "EpochPlan",
+    "InMemoryLoader",
+    "StepTensors",
+    "check_data_fits",
+    "check_mixing_fits",
+    "input_kind",
+    "to_model_input",
+]
 
 
 def input_kind(x: np.ndarray | torch.Tensor, *, name: str = "images") -> InputKind:
@@ -118,8 +125,6 @@ def check_data_fits(x: np.ndarray | torch.Tensor, *, model: str | None, mix: Mix
     """
     input_kind(x, name="x")
     if model is not None:
-        from vicinal.experiments.models import check_model_input
-
         check_model_input(model, tuple(int(d) for d in x.shape[1:]))
     check_mixing_fits(mix, x)
 
@@ -198,7 +203,7 @@ class InMemoryLoader:
             raise ValueError("images is empty: expected at least 1 sample")
         self.num_classes = check_int("num_classes", num_classes, minimum=1)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_seed("seed", seed)
         if mix is not None and not isinstance(mix, MixConfig):
             raise TypeError(f"mix must be a MixConfig or None, got {type(mix).__name__}")
         check_mixing_fits(mix, self.images)
@@ -209,8 +214,6 @@ class InMemoryLoader:
             raise ValueError("jsd needs AugMix and no mixing: its three views are clean, AugMix 1 and AugMix 2")
         self.augmix = None
         if augmix is not None:
-            from vicinal.augmix import AugMix
-
             # Per rank unless every rank must see the same batches (shared / global plans).
             self.augmix = AugMix(augmix, seed=seed, rank=dist.rank if policy == "independent" else 0)
         self.jsd = jsd
@@ -219,11 +222,7 @@ class InMemoryLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.channels_last = channels_last
-        lo, hi = self.labels.aminmax()
-        if int(lo) < 0 or int(hi) >= num_classes:
-            raise ValueError(
-                f"labels hold class ids in [{int(lo)}, {int(hi)}], expected [0, num_classes={num_classes})"
-            )
+        check_class_ids(self.labels, num_classes)
 
     @property
     def num_samples(self) -> int:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from vicinal._checks import check_int, check_probability
+from vicinal.experiments.spec import check_class_ids, check_seed
+
+__all__ = ["symmetric_label_noise"]
 
 
 def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, *, seed: int) -> np.ndarray:
@@ -27,9 +30,8 @@ def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, *, 
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be int class ids (N,), got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= c):
-        raise ValueError(f"labels must be in [0, num_classes={c})")
-    rng = np.random.Generator(np.random.Philox(key=[check_int("seed", seed, minimum=0), 0x6E6F697365]))
+    check_class_ids(labels, c)
+    rng = np.random.Generator(np.random.Philox(key=[check_seed("seed", seed), 0x6E6F697365]))
     n = labels.size
     flip = rng.permutation(n)[: round(rate * n)]
     out = labels.astype(np.int64, copy=True)

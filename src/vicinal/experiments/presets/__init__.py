@@ -1,4 +1,4 @@
-"""Study presets shipped with vicinal (TOML files; see vicinal.experiments.study).
+"""Study presets shipped with vicinal (TOML files; see vicinal.experiments.runs.study).
 
 :data:`PRESETS` is read from this folder, so a new ``<name>.toml`` is a preset by
 being shipped here, with no list to keep in step.

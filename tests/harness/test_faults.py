@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import vicinal.experiments._atomic as atomic
-import vicinal.experiments.train as train
-from vicinal.experiments._atomic import DiskFullError, UnreadableFileError, atomic_write_json, load_tensors
+import vicinal.experiments.atomic as atomic
+import vicinal.experiments.training.single as train
+from vicinal.experiments.atomic import DiskFullError, UnreadableFileError, atomic_write_json, load_tensors
 from vicinal.experiments.cli import main
 
 QUICK = ["--epochs", "2", "--batch-size", "32", "--val-size", "100", "--sequential", "--threads", "1", "--no-progress"]

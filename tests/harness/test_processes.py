@@ -23,16 +23,11 @@ import torch
 from filelock import FileLock
 
 from vicinal.experiments.cli import main
-from vicinal.experiments.processes import (
-    GRACE_S,
-    HOLD_ENV,
-    NO_PDEATHSIG_ENV,
-    WORKER_DIR_ENV,
-    Interrupted,
-    describe_interrupt,
-    stop_on_signals,
-)
-from vicinal.experiments.study import CLAIM_LOCK, CLAIMS_LOG, cell_dir, default_threads, load_study, run_study
+from vicinal.experiments.runs.cells import CLAIM_LOCK, CLAIMS_LOG
+from vicinal.experiments.runs.processes import GRACE_S, Interrupted, describe_interrupt, stop_on_signals
+from vicinal.experiments.runs.study import default_threads, run_study
+from vicinal.experiments.spec import cell_dir, load_study
+from vicinal.experiments.testing import HOLD_ENV, NO_PDEATHSIG_ENV, WORKER_DIR_ENV
 
 BOUND_S = 180.0  # failure bound for any awaited event
 

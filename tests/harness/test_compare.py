@@ -16,12 +16,13 @@ import torch
 
 from vicinal import MixConfig
 from vicinal.experiments.cli import main
-from vicinal.experiments.compare import CompareConfig, run_compare
 from vicinal.experiments.loader import InMemoryLoader
 from vicinal.experiments.models import ReferenceCNN, available_models, build_model
+from vicinal.experiments.runs.compare import run_compare
+from vicinal.experiments.spec import CompareConfig
 from vicinal.sampling import epoch_order
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _tiny(toy: Path, **kw: object) -> CompareConfig:
@@ -119,7 +120,7 @@ def test_compare_runs_learns_and_writes_run_folder(toy_npz: Path, tmp_path: Path
 def test_both_arms_start_from_the_saved_initial_weights(
     toy_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vicinal.experiments.compare as compare
+    import vicinal.experiments.runs.compare as compare
 
     starts: dict[str, dict[str, torch.Tensor]] = {}
     real_train_arm = compare.train_arm

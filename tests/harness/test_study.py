@@ -16,8 +16,11 @@ from toydata import fake_result
 from vicinal.experiments.cli import main
 from vicinal.experiments.metrics import brier, fgsm_accuracy, nll, reliability
 from vicinal.experiments.noise import symmetric_label_noise
-from vicinal.experiments.report import render_report
-from vicinal.experiments.study import PRESETS, cell_dir, init_path, load_study, parse_study, run_study
+from vicinal.experiments.presets import PRESETS
+from vicinal.experiments.report.report import render_report
+from vicinal.experiments.runs.cells import init_path
+from vicinal.experiments.runs.study import run_study
+from vicinal.experiments.spec import cell_dir, load_study, parse_study
 
 
 def test_reliability_and_ece_by_hand() -> None:
@@ -125,7 +128,7 @@ alpha = [0.2, 1.0, 4.0]
 def test_study_runs_skips_finished_cells_and_reports(
     toy_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vicinal.experiments.train as train_module
+    import vicinal.experiments.runs.cells as train_module
 
     # Record the weights every cell's model holds when its training starts.
     started: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
@@ -199,7 +202,7 @@ def _no_nan(token: str) -> None:
 def test_report_of_one_seed_shows_na_and_escapes_text(tmp_path: Path) -> None:
     from dataclasses import asdict, replace
 
-    from vicinal.experiments.study import CellSpec
+    from vicinal.experiments.spec import CellSpec
 
     root = tmp_path / "one-seed"
     odd = 'mix<up>&"x"'  # a legal folder name that is also markup

@@ -11,9 +11,9 @@ import pytest
 
 from toydata import make_toy_npz
 from vicinal.experiments.cli import main
-from vicinal.experiments.compare import CompareConfig
 from vicinal.experiments.corruptions import CORRUPTIONS
-from vicinal.experiments.report import render_report
+from vicinal.experiments.report.report import render_report
+from vicinal.experiments.spec import CompareConfig
 
 QUICK = ["--epochs", "1", "--batch-size", "32", "--val-size", "100", "--sequential", "--threads", "1", "--no-progress"]
 

@@ -22,13 +22,15 @@ import torch
 
 from toydata import without_wall_clock
 from vicinal import MixConfig
-from vicinal.experiments.compare import CompareConfig, run_compare
 from vicinal.experiments.distributed import DistContext
 from vicinal.experiments.loader import EpochPlan, InMemoryLoader
 from vicinal.experiments.models import build_model
-from vicinal.experiments.train import evaluate, train_arm
+from vicinal.experiments.runs.compare import run_compare
+from vicinal.experiments.spec import CompareConfig
+from vicinal.experiments.training.loop import evaluate
+from vicinal.experiments.training.single import train_arm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 needs_kornia = pytest.mark.skipif(importlib.util.find_spec("kornia") is None, reason="AugMix needs kornia")
@@ -340,7 +342,7 @@ def _count_host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_training_reads_the_host_per_epoch_not_per_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mix: MixConfig | None
 ) -> None:
-    import vicinal.experiments.train as train
+    import vicinal.experiments.training.loop as train
 
     # Keep the checkpoint writes out of the count (they read tensors by design, once per epoch).
     monkeypatch.setattr(train, "atomic_torch_save", lambda *a, **k: None)

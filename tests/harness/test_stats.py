@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from vicinal.experiments.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
+from vicinal.experiments.report.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
 
 
 def brute_force_sign_flip_p(a: list[float], b: list[float]) -> float:

@@ -18,7 +18,7 @@ import torch
 from vicinal import MixConfig, apply_plan, sample_plan
 from vicinal.experiments.distributed import DistContext
 from vicinal.experiments.loader import InMemoryLoader
-from vicinal.experiments.train import FAULT_ENV
+from vicinal.experiments.testing import FAULT_ENV
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -44,7 +44,7 @@ import sys, torch
 from vicinal import MixConfig
 from vicinal.experiments.distributed import init_from_env, shutdown
 from vicinal.experiments.loader import InMemoryLoader
-from vicinal.experiments.train import FAULT_ENV
+from vicinal.experiments.testing import FAULT_ENV
 out = sys.argv[1]
 ctx = init_from_env("cpu", timeout_s=60)
 g = torch.Generator().manual_seed(0)
@@ -115,7 +115,8 @@ def test_mixing_policies_across_two_ranks(tmp_path: Path) -> None:
 TRAIN_SCRIPT = """
 import json, os, sys
 from dataclasses import asdict
-from vicinal.experiments.compare import CompareConfig, run_compare
+from vicinal.experiments.runs.compare import run_compare
+from vicinal.experiments.spec import CompareConfig
 out, npz = sys.argv[1], sys.argv[2]
 cfg = CompareConfig(dataset=npz, epochs=2, batch_size=16, val_size=100, seed=3, threads=1, mix_policy="global")
 results = run_compare(cfg, f"{out}/run", progress=False)

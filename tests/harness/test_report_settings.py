@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from toydata import fake_result
-from vicinal.experiments.report import render_report
-from vicinal.experiments.study import cell_dir, parse_study
+from vicinal.experiments.report.report import render_report
+from vicinal.experiments.spec import cell_dir, parse_study
 
 
 def test_report_states_the_settings_that_ran_not_the_preset(tmp_path: Path) -> None:

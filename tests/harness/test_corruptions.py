@@ -19,10 +19,10 @@ from vicinal.experiments.corruptions import (
     corrupted_test_set,
     corruption_accuracy,
     corruption_errors,
-    corruption_heatmap,
     images_sha256,
     mean_corruption_error,
 )
+from vicinal.experiments.report.plots import corruption_heatmap
 
 RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "motion_blur", "elastic_transform")
 # The mean change grows strictly with severity for these; motion blur's severities 3 and

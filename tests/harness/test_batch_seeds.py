@@ -25,17 +25,13 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from toydata import without_wall_clock
-from vicinal.experiments.batched import (
-    BatchSeedsUnsupported,
-    Draw,
-    SeedBatch,
-    _RecordDraws,
-    check_batch_seeds,
-    run_seed_group,
-)
 from vicinal.experiments.models import build_model
-from vicinal.experiments.study import CLAIM_LOCK, _ensure_init, cell_dir, parse_study, run_study
-from vicinal.experiments.train import FAULT_ENV
+from vicinal.experiments.runs.cells import CLAIM_LOCK, ensure_init
+from vicinal.experiments.runs.seed_groups import check_batch_seeds, run_seed_group
+from vicinal.experiments.runs.study import run_study
+from vicinal.experiments.spec import cell_dir, parse_study
+from vicinal.experiments.testing import FAULT_ENV
+from vicinal.experiments.training.batched import BatchSeedsUnsupported, Draw, RecordDraws, SeedBatch
 
 RTOL = 1e-4
 
@@ -136,7 +132,7 @@ def test_dropout_masks_equal_those_of_the_plain_ops() -> None:
     # The recorded draws of the models: their shapes, layouts and rates.
     for name, shape, expected in (("reference-cnn", (1, 16, 16), 1), ("mlp", (12,), 2)):
         model = build_model(name, shape, 3).train()
-        recorder = _RecordDraws()
+        recorder = RecordDraws()
         with recorder:
             model(torch.zeros(4, *shape))
         assert len(recorder.draws) == expected, name
@@ -218,7 +214,7 @@ def test_a_claimed_cell_is_left_to_its_holder(toy_npz: Path, tmp_path: Path) -> 
     cells = spec.cells()
     run_study(spec, root, progress=False, batch_seeds=True, shard="1/2")  # trains seed 1 (alone)
     for cell in cells:
-        _ensure_init(root, cell)
+        ensure_init(root, cell)
     held = cells[2]  # seed 2
     cell_dir(root, held).mkdir(parents=True, exist_ok=True)
     with FileLock(cell_dir(root, held) / CLAIM_LOCK):

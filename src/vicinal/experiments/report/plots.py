@@ -1,4 +1,4 @@
-"""Figures of a run, drawn with matplotlib (Agg: no display needed).
+"""Figures of runs and reports, drawn with matplotlib (Agg: no display needed).
 
 Every drawing function writes its PNG with :func:`save_figure` (atomically) and returns its path.
 """
@@ -12,10 +12,25 @@ from typing import Any
 
 import numpy as np
 
-from vicinal.experiments._atomic import atomic_write
+from vicinal.experiments.atomic import atomic_write
+from vicinal.experiments.corruptions import CORRUPTIONS
+from vicinal.experiments.spec import RunSpec
+from vicinal.experiments.splits import Splits, training_batches
+
+__all__ = [
+    "corruption_heatmap",
+    "describe_target",
+    "learning_curves",
+    "preview_grid",
+    "pyplot",
+    "save_figure",
+    "write_preview",
+]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
+    # Imported on first use: matplotlib is slow to import and only the commands that draw need it.
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -28,7 +43,7 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110, close: boo
     """Write a matplotlib figure to ``path`` as a PNG, atomically; returns the path.
 
     The image is drawn into a temporary file next to ``path`` and renamed over it
-    (:func:`vicinal.experiments._atomic.atomic_write`): a reader sees the old file or the
+    (:func:`vicinal.experiments.atomic.atomic_write`): a reader sees the old file or the
     whole new one, never half an image. Missing parent folders are created.
 
     Args:
@@ -43,7 +58,7 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110, close: boo
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         if close:
-            _pyplot().close(fig)
+            pyplot().close(fig)
     return path
 
 
@@ -68,7 +83,7 @@ def preview_grid(
             (N, T, F); N >= 1 (the first 9 are shown).
         targets: float (N, num_classes) soft labels.
     """
-    plt = _pyplot()
+    plt = pyplot()
     n = min(9, len(images))
     shown = np.asarray(images[:n], dtype=np.float32)
     if shown.ndim not in (2, 3, 4):
@@ -100,7 +115,7 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path
         histories: arm name -> list of per-epoch records with keys ``epoch``,
             ``train_acc``, ``train_loss``, ``val_acc``, ``val_loss``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (arm, hist) in enumerate(histories.items()):
@@ -126,3 +141,49 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path
     )
     fig.tight_layout()
     return save_figure(fig, path, close=True)
+
+
+def corruption_heatmap(
+    table: Mapping[str, Mapping[str, float]], path: str | os.PathLike, *, title: str = "Error under corruption (%)"
+) -> Path:
+    """A heat map of mean corruption error: one row per arm, one column per corruption.
+
+    Args:
+        table: ``{arm: {corruption: mean error in [0, 1]}}`` (:func:`corruption_errors`
+            of each arm); a corruption an arm lacks is left blank.
+        path: where the PNG goes (written by
+            :func:`save_figure`).
+
+    Returns:
+        ``path``. Cells are annotated with the error in percent.
+    """
+    if not table:
+        raise ValueError("table is empty: expected at least one arm")
+    arms = list(table)
+    seen = {c for row in table.values() for c in row}
+    columns = [c for c in CORRUPTIONS if c in seen] + sorted(seen - set(CORRUPTIONS))
+    values = np.array([[100.0 * float(table[a].get(c, np.nan)) for c in columns] for a in arms])
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.5 * len(arms)))
+    finite = values[np.isfinite(values)]
+    vmax = float(finite.max()) if finite.size else 1.0
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=vmax or 1.0, aspect="auto")
+    ax.set_xticks(range(len(columns)), [c.replace("_", "\n") for c in columns], fontsize=8)
+    ax.set_yticks(range(len(arms)), arms, fontsize=9)
+    for i in range(len(arms)):
+        for j in range(len(columns)):
+            v = values[i, j]
+            if np.isfinite(v):
+                dark = v < 0.6 * vmax
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label="mean error over severities (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path, close=True)
+
+
+def write_preview(spec: RunSpec, splits: Splits, path: str | os.PathLike) -> Path:
+    """Nine images of ``spec``'s first mixed training batch with their soft labels (:func:`preview_grid`)."""
+    loader = training_batches(spec, splits, channels_last=False)
+    x, y = next(iter(loader.epoch(0)))
+    return preview_grid(x[:9].numpy(), y[:9].numpy(), splits.class_names, path, title=spec.describe_mixing())

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from vicinal.experiments.cli import main
-from vicinal.experiments.compare import CompareConfig, make_splits, run_compare, stratified_order
 from vicinal.experiments.data import ArrayDataset
-from vicinal.experiments.options import METHOD_DEFAULTS, resolve_mixing
-from vicinal.experiments.study import parse_study
+from vicinal.experiments.runs.compare import run_compare
+from vicinal.experiments.spec import METHOD_DEFAULTS, CompareConfig, parse_study, resolve_mixing
+from vicinal.experiments.splits import make_splits, stratified_order
 
 QUICK = ["--epochs", "1", "--batch-size", "32", "--val-size", "100", "--sequential", "--threads", "1", "--no-progress"]
 

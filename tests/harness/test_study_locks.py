@@ -20,17 +20,10 @@ import pytest
 from filelock import FileLock, Timeout
 
 from vicinal.experiments.cli import main
-from vicinal.experiments.processes import HOLD_ENV, WORKER_DIR_ENV
-from vicinal.experiments.study import (
-    CLAIMS_LOG,
-    STUDY_LOCK,
-    CellSpec,
-    cell_dir,
-    load_study,
-    parse_shard,
-    run_study,
-    shard_cells,
-)
+from vicinal.experiments.runs.cells import CLAIMS_LOG
+from vicinal.experiments.runs.study import STUDY_LOCK, parse_shard, run_study, shard_cells
+from vicinal.experiments.spec import CellSpec, cell_dir, load_study
+from vicinal.experiments.testing import HOLD_ENV, WORKER_DIR_ENV
 
 BOUND_S = 180.0
 
@@ -200,7 +193,7 @@ def test_shard_option_trains_its_cells_only(toy_npz: Path, tmp_path: Path, capsy
 def test_study_json_is_written_under_the_study_lock(
     toy_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vicinal.experiments._atomic as atomic
+    import vicinal.experiments.runs.study as atomic  # the module that writes study.json
 
     out = tmp_path / "study"
     spec = load_study(str(_toml(tmp_path, toy_npz, epochs=1)))

@@ -17,18 +17,35 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import jinja2
 import numpy as np
 
-from vicinal.experiments._atomic import atomic_write_bytes, atomic_write_json
-from vicinal.experiments.compare import RunSpec
-from vicinal.experiments.options import MIX_OPTIONS
-from vicinal.experiments.plots import save_figure
-from vicinal.experiments.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
-from vicinal.experiments.study import CellSpec, load_results
+from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.corruptions import corruption_errors, mean_corruption_error
+from vicinal.experiments.report.plots import corruption_heatmap, pyplot, save_figure, write_preview
+from vicinal.experiments.report.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
+from vicinal.experiments.spec import MIX_OPTIONS, CellSpec, cell_dir
+from vicinal.experiments.splits import load_splits
+from vicinal.experiments.training.loop import RESULT
+
+__all__ = [
+    "FGSM_KEY",
+    "METRICS",
+    "TEMPLATE",
+    "Table",
+    "aggregate",
+    "comparison_table",
+    "load_results",
+    "render_report",
+    "results_table",
+    "robustness",
+    "settings",
+    "study_summary",
+]
 
 FGSM_KEY = "0.03"
 
@@ -69,7 +86,22 @@ METRICS = [
 ]
 
 
+def load_results(study_dir: str | os.PathLike) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
+    """A study folder's record (``study.json``) and every finished cell's (spec, result)."""
+    root = Path(study_dir)
+    record = json.loads((root / "study.json").read_text())
+    out = []
+    for arm in record["arms"]:
+        for seed in record["seeds"]:
+            cell = CellSpec(**{**arm, "seed": seed})
+            path = cell_dir(root, cell) / RESULT
+            if path.exists():
+                out.append((cell, json.loads(path.read_text())))
+    return record, out
+
+
 def _load_any(path: Path) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
+    """A study folder's or a compare run folder's record and (spec, result) of every finished run."""
     if (path / "study.json").exists():
         return load_results(path)
     if (path / "results.json").exists():
@@ -259,7 +291,7 @@ def results_table(agg: dict[str, Any]) -> Table:
 def _data_origin(root: Path, cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
     """Where a study's data came from, as its cells recorded it (cell.json)."""
     for spec, _ in cells:
-        path = root / "cells" / spec.arm / f"seed{spec.seed}" / "cell.json"
+        path = cell_dir(root, spec) / "cell.json"
         if path.exists():
             data = json.loads(path.read_text())
             if data.get("data_source"):
@@ -331,15 +363,6 @@ def comparison_table(agg: dict[str, Any]) -> Table:
 # --------------------------------------------------------------------------- figures
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path) -> Path:
     return save_figure(fig, path, close=True)
 
@@ -358,7 +381,7 @@ def _fig_forest(agg: dict[str, Any], out: Path) -> Path | None:
     panels = [p for p in FOREST_PANELS if any(c.get(p[0]) for _, c in comps)]
     if not comps or not panels:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(panels), figsize=(1.8 + 3.6 * len(panels), max(2.4, 1.4 + 0.42 * len(comps))), sharey=True, squeeze=False
     )
@@ -399,7 +422,7 @@ def _fig_alpha(agg: dict[str, Any], out: Path) -> Path | None:
     groups = {k: v for k, v in groups.items() if len({specs[a].alpha for a in v}) >= 3}
     if not groups:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for (method, noise), arms in groups.items():
         arms.sort(key=lambda a: _num(specs[a].alpha))
@@ -429,7 +452,7 @@ def _fig_noise(agg: dict[str, Any], out: Path) -> Path | None:
     groups = {k: v for k, v in groups.items() if len({specs[a].noise for a in v}) >= 2}
     if not groups:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for (method, alpha), arms in groups.items():
         arms.sort(key=lambda a: specs[a].noise)
@@ -453,7 +476,7 @@ def _fig_curves(agg: dict[str, Any], cells: list[tuple[CellSpec, dict[str, Any]]
         hist[spec.arm].append([h["val_acc"] for h in res.get("history", [])])
     if not hist:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for arm, runs in list(hist.items())[:10]:
         n = min(len(r) for r in runs)
@@ -472,8 +495,6 @@ def _corruption_errors(result: dict[str, Any]) -> dict[str, float] | None:
     table = ((result.get("metrics") or {}).get("last") or {}).get("corruptions")
     if not table:
         return None
-    from vicinal.experiments.corruptions import corruption_errors
-
     return corruption_errors({(c, i + 1): acc for c, v in table.items() for i, acc in enumerate(v["acc"])})
 
 
@@ -484,8 +505,6 @@ def robustness(cells: list[tuple[CellSpec, dict[str, Any]]]) -> tuple[Table, dic
     Returns the table and ``{arm: {corruption: mean error in [0, 1] over seeds}}`` for the heat map,
     or None when no cell measured corruptions.
     """
-    from vicinal.experiments.corruptions import mean_corruption_error
-
     errors: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
     eces: dict[str, dict[int, float]] = defaultdict(dict)
     clean: dict[str, dict[int, float]] = defaultdict(dict)
@@ -553,7 +572,7 @@ def _fig_reliability(cells: list[tuple[CellSpec, dict[str, Any]]], out: Path) ->
     if not pooled:
         return None
     arms = list(pooled)[:6]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3.4), squeeze=False)
     for ax, arm in zip(axes[0], arms):
         arr = pooled[arm]
@@ -571,12 +590,7 @@ def _fig_reliability(cells: list[tuple[CellSpec, dict[str, Any]]], out: Path) ->
     return _save(fig, out / "reliability.png")
 
 
-_RUN_FIELDS = frozenset(f.name for f in fields(RunSpec))
-
-
 def _fig_preview(record: dict[str, Any], out: Path) -> Path | None:
-    from vicinal.experiments.compare import CompareConfig, load_any, make_splits, write_preview
-
     for arm in record["arms"]:
         spec = CellSpec(**{**arm, "seed": record["seeds"][0]})
         if spec.method == "none":
@@ -584,9 +598,8 @@ def _fig_preview(record: dict[str, Any], out: Path) -> Path | None:
         try:
             # Stored arms may carry options their method doesn't use (written before the
             # options were resolved): treat them as inherited, not asked for.
-            resolved = asdict(spec.resolved(inherited=frozenset(MIX_OPTIONS)))
-            cfg = CompareConfig(**{k: v for k, v in resolved.items() if k in _RUN_FIELDS})
-            return write_preview(cfg, make_splits(load_any(cfg.dataset, cfg.data_dir), cfg), out / "preview.png")
+            resolved = spec.resolved(inherited=frozenset(MIX_OPTIONS))
+            return write_preview(resolved, load_splits(resolved), out / "preview.png")
         except (ValueError, OSError):
             return None  # the data is not here: the report goes on without the grid
     return None
@@ -599,10 +612,8 @@ TEMPLATE = "report.html.j2"
 
 def _template() -> Any:
     """The HTML template (package data ``vicinal/experiments/templates/``), autoescaping on."""
-    import jinja2
-
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("vicinal.experiments", "templates"),
+        loader=jinja2.PackageLoader("vicinal.experiments.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -625,6 +636,36 @@ def _notes() -> list[str]:
         "'wins' counts the seeds on which the arm beat its baseline.",
         f"{NA}: needs at least two seeds. {MISSING}: not recorded by these runs.",
     ]
+
+
+def _meta(agg: dict[str, Any], cells: list[tuple[CellSpec, dict[str, Any]]]) -> str:
+    n_seeds = len({s for seeds in agg["seeds"].values() for s in seeds})
+    return f"{len(agg['arms'])} arms × {n_seeds} seeds, {len(cells)} finished runs"
+
+
+def _tables_markdown(results: Table, comparisons: Table) -> list[str]:
+    """The results and paired-comparison sections of report.md, as lines."""
+    return [
+        "## Results",
+        "",
+        results.markdown(),
+        "",
+        "## Paired comparisons with the baseline",
+        "",
+        comparisons.markdown() if comparisons.rows else "No arm has a baseline to compare with.",
+        "",
+    ]
+
+
+def study_summary(path: str | os.PathLike) -> str:
+    """What ``vicinal study`` prints: the report's title and size, and its results and
+    paired-comparison tables, in Markdown (from saved results only, as :func:`render_report`)."""
+    record, cells = _load_any(Path(path))
+    if not cells:
+        raise ValueError(f"{path} has no finished runs to report on")
+    agg = aggregate(cells)
+    lines = [f"# vicinal report: {record['name']}", "", _meta(agg, cells), ""]
+    return "\n".join(lines + _tables_markdown(results_table(agg), comparison_table(agg)))
 
 
 def _data_uri(path: Path) -> str:
@@ -653,8 +694,6 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     }
     robust = robustness(cells)
     if robust is not None:
-        from vicinal.experiments.corruptions import corruption_heatmap
-
         drawn["Corruption errors (mean over severities and seeds, %)"] = corruption_heatmap(
             robust[1], figdir / "corruptions.png"
         )
@@ -668,8 +707,7 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     results = results_table(agg)
     comparisons = comparison_table(agg)
     notes = _notes()
-    n_seeds = len({s for seeds in agg["seeds"].values() for s in seeds})
-    meta = f"{len(agg['arms'])} arms × {n_seeds} seeds, {len(cells)} finished runs"
+    meta = _meta(agg, cells)
 
     md = [f"# vicinal report: {record['name']}", ""]
     if record.get("description"):
@@ -680,9 +718,7 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
         md += [forest_caption, ""]
     for note in notes:
         md += [note, ""]
-    md += ["## Results", "", results.markdown(), ""]
-    md += ["## Paired comparisons with the baseline", ""]
-    md += [comparisons.markdown() if comparisons.rows else "No arm has a baseline to compare with.", ""]
+    md += _tables_markdown(results, comparisons)
     if robust is not None:
         md += ["## Robustness to corruptions", "", _ROBUSTNESS_NOTE, "", robust[0].markdown(), ""]
     settings_line, settings_table = settings({**record, **_data_origin(root, cells)})

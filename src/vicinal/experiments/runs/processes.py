@@ -22,20 +22,15 @@ In the parent, :func:`stop_on_signals` turns SIGINT and SIGTERM into :class:`Int
 is left resumable. The command line prints :func:`describe_interrupt`'s one line and
 exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 
-Test hooks (environment variables, read by workers and by single-process runs):
-
-* :data:`WORKER_DIR_ENV` ``=DIR``: each worker writes ``DIR/worker-<pid>`` when it starts;
-* :data:`HOLD_ENV` ``="ARM:EPOCH"`` (or ``"EPOCH"``): once that arm (any arm) has
-  recorded that epoch — checkpoint and metrics written — the process writes
-  ``DIR/held-<pid>-<arm>`` and waits for a signal, standing in for a long training at a
-  known point;
-* :data:`NO_PDEATHSIG_ENV` ``=1``: skip ``prctl`` so that the watchdog alone is tested.
+Test hooks (a marker file per started worker, workers without the death signal) are
+read from the environment by :mod:`vicinal.experiments.testing`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -44,28 +39,28 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any
+
+from vicinal.experiments.errors import RunFailed
+from vicinal.experiments.testing import mark_worker_started, parent_death_signal_wanted
+
+__all__ = [
+    "GRACE_S",
+    "Interrupted",
+    "WorkerDied",
+    "WorkerPool",
+    "WorkerStopped",
+    "describe_interrupt",
+    "set_parent_death_signal",
+    "stop_on_signals",
+    "stop_workers",
+    "worker_pool",
+]
 
 #: Seconds a stopped worker gets to unwind before it is killed outright.
 GRACE_S = 30.0
 
-WORKER_DIR_ENV = "VICINAL_TEST_WORKER_DIR"
-HOLD_ENV = "VICINAL_HOLD_AFTER_EPOCH"
-NO_PDEATHSIG_ENV = "VICINAL_NO_PDEATHSIG"
-
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-class RunFailed(RuntimeError):
-    """A run stopped for a reason outside its options (a dead rank or worker).
-
-    The message is one line that says what happened and what to do; the command line
-    prints it without a traceback. With ``exit_at_once`` the command line then leaves with
-    ``os._exit``, skipping interpreter shutdown (see :class:`~vicinal.experiments.distributed.RankFailure`).
-    """
-
-    exit_at_once: bool = False
 
 
 class WorkerDied(RunFailed):
@@ -252,20 +247,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def _init_worker(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    if sys.platform.startswith("linux") and not os.environ.get(NO_PDEATHSIG_ENV):
+    if sys.platform.startswith("linux") and parent_death_signal_wanted():
         set_parent_death_signal(signal.SIGTERM)
     threading.Thread(target=_watch_parent, name="vicinal-parent-watchdog", daemon=True).start()
     if os.getppid() != parent_pid:  # the parent died before the death signal was asked for
         os._exit(128 + signal.SIGTERM)
-    folder = os.environ.get(WORKER_DIR_ENV)
-    if folder:
-        (Path(folder) / f"worker-{os.getpid()}").write_text(f"{parent_pid}\n")
+    mark_worker_started(parent_pid)
 
 
 def set_parent_death_signal(sig: int) -> bool:
     """Linux: have the kernel send ``sig`` to this process when its parent dies."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
@@ -293,36 +284,3 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     except WorkerStopped as exc:
         sys.stderr.flush()
         os._exit(exc.code if isinstance(exc.code, int) else 1)
-
-
-# --------------------------------------------------------------------------- test hooks
-
-
-def epoch_hook(arm: str) -> Callable[[dict[str, float]], None] | None:
-    """An ``on_epoch`` callback for :func:`~vicinal.experiments.train.train_arm` that
-    implements :data:`HOLD_ENV` for ``arm``; None when the variable is unset."""
-    spec = os.environ.get(HOLD_ENV)
-    if not spec:
-        return None
-    target_arm, _, target_epoch = spec.rpartition(":")
-    try:
-        epoch = int(target_epoch)
-    except ValueError:
-        raise ValueError(f"{HOLD_ENV} must be 'ARM:EPOCH' or 'EPOCH', got {spec!r}") from None
-    if target_arm not in ("", arm):
-        return None
-    folder = os.environ.get(WORKER_DIR_ENV)
-    if not folder:
-        raise ValueError(f"{HOLD_ENV} needs {WORKER_DIR_ENV}: the folder the held marker is written to")
-
-    def hold(record: dict[str, float]) -> None:
-        if int(record["epoch"]) != epoch:
-            return
-        (Path(folder) / f"held-{os.getpid()}-{arm}").write_text(f"{epoch}\n")
-        while True:  # until a signal handler raises
-            if hasattr(signal, "pause"):
-                signal.pause()
-            else:  # pragma: no cover - Windows
-                threading.Event().wait()
-
-    return hold

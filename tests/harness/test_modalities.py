@@ -21,8 +21,9 @@ from vicinal.experiments.loader import (
 )
 from vicinal.experiments.metrics import evaluate_all, fgsm_accuracy
 from vicinal.experiments.models import GRUClassifier, build_model, check_model_input
-from vicinal.experiments.plots import preview_grid
-from vicinal.experiments.study import parse_study, run_study
+from vicinal.experiments.report.plots import preview_grid
+from vicinal.experiments.runs.study import run_study
+from vicinal.experiments.spec import parse_study
 from vicinal.manifold import ManifoldMixup
 from vicinal.sampling import MixConfig
 
@@ -220,11 +221,29 @@ def test_compare_refuses_image_options_on_features(
     assert main([*base, "--model", "mlp", "--method", "cutmix", "--out", str(tmp_path / "a")]) == 2
     assert "method='cutmix' pastes image boxes (CutMix)" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()  # refused before anything was written
-    assert main([*base, "--out", str(tmp_path / "b")]) == 2  # the default model is the reference CNN
+    assert main([*base, "--model", "reference-cnn", "--out", str(tmp_path / "b")]) == 2
     assert "model 'reference-cnn' needs images (C, H, W); this dataset has features of shape (6,): use --model mlp" in (
         capsys.readouterr().err
     )
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "kind"), [("tab", "mlp", "features of shape (6,)"), ("seq", "gru", "sequences")]
+)
+def test_compare_chooses_the_model_for_the_data_and_says_so(
+    name: str, model: str, kind: str, data_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["compare", "--dataset", str(data_files[name]), "--epochs", "1", "--val-size", "60", "--sequential"]
+    assert main([*args, "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"vicinal compare: model {model} (the default for {kind}" in said
+    assert json.loads((out / "config.json").read_text())["model"] == model
+    assert f"Model: {model} (the default for {kind}" in (out / "summary.md").read_text()
+    # A model named on the command line is used as it is, and nothing is said about it.
+    assert main([*args, "--model", model, "--no-progress", "--out", str(tmp_path / "named")]) == 0
+    assert "the default for" not in capsys.readouterr().out
 
 
 def test_study_on_sequences_records_metrics(data_files: dict[str, Path], tmp_path: Path) -> None:
@@ -252,3 +271,10 @@ baseline = "none"
     for r in results:
         assert set(r["metrics"]["last"]["fgsm"]) == {"0.01", "0.03", "0.1"}
         assert r["test_acc"] > 0.4
+
+
+def test_compare_keeps_the_reference_cnn_for_images(toy_npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["compare", "--dataset", str(toy_npz), "--epochs", "1", "--val-size", "100", "--sequential"]
+    assert main([*args, "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model"] == "reference-cnn"

@@ -1,0 +1,669 @@
+"""What a run is: the specifications of runs, study cells and studies, and every check and default, once.
+
+* The option vocabulary: choices (derived from ``Literal`` types), :data:`METHOD_DEFAULTS`
+  (which mixing options each method uses, with their defaults) and
+  :func:`resolve_mixing`, which applies them; the resolved values are what a run records
+  in ``config.json`` / ``cell.json``.
+* The checks shared by every entry point: :func:`check_seed`, :func:`check_device`,
+  :func:`check_class_ids`, :func:`check_mix_layers`.
+* The specifications: :class:`RunSpec` (what a comparison run and a study cell share),
+  :class:`CompareConfig` (``vicinal compare``), :class:`CellSpec` (one cell of a study),
+  :class:`StudySpec` (a grid of arms × seeds, parsed from TOML by :func:`parse_study`),
+  :class:`OptimConfig` (Adam and its schedule).
+* The command line is generated from these dataclasses: every field a user can set
+  carries a :class:`CliOption` (its help text and flag) in its metadata, and its
+  default is the field's default (:func:`cli_options`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import Field, asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+
+import numpy as np
+import torch
+
+from vicinal import MixConfig
+from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.augmix import AugMixConfig
+from vicinal.experiments.models import available_models
+from vicinal.experiments.presets import PRESETS
+from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ARMS",
+    "JSD_WEIGHT",
+    "MAX_SEED",
+    "METHOD_DEFAULTS",
+    "MIX_OPTIONS",
+    "MIX_POLICIES",
+    "MODEL_FOR_DATA",
+    "PRECISIONS",
+    "RUN_METHODS",
+    "SCHEDULES",
+    "STUDY_OVERRIDES",
+    "CellSpec",
+    "CliOption",
+    "CompareConfig",
+    "MixPolicy",
+    "OptimConfig",
+    "Precision",
+    "RunSpec",
+    "Schedule",
+    "StudySpec",
+    "cell_dir",
+    "check_class_ids",
+    "check_device",
+    "check_mix_layers",
+    "check_seed",
+    "cli_options",
+    "load_study",
+    "model_for_data",
+    "parse_study",
+    "resolve_mixing",
+]
+
+# --------------------------------------------------------------------------- vocabulary
+
+Precision = Literal["fp32", "bf16"]
+Schedule = Literal["constant", "cosine"]
+MixPolicy = Literal["independent", "shared", "global"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+MIX_POLICIES: tuple[str, ...] = get_args(MixPolicy)
+#: Harness methods: the library's, plus "none" (plain batches) and "manifold" (MixUp of
+#: the hidden states at one of ``mix_layers`` per step: vicinal.manifold.ManifoldMixup).
+#: "augmix" is AugMix per image without mixing between images (AugMix on top of a mixing
+#: method: the ``augmix`` option).
+RUN_METHODS: tuple[str, ...] = ("none", *METHODS, "manifold", "augmix")
+#: The weight of the Jensen-Shannon consistency loss with ``jsd`` (the AugMix paper's).
+JSD_WEIGHT = 12.0
+#: The arms of ``vicinal compare``: the mixed one and the plain one.
+ARMS = ("mixup", "none")
+
+MAX_SEED = 2**63 - 1
+
+#: The mixing options each method uses, with the harness's defaults. ``pairing="stream"``
+#: is the keras.io reference's second shuffled stream; k-way needs in-batch partners.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "mixup": {"alpha": 0.2, "granularity": "elem", "pairing": "stream"},
+    "cutmix": {"cutmix_alpha": 1.0, "granularity": "elem", "pairing": "stream"},
+    "switch": {"alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "granularity": "elem", "pairing": "stream"},
+    "kway": {"alpha": 0.2, "k": 3, "granularity": "elem", "pairing": "permute"},
+    # Verma et al. (2019) train Manifold Mixup with alpha = 2; the layers are the model's.
+    "manifold": {"alpha": 2.0, "granularity": "elem", "pairing": "permute", "mix_layers": None},
+    "augmix": {},
+}
+#: Every option that some method uses; ``None`` in a config means "the method's default"
+#: before resolution and "not used" after.
+MIX_OPTIONS: tuple[str, ...] = ("alpha", "cutmix_alpha", "switch_prob", "k", "granularity", "pairing", "mix_layers")
+assert {k for d in METHOD_DEFAULTS.values() for k in d} == set(MIX_OPTIONS)
+assert set(PAIRINGS) >= {"stream", "permute"} and "elem" in GRANULARITIES
+
+#: The model a run trains when none is named, by the number of dims of one sample:
+#: tabular rows (F,), sequences (T, F), images (C, H, W).
+MODEL_FOR_DATA: dict[int, str] = {1: "mlp", 2: "gru", 3: "reference-cnn"}
+
+
+def model_for_data(input_shape: tuple[int, ...]) -> str:
+    """The default model for samples of ``input_shape``: see :data:`MODEL_FOR_DATA`.
+
+    Raises:
+        ValueError: a sample shape of another number of dims.
+    """
+    try:
+        return MODEL_FOR_DATA[len(input_shape)]
+    except KeyError:
+        raise ValueError(
+            f"no default model for samples of shape {tuple(input_shape)}: expected (F,), (T, F) or (C, H, W); "
+            "name one with --model"
+        ) from None
+
+
+def resolve_mixing(method: str, values: dict[str, Any], *, inherited: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The mixing options of ``method``: given values, else the method's defaults.
+
+    Args:
+        method: one of :data:`RUN_METHODS`.
+        values: option -> value (``None``: not given), for the keys of :data:`MIX_OPTIONS`.
+        inherited: options whose values were inherited (a study's ``[defaults]``) rather
+            than asked for: they are dropped silently where the method doesn't use them.
+
+    Returns:
+        All of :data:`MIX_OPTIONS`, ``None`` where the method doesn't use an option.
+
+    Raises:
+        ValueError: an option the method doesn't use was given (e.g. ``alpha`` with
+            ``method="cutmix"``, whose area is drawn with ``cutmix_alpha``).
+    """
+    check_choice("method", method, RUN_METHODS)
+    used = METHOD_DEFAULTS[method]
+    out: dict[str, Any] = {}
+    for name in MIX_OPTIONS:
+        value = values.get(name)
+        if name in used:
+            out[name] = used[name] if value is None else value
+            if name == "mix_layers":
+                out[name] = check_mix_layers(value)
+        elif value is not None and name not in inherited:
+            uses = ", ".join(sorted(used)) or "no mixing options"
+            raise ValueError(f"{name}={value!r} is not used by method={method!r} (it uses {uses})")
+        else:
+            out[name] = None
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_seed(name: str, value: Any) -> int:
+    """A seed: an int in [0, 2**63)."""
+    return check_int(name, value, minimum=0, maximum=MAX_SEED)
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names a usable device: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` with CUDA present."""
+    if not isinstance(device, str) or (device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device)):
+        raise ValueError(f"device (--device) must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but PyTorch sees no CUDA GPU here; use --device cpu")
+    return device
+
+
+def check_class_ids(labels: np.ndarray | torch.Tensor, num_classes: int, *, name: str = "labels") -> None:
+    """Refuse class ids (N,) outside ``[0, num_classes)``; an empty array passes.
+
+    One read of the minimum and maximum (a host read for a tensor on a device).
+    """
+    if labels.shape[0] == 0:
+        return
+    if isinstance(labels, torch.Tensor):
+        lo, hi = (int(v) for v in labels.aminmax())
+    else:
+        lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name} hold class ids in [{lo}, {hi}], expected [0, num_classes={num_classes})")
+
+
+def check_mix_layers(value: Any) -> tuple[str, ...]:
+    """Manifold Mixup's layers: module names (and/or ``"input"``), a comma-separated string or a sequence."""
+    if value is None:
+        raise ValueError(
+            "method='manifold' needs mix_layers: the modules whose outputs may be mixed, and/or 'input' "
+            "(e.g. --mix-layers input,blocks.0,blocks.1,blocks.2 for preact-resnet-small)"
+        )
+    layers = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    if not layers or not all(isinstance(v, str) and v for v in layers):
+        raise ValueError(f"mix_layers must be a non-empty list of module names, got {value!r}")
+    return layers
+
+
+# --------------------------------------------------------------------------- command-line metadata
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """How a specification field appears on the command line.
+
+    Attributes:
+        help: the help text (argparse's ``%(default)s`` is the field's default).
+        group: the help section: ``"data"``, ``"mixing"`` or ``"run"``.
+        flag: the option's name; default ``--`` and the field's name with dashes.
+        turns_off: the field is a bool that is on by default and the flag turns it off
+            (``--sequential`` sets ``parallel=False``).
+        choices: the accepted values, shown in the help and checked by argparse.
+        parse: turns the command-line string into the field's value, where the field's
+            type is not one argparse converts (a tuple).
+    """
+
+    help: str
+    group: str
+    flag: str | None = None
+    turns_off: bool = False
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] | None = None
+
+
+_T = TypeVar("_T")
+
+
+def _option(default: _T, help: str, group: str, **cli: Any) -> _T:
+    """A dataclass field with ``default`` that the command line offers (see :class:`CliOption`)."""
+    return field(default=default, metadata={"cli": CliOption(help, group, **cli)})
+
+
+def cli_options(cls: type[Any], names: tuple[str, ...] | None = None) -> Iterator[tuple[Field[Any], CliOption]]:
+    """The fields of specification class ``cls`` that carry a :class:`CliOption`, in declaration order.
+
+    Args:
+        names: only these fields (in this order), each of which must carry one.
+    """
+    by_name = {f.name: f for f in fields(cls) if "cli" in f.metadata}
+    for name in by_name if names is None else names:
+        f = by_name[name]
+        yield f, f.metadata["cli"]
+
+
+def _method_defaults(option: str) -> str:
+    """Help text naming each method's default for ``option``."""
+    uses = [f"{m}: {d[option]}" for m, d in METHOD_DEFAULTS.items() if option in d]
+    return "default per method: " + ", ".join(uses)
+
+
+# --------------------------------------------------------------------------- specifications
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam as Keras configures it by default; ``schedule="cosine"`` anneals the learning
+    rate per step from ``lr`` to 0 over the whole run."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-7
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a comparison run and a study cell share: data, model, length, mixing.
+
+    The mixing options (``alpha`` ... ``pairing``) are ``None`` for "the method's
+    default"; :meth:`resolved` fills them in from :data:`METHOD_DEFAULTS` and sets the
+    ones the method doesn't use to ``None``. ``model=None`` is the default model for the
+    data (:meth:`for_data`). Runs record their resolved spec.
+    """
+
+    dataset: str = _option(
+        "fashion-mnist",
+        "'fashion-mnist', 'mnist', a .npz file with x and y arrays, or a folder with one "
+        "sub-folder of images per class (default: %(default)s)",
+        "data",
+    )
+    data_dir: str | None = _option(
+        None,
+        "folder holding the dataset's four IDX files (.gz or not). Searched otherwise, in order: "
+        "$VICINAL_DATA_DIR, /usr/share/datasets/<name>/ (Debian's dataset-fashion-mnist), the user "
+        "cache, then a download from the official mirrors into the cache",
+        "data",
+    )
+    model: str | None = _option(
+        None,
+        "registered model name (default: the one for the data: reference-cnn for images (N, C, H, W), "
+        "mlp for features (N, F), gru for sequences (N, T, F))",
+        "run",
+    )
+    epochs: int = _option(10, "epochs per arm (default: %(default)s)", "run")
+    batch_size: int = _option(64, "training batch size (default: %(default)s)", "run")
+    method: str = _option(
+        "mixup",
+        "mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
+        "--switch-prob else mixup; kway: Dirichlet mix of --k samples; manifold: mixup of the hidden "
+        "states at one of --mix-layers per step; augmix: AugMix per image, no mixing (default: %(default)s)",
+        "mixing",
+        choices=tuple(m for m in RUN_METHODS if m != "none"),
+    )
+    alpha: float | None = _option(
+        None,
+        "Beta(alpha, alpha) concentration of mixup's lambda, or the Dirichlet's for kway; "
+        f"0 disables mixing ({_method_defaults('alpha')})",
+        "mixing",
+    )
+    cutmix_alpha: float | None = _option(
+        None, f"Beta concentration of CutMix's area ({_method_defaults('cutmix_alpha')})", "mixing"
+    )
+    switch_prob: float | None = _option(
+        None, f"probability of CutMix under --method switch ({_method_defaults('switch_prob')})", "mixing"
+    )
+    k: int | None = _option(None, f"samples per mix under --method kway ({_method_defaults('k')})", "mixing")
+    granularity: str | None = _option(
+        None,
+        "one lambda per batch, per sample (elem, the reference) or per pair (default: elem)",
+        "mixing",
+        choices=GRANULARITIES,
+    )
+    pairing: str | None = _option(
+        None,
+        "stream: partners from a second, independently shuffled pass (the reference); roll, flip, "
+        f"permute, derange: partners within the batch ({_method_defaults('pairing')})",
+        "mixing",
+        choices=PAIRINGS,
+    )
+    mix_layers: tuple[str, ...] | None = _option(
+        None,
+        "under --method manifold: comma-separated module names of the model (and/or 'input'), one chosen "
+        "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small",
+        "mixing",
+        parse=lambda text: tuple(text.split(",")),
+    )
+    augmix: bool = _option(
+        False, "AugMix each image before mixing (--method augmix: AugMix alone, no mixing between images)", "mixing"
+    )
+    jsd: bool = _option(
+        False,
+        "with --method augmix: train on clean + two AugMix views with the Jensen-Shannon consistency loss "
+        f"(weight {JSD_WEIGHT:g}, the AugMix paper's)",
+        "mixing",
+    )
+    label_smoothing: float = _option(0.0, "label smoothing epsilon, both arms (default: %(default)s)", "mixing")
+    val_size: int = _option(
+        2000, "the first N training images are held out for validation (default: %(default)s)", "data"
+    )
+    train_limit: int | None = _option(None, "use only the first N remaining training images (quick runs)", "data")
+    test_limit: int | None = _option(None, "use only the first N test images (quick runs)", "data")
+    seed: int = _option(0, "seed of initial weights, shuffling and mixing (default: %(default)s)", "run")
+    channels_last: bool = _option(
+        True, "keep NCHW memory format (slower on CPU)", "run", flag="--no-channels-last", turns_off=True
+    )
+
+    def resolved(self, *, inherited: frozenset[str] = frozenset()) -> Self:
+        """This spec with the method's mixing defaults applied (see :func:`resolve_mixing`)."""
+        values = {name: getattr(self, name) for name in MIX_OPTIONS}
+        return replace(self, **resolve_mixing(self.method, values, inherited=inherited))
+
+    def for_data(self, input_shape: tuple[int, ...]) -> Self:
+        """This spec with ``model`` set: the given one, else :func:`model_for_data` of one sample's shape."""
+        return self if self.model is not None else replace(self, model=model_for_data(input_shape))
+
+    def check_common(self) -> None:
+        """Checks shared by every run: ranges of the data, length and seed options."""
+        check_seed("seed", self.seed)
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        # 0 would leave no validation set: "best epoch" and early stopping need one.
+        check_int("val_size", self.val_size, minimum=1)
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        check_probability("label_smoothing", self.label_smoothing)
+        if self.model is not None:
+            check_choice("model", self.model, available_models())
+        self.check_augmentation()
+
+    def mixing(self) -> MixConfig | None:
+        """The :class:`MixConfig` of the resolved spec (validated); None for ``method="none"``.
+
+        For ``method="manifold"`` this is the MixUp applied at the chosen layer."""
+        spec = self.resolved()
+        if spec.method in ("none", "augmix"):
+            return None
+        params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method] if name != "mix_layers"}
+        return MixConfig("mixup" if spec.method == "manifold" else spec.method, **params)  # type: ignore[arg-type]
+
+    def augmix_config(self) -> AugMixConfig | None:
+        """AugMix per image (``method="augmix"``, or ``augmix`` on top of a mixing method)."""
+        if self.method != "augmix" and not self.augmix:
+            return None
+        return AugMixConfig()
+
+    def check_augmentation(self) -> None:
+        """AugMix needs kornia; JSD needs AugMix and no mixing of the inputs."""
+        if self.augmix_config() is not None and importlib.util.find_spec("kornia") is None:
+            raise ValueError("AugMix needs kornia: pip install 'vicinal[augmix]'")
+        if self.jsd and (self.augmix_config() is None or self.loader_mixing() is not None):
+            raise ValueError(
+                "jsd needs AugMix without input mixing (method='augmix'): its views are clean, AugMix 1 and AugMix 2"
+            )
+
+    def loader_mixing(self) -> MixConfig | None:
+        """What the data loader mixes: nothing for "none" and "manifold" (mixed in the model)."""
+        return None if self.method == "manifold" else self.mixing()
+
+    def manifold(self) -> tuple[MixConfig, tuple[str, ...]] | None:
+        """``(config, layers)`` for ``method="manifold"``, else None."""
+        if self.method != "manifold":
+            return None
+        spec = self.resolved()
+        return spec.mixing(), spec.mix_layers  # type: ignore[return-value]
+
+    def jsd_weight(self) -> float:
+        """The weight of the JSD consistency loss: :data:`JSD_WEIGHT` with ``jsd``, else 0."""
+        return JSD_WEIGHT if self.jsd else 0.0
+
+    def describe_mixing(self) -> str:
+        """One line naming the method and the options it uses, e.g. ``cutmix, cutmix_alpha=1``."""
+        spec = self.resolved()
+        words = [spec.method] + [f"{n}={getattr(spec, n)}" for n in METHOD_DEFAULTS[spec.method]]
+        if spec.method == "none":
+            words = ["no mixing"]
+        if spec.augmix and spec.method != "augmix":
+            words.append("AugMix")
+        if spec.jsd:
+            words.append(f"JSD x{JSD_WEIGHT:g}")
+        return ", ".join(words)
+
+
+@dataclass(frozen=True)
+class CompareConfig(RunSpec):
+    """Everything that defines a comparison run (saved, resolved, as ``config.json``)."""
+
+    device: str = _option("cpu", "cpu or cuda[:N] (default: %(default)s)", "run")
+    threads: int | None = _option(
+        None, "CPU threads in all (default: torch's default); split between arms trained in parallel", "run"
+    )
+    parallel: bool = _option(
+        True,
+        "train the arms one after another instead of in parallel processes",
+        "run",
+        flag="--sequential",
+        turns_off=True,
+    )
+    arms: tuple[str, ...] = ARMS
+    mix_policy: str = _option(
+        "independent",
+        "under torchrun: independent plans per rank, the same plans on every rank (shared), or "
+        "one plan over the global batch (global: results independent of the world size)",
+        "run",
+        choices=MIX_POLICIES,
+    )
+    dist_timeout_s: float = _option(
+        300.0,
+        "under torchrun: seconds a collective waits for a dead or stuck rank before failing",
+        "run",
+        flag="--dist-timeout",
+    )
+    precision: str = _option(
+        "fp32",
+        "bf16 autocast of the forward pass: for GPUs and AMX CPUs; slower on AVX2-only CPUs (default: %(default)s)",
+        "run",
+        choices=PRECISIONS,
+    )
+
+    def mix_config(self) -> MixConfig:
+        """The mixing of the mixed arm (validated)."""
+        config = self.mixing()
+        if config is None:
+            raise ValueError(f"method={self.method!r} mixes no images: it has no MixConfig")
+        return config
+
+    def validate(self) -> CompareConfig:
+        """Check every option (before anything is loaded or written); returns the resolved config."""
+        self.check_common()
+        if self.threads is not None:
+            check_int("threads", self.threads, minimum=1)
+        check_device(self.device)
+        check_choice("mix_policy", self.mix_policy, MIX_POLICIES)
+        check_choice("precision", self.precision, PRECISIONS)
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad or not self.arms:
+            raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {self.arms}")
+        resolved = self.resolved()
+        if resolved.method == "none":
+            raise ValueError("vicinal compare needs a method for its treated arm, got method='none'")
+        resolved.mixing()
+        return resolved
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CompareConfig:
+        """A config from its ``config.json`` content; unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"config.json has unknown keys {sorted(unknown)}")
+        if "arms" in data:
+            data = dict(data, arms=tuple(data["arms"]))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CellSpec(RunSpec):
+    """Everything one training run of a study depends on (``method="none"``: no mixing).
+
+    Unlike a comparison run's, a cell's model defaults to the reference CNN rather than
+    following the data: a cell's identity (its initial weights are
+    ``<study>/init/<model>-seed<k>.pt``) is fixed by its TOML, before any data is read.
+    """
+
+    model: str | None = "reference-cnn"
+    arm: str = "mixup"
+    noise: float = 0.0
+    lr: float = 1e-3
+    schedule: str = "constant"
+    corruptions: bool = False  # also evaluate on the corrupted test set (vicinal.experiments.corruptions)
+    baseline: str | None = None  # arm(s) this one is compared with, comma-separated (default: chosen in the report)
+
+    def mix_config(self) -> MixConfig | None:
+        """The arm's mixing, or None for ``method="none"``."""
+        return self.mixing()
+
+    def optim(self) -> OptimConfig:
+        """The optimizer of the cell (validated)."""
+        return OptimConfig(lr=self.lr, schedule=self.schedule)
+
+    def validate(self, *, inherited: frozenset[str] = frozenset()) -> CellSpec:
+        """Check every field; returns the resolved spec (see :meth:`RunSpec.resolved`)."""
+        if not self.arm or "/" in self.arm or self.arm.startswith("."):
+            raise ValueError(f"arm must be a plain folder name, got {self.arm!r}")
+        resolved = self.resolved(inherited=inherited)
+        resolved.check_common()
+        if not 0 <= self.noise < 1:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        self.optim()
+        resolved.mixing()
+        return resolved
+
+
+def cell_dir(study_dir: Path, cell: CellSpec) -> Path:
+    """Where a study's cell runs: ``<study>/cells/<arm>/seed<k>``."""
+    return Path(study_dir) / "cells" / cell.arm / f"seed{cell.seed}"
+
+
+#: The :class:`RunSpec` fields ``vicinal study`` can override in every arm of a study.
+STUDY_OVERRIDES: tuple[str, ...] = ("epochs", "data_dir", "train_limit", "test_limit", "val_size")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study: every arm (a :class:`CellSpec` with its seed unset) for every seed."""
+
+    name: str
+    seeds: tuple[int, ...]
+    arms: tuple[CellSpec, ...]
+    description: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[CellSpec]:
+        """One cell per (seed, arm), seed-major."""
+        return [replace(arm, seed=s) for s in self.seeds for arm in self.arms]
+
+    def record(self) -> dict[str, Any]:
+        """``study.json``'s content, as it reads back from JSON (tuples become lists), so
+        that a saved study compares equal to the same spec parsed again."""
+        arms: list[dict[str, Any]] = json.loads(json.dumps([asdict(a) for a in self.arms]))
+        return {"name": self.name, "description": self.description, "seeds": list(self.seeds), "arms": arms}
+
+
+def _grid_suffix(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_study(text: str, *, overrides: dict[str, Any] | None = None, seeds: int | None = None) -> StudySpec:
+    """A :class:`StudySpec` from TOML text; ``overrides`` replace CellSpec fields in every arm.
+
+    The TOML holds ``name``, ``description``, ``seeds`` (a count or a list), ``[defaults]``
+    (CellSpec fields shared by every arm), ``[[arms]]`` (each with a ``name`` and its own
+    fields) and an optional ``[grid]``: every arm with ``grid = true`` is expanded over
+    the cartesian product of its values.
+    """
+    data = tomllib.loads(text)
+    known = {f.name for f in fields(CellSpec)} - {"seed"}
+    unknown_top = set(data) - {"name", "description", "seeds", "defaults", "arms", "grid"}
+    if unknown_top:
+        raise ValueError(f"study: unknown top-level keys {sorted(unknown_top)}")
+    defaults = data.get("defaults", {})
+    bad = set(defaults) - known
+    if bad:
+        raise ValueError(f"study [defaults]: unknown keys {sorted(bad)}; expected some of {sorted(known)}")
+    raw_seeds = data.get("seeds", 3) if seeds is None else seeds
+    seed_list = tuple(range(raw_seeds)) if isinstance(raw_seeds, int) else tuple(int(s) for s in raw_seeds)
+    if not seed_list:
+        raise ValueError("study: seeds must name at least one seed")
+    for seed in seed_list:
+        check_seed("seeds", seed)
+    grid = data.get("grid", {})
+    bad = set(grid) - known
+    if bad:
+        raise ValueError(f"study [grid]: unknown keys {sorted(bad)}")
+    arms: list[CellSpec] = []
+    for entry in data.get("arms", []) or [{}]:
+        entry = dict(entry)
+        expand = entry.pop("grid", False)
+        name = entry.pop("name", None) or entry.get("method", "arm")
+        bad = set(entry) - known
+        if bad:
+            raise ValueError(f"study arm {name!r}: unknown keys {sorted(bad)}")
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if expand and grid else [{}]
+        for combo in combos:
+            arm_name = name + "".join(f"-{k}{_grid_suffix(v)}" for k, v in combo.items())
+            own = {**entry, **combo, "arm": arm_name, **(overrides or {})}
+            values = {**defaults, **own}
+            # Mixing options from [defaults] that an arm's method doesn't use are dropped;
+            # the same option set on the arm itself is an error.
+            arms.append(CellSpec(**values).validate(inherited=frozenset(defaults) - set(own)))
+    names = [a.arm for a in arms]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"study: arm names must be unique, repeated: {sorted(dupes)}")
+    return StudySpec(
+        name=data.get("name", "study"),
+        seeds=seed_list,
+        arms=tuple(arms),
+        description=data.get("description", ""),
+        overrides=dict(overrides or {}),
+    )
+
+
+def load_study(preset_or_path: str, *, overrides: dict[str, Any] | None = None, seeds: int | None = None) -> StudySpec:
+    """A preset name (see :data:`~vicinal.experiments.presets.PRESETS`) or the path of a TOML file."""
+    if preset_or_path in PRESETS:
+        text = resources.files("vicinal.experiments.presets").joinpath(f"{preset_or_path}.toml").read_text()
+    else:
+        path = Path(preset_or_path)
+        if not path.is_file():
+            raise ValueError(f"study must be one of {list(PRESETS)} or a TOML file, got {preset_or_path!r}")
+        text = path.read_text()
+    return parse_study(text, overrides=overrides, seeds=seeds)
