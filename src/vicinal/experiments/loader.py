@@ -36,6 +36,7 @@ from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
 from vicinal.experiments.models import check_model_input
 from vicinal.experiments.spec import MIX_POLICIES, check_class_ids, check_seed
 from vicinal.labels import soft_unchecked, to_soft
+from vicinal.mixing import pack_arrays, place_boxes, plan_arrays
 from vicinal.transforms import mix_indexed_batch
 
 __all__ = [
@@ -287,7 +288,14 @@ class InMemoryLoader:
                 dataset_size=self.num_samples,
                 stream_offset=offset,
             )
+            if not plan.is_placed:  # SaliencyMix: boxes centred on the partners' saliency, from the images
+                partner = None if plan.stream_indices is None else self._host_images(plan.stream_indices)
+                plan = place_boxes(plan, self._host_images(rows), x_partner=partner)
             yield rows, plan, keep
+
+    def _host_images(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of the images as a host array (one device read on an accelerator)."""
+        return self.images.index_select(0, torch.from_numpy(np.asarray(rows)).to(self.images.device)).cpu().numpy()
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of epoch ``epoch``, from its :meth:`epoch_plan`; no host reads."""
@@ -456,75 +464,51 @@ def _pack_epoch(
 ) -> EpochPlan:
     """One :class:`EpochPlan` from the host draws ``(rows, plan, keep)`` of each step.
 
-    The plan tensors are those :func:`vicinal.apply_plan` makes of a :class:`MixPlan`
-    (float32 weights; boxes only when a row is CutMix'ed), so the batches are the same.
+    Each step's plan goes through the library's one packed format
+    (:func:`vicinal.mixing.plan_arrays`), as :func:`vicinal.apply_plan` would make it
+    (pastes dropped on steps where no row pastes), and the whole epoch moves to the
+    device in one buffer and one transfer (:func:`vicinal.mixing.pack_arrays`).
     """
-    ints: list[np.ndarray] = []
-    floats: list[np.ndarray] = []
-    n_int = n_float = 0
-    # Per step: (rows, stream, partners, boxes, weights, input_weights) offsets, in elements.
-    layout: list[tuple[int, int, int, int, int, int, int, int, MixPlan | None, slice | None]] = []
-
-    def put_int(a: np.ndarray) -> int:
-        nonlocal n_int
-        ints.append(np.asarray(a, dtype=np.int64).reshape(-1))
-        n_int += ints[-1].size
-        return n_int - ints[-1].size
-
-    def put_float(a: np.ndarray) -> int:
-        nonlocal n_float
-        floats.append(a.astype(np.float32).reshape(-1))
-        n_float += floats[-1].size
-        return n_float - floats[-1].size
-
-    for rows, plan, keep in host_steps:
-        b = len(rows)
-        at_rows = put_int(rows)
-        at_stream = at_partners = at_boxes = at_w = at_iw = -1
+    arrays: dict[str, np.ndarray] = {}
+    kept: list[tuple[MixPlan | None, list[str]]] = []
+    for step, (rows, plan, _) in enumerate(host_steps):
+        arrays[f"{step}/rows"] = np.asarray(rows, dtype=np.int64)
         if plan is not None and plan.is_identity:
             plan = None
-        k = 0
+        keys: list[str] = []
         if plan is not None:
-            k = plan.num_sources
             if plan.source == "stream":
                 assert plan.stream_indices is not None
-                at_stream = put_int(plan.stream_indices)
-            at_partners = put_int(plan.partners)
-            if plan.has_cut:
-                assert plan.boxes is not None
-                at_boxes = put_int(plan.boxes)
-            at_w = put_float(plan.weights)
-            at_iw = put_float(plan.input_weights) if plan.has_cut else at_w
-        layout.append((b, k, at_rows, at_stream, at_partners, at_boxes, at_w, at_iw, plan, keep))
-
-    int_bytes = n_int * 8
-    pin = device.type == "cuda"
-    host = torch.empty(int_bytes + n_float * 4, dtype=torch.uint8, pin_memory=pin)
-    raw = host.numpy()
-    if ints:
-        np.concatenate(ints, out=raw[:int_bytes].view(np.int64))
-    if floats:
-        np.concatenate(floats, out=raw[int_bytes:].view(np.float32))
-    # From pinned memory the copy is asynchronous: the host goes on queueing steps.
-    buffer = host if device.type == "cpu" else host.to(device, non_blocking=True)
-    t_int = buffer[:int_bytes].view(torch.int64)
-    t_float = buffer[int_bytes:].view(torch.float32)
-
+                arrays[f"{step}/stream"] = np.asarray(plan.stream_indices, dtype=np.int64)
+            step_arrays = plan_arrays(plan)
+            if not plan.has_cut:
+                step_arrays = {k: v for k, v in step_arrays.items() if k in ("weights", "input_weights", "partners")}
+            for key, value in step_arrays.items():
+                if key == "input_weights" and value is step_arrays["weights"]:
+                    continue  # the same array: one copy, two names
+                arrays[f"{step}/{key}"] = value
+            keys = list(step_arrays)
+        kept.append((plan, keys))
+    packed = pack_arrays(arrays, device)
+    t = packed.tensors
     steps = []
-    for b, k, at_rows, at_stream, at_partners, at_boxes, at_w, at_iw, plan, keep in layout:
-        stream_rows = None if at_stream < 0 else t_int[at_stream : at_stream + b]
+    for step, ((_, _, keep), (plan, keys)) in enumerate(zip(host_steps, kept)):
         tensors = None
         if plan is not None:
-            boxes = None if at_boxes < 0 else t_int[at_boxes : at_boxes + 4 * b].view(b, 4)
-            weights = t_float[at_w : at_w + b * k].view(b, k)
+            part = {key: t.get(f"{step}/{key}") for key in keys}
+            if part.get("input_weights") is None:
+                part["input_weights"] = part["weights"]
             tensors = PlanTensors(
-                weights=weights,
-                input_weights=weights if at_iw == at_w else t_float[at_iw : at_iw + b * k].view(b, k),
-                partners=t_int[at_partners : at_partners + b * (k - 1)].view(b, k - 1),
-                boxes=boxes,
+                weights=part["weights"],
+                input_weights=part["input_weights"],
+                partners=part["partners"],
+                boxes=part.get("boxes"),
                 source=plan.source,
                 shift=plan.shift,
-                image_size=plan.image_size if boxes is not None else None,
+                image_size=plan.image_size if ("boxes" in part or "masks" in part) else None,
+                masks=part.get("masks"),
+                source_rows=part.get("source_rows"),
+                source_cols=part.get("source_cols"),
             )
-        steps.append(StepTensors(t_int[at_rows : at_rows + b], stream_rows, tensors, keep))
-    return EpochPlan(epoch=epoch, steps=tuple(steps), buffer=buffer, host=host)
+        steps.append(StepTensors(t[f"{step}/rows"], t.get(f"{step}/stream"), tensors, keep))
+    return EpochPlan(epoch=epoch, steps=tuple(steps), buffer=packed.buffer, host=packed.host)
