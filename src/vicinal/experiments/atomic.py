@@ -12,9 +12,24 @@ import contextlib
 import errno
 import json
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import torch
+
+__all__ = [
+    "DiskFullError",
+    "UnreadableFileError",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "check_writable_folder",
+    "load_tensors",
+    "read_json",
+]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,8 +101,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save(obj, path)``, atomically and durably."""
-    import torch
-
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -105,10 +118,6 @@ def load_tensors(path: Path) -> Any:
     Raises:
         UnreadableFileError: the file is empty, truncated, corrupt or holds code.
     """
-    import pickle
-
-    import torch
-
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

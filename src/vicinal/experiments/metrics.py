@@ -16,6 +16,18 @@ from torch import nn
 
 from vicinal.experiments.loader import input_kind, to_model_input
 
+__all__ = [
+    "ECE_BINS",
+    "FGSM_EPSILONS",
+    "accuracy",
+    "brier",
+    "evaluate_all",
+    "fgsm_accuracy",
+    "nll",
+    "predict_probs",
+    "reliability",
+]
+
 ECE_BINS = 15
 FGSM_EPSILONS = (0.01, 0.03, 0.1)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from importlib import resources
 
+__all__ = ["PRESETS"]
+
 PRESETS: tuple[str, ...] = tuple(
     sorted(f.name.removesuffix(".toml") for f in resources.files(__name__).iterdir() if f.name.endswith(".toml"))
 )

@@ -24,6 +24,23 @@ MONTE_CARLO_SEED = 0
 # Sign patterns evaluated at once: bounds the memory of the null distribution.
 _BATCH = 10_000
 
+__all__ = [
+    "EXACT_MAX_PATTERNS",
+    "MONTE_CARLO_RESAMPLES",
+    "MONTE_CARLO_SEED",
+    "paired_test",
+    "sign_flip_test",
+    "summarize",
+]
+
+
+def _scipy_stats() -> Any:
+    """:mod:`scipy.stats`, imported on first use: it takes seconds to import, and only
+    reports need it (every command and worker process imports this package)."""
+    stats = _scipy_stats()
+
+    return stats
+
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
     """Mean, sample std and a Student-t confidence interval of the mean.
@@ -34,7 +51,7 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, An
         ``{"n", "mean", "std", "ci_low", "ci_high"}``; ``mean`` is ``None`` for n = 0,
         ``std`` and the interval are ``None`` for n < 2.
     """
-    from scipy import stats
+    stats = _scipy_stats()
 
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
     n = int(v.size)
@@ -75,7 +92,7 @@ def sign_flip_test(
         ``(p, exact, resamples)``: the p-value, whether it is exact, and how many sign
         patterns it is computed from.
     """
-    from scipy import stats
+    stats = _scipy_stats()
 
     n = int(a.size)
     exact = 2**n <= max_exact
@@ -124,7 +141,7 @@ def paired_test(
     Raises:
         ValueError: the two samples differ in length, are not 1-D, or hold a non-finite value.
     """
-    from scipy import stats
+    stats = _scipy_stats()
 
     a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a_arr.ndim != 1 or b_arr.ndim != 1:
