@@ -91,7 +91,9 @@ MIX_POLICIES: tuple[str, ...] = get_args(MixPolicy)
 #: the hidden states at one of ``mix_layers`` per step: vicinal.manifold.ManifoldMixup).
 #: "augmix" is AugMix per image without mixing between images (AugMix on top of a mixing
 #: method: the ``augmix`` option).
-RUN_METHODS: tuple[str, ...] = ("none", *METHODS, "manifold", "augmix")
+#: (The library's ``"choice"`` over several methods is not a harness method: its
+#: ``choices`` have no command-line form yet.)
+RUN_METHODS: tuple[str, ...] = ("none", *(m for m in METHODS if m != "choice"), "manifold", "augmix")
 #: The weight of the Jensen-Shannon consistency loss with ``jsd`` (the AugMix paper's).
 JSD_WEIGHT = 12.0
 #: The arms of ``vicinal compare``: the mixed one and the plain one.
@@ -107,13 +109,28 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cutmix": {"cutmix_alpha": 1.0, "granularity": "elem", "pairing": "stream"},
     "switch": {"alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "granularity": "elem", "pairing": "stream"},
     "kway": {"alpha": 0.2, "k": 3, "granularity": "elem", "pairing": "permute"},
+    # The mask family at its papers' CIFAR settings (lambda ~ Beta(1, 1) where it has one).
+    "fmix": {"mask_alpha": 1.0, "granularity": "elem", "pairing": "stream"},
+    "resizemix": {"granularity": "elem", "pairing": "stream"},
+    "gridmix": {"mask_alpha": 1.0, "granularity": "elem", "pairing": "stream"},
+    "smoothmix": {"granularity": "elem", "pairing": "stream"},
+    "saliencymix": {"mask_alpha": 1.0, "granularity": "elem", "pairing": "stream"},
     # Verma et al. (2019) train Manifold Mixup with alpha = 2; the layers are the model's.
     "manifold": {"alpha": 2.0, "granularity": "elem", "pairing": "permute", "mix_layers": None},
     "augmix": {},
 }
 #: Every option that some method uses; ``None`` in a config means "the method's default"
 #: before resolution and "not used" after.
-MIX_OPTIONS: tuple[str, ...] = ("alpha", "cutmix_alpha", "switch_prob", "k", "granularity", "pairing", "mix_layers")
+MIX_OPTIONS: tuple[str, ...] = (
+    "alpha",
+    "cutmix_alpha",
+    "mask_alpha",
+    "switch_prob",
+    "k",
+    "granularity",
+    "pairing",
+    "mix_layers",
+)
 assert {k for d in METHOD_DEFAULTS.values() for k in d} == set(MIX_OPTIONS)
 assert set(PAIRINGS) >= {"stream", "permute"} and "elem" in GRANULARITIES
 
@@ -320,7 +337,8 @@ class RunSpec:
     method: str = _option(
         "mixup",
         "mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
-        "--switch-prob else mixup; kway: Dirichlet mix of --k samples; manifold: mixup of the hidden "
+        "--switch-prob else mixup; kway: Dirichlet mix of --k samples; fmix, resizemix, gridmix, smoothmix, "
+        "saliencymix: the mask family (docs/methods.md); manifold: mixup of the hidden "
         "states at one of --mix-layers per step; augmix: AugMix per image, no mixing (default: %(default)s)",
         "mixing",
         choices=tuple(m for m in RUN_METHODS if m != "none"),
@@ -333,6 +351,11 @@ class RunSpec:
     )
     cutmix_alpha: float | None = _option(
         None, f"Beta concentration of CutMix's area ({_method_defaults('cutmix_alpha')})", "mixing"
+    )
+    mask_alpha: float | None = _option(
+        None,
+        f"Beta(a, a) concentration of lambda for fmix, gridmix and saliencymix ({_method_defaults('mask_alpha')})",
+        "mixing",
     )
     switch_prob: float | None = _option(
         None, f"probability of CutMix under --method switch ({_method_defaults('switch_prob')})", "mixing"
