@@ -495,12 +495,10 @@ def _pack_epoch(
     for step, ((_, _, keep), (plan, keys)) in enumerate(zip(host_steps, kept)):
         tensors = None
         if plan is not None:
-            part = {key: t.get(f"{step}/{key}") for key in keys}
-            if part.get("input_weights") is None:
-                part["input_weights"] = part["weights"]
+            part = {key: t[f"{step}/{key}"] for key in keys if f"{step}/{key}" in t}
             tensors = PlanTensors(
                 weights=part["weights"],
-                input_weights=part["input_weights"],
+                input_weights=part.get("input_weights", part["weights"]),
                 partners=part["partners"],
                 boxes=part.get("boxes"),
                 source=plan.source,
