@@ -4,7 +4,10 @@
 :func:`~vicinal.experiments.data.load_dataset` to a
 :class:`~vicinal.experiments.data.specs.SourceSpec`:
 
-* ``fashion-mnist``, ``mnist``: :class:`DatasetSpec` (four IDX files), below.
+* ``fashion-mnist``, ``mnist``: :class:`DatasetSpec` (four IDX files), below;
+* ``cifar10``, ``cifar100``, ``cifar100:coarse``: :mod:`.cifar`;
+* ``svhn``: :mod:`.svhn`;
+* ``medmnist:<flag>`` and ``medmnist:<flag>_<size>``: :mod:`.medmnist`.
 
 For the IDX datasets two checksums are kept per file:
 
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cifar, medmnist, svhn
 from .checksums import mismatch_message
 from .dataset import ArrayDataset
 from .errors import DatasetError
@@ -229,6 +233,10 @@ REGISTRY: dict[str, SourceSpec] = {
 }
 
 
+_FORMATS: tuple[SourceSpec, ...] = (*cifar.SPECS, *svhn.SPECS, *medmnist.SPECS)
+REGISTRY.update((spec.name, spec) for spec in _FORMATS)
+
+
 def _normalise(name: str) -> str:
     return str(name).strip().lower().replace("_", "-")
 
@@ -239,19 +247,26 @@ def available_datasets() -> tuple[str, ...]:
 
 
 def _known_names() -> str:
-    return ", ".join(available_datasets())
+    plain = [k for k in available_datasets() if not k.startswith("medmnist:")]
+    flags = sorted({spec.flag for spec in REGISTRY.values() if isinstance(spec, medmnist.MedmnistSpec)})
+    sizes = "|".join(f"_{s}" for s in medmnist.SIZES[1:])
+    return f"{', '.join(plain)}, and medmnist:<name>[{sizes}] with <name> one of {', '.join(flags)}"
 
 
 def get_spec(name: str) -> SourceSpec:
     """Look a dataset up by name (case-insensitive; ``_`` and ``-`` are equivalent).
 
     Raises:
-        DatasetError: the name is unknown.
+        DatasetError: the name is unknown, or known but not supported (multi-label
+            or 3-D MedMNIST datasets), with the reason.
     """
     key = _normalise(name)
     for registered, spec in REGISTRY.items():
         if _normalise(registered) == key:
             return spec
+    reason = medmnist.refusal(str(name))
+    if reason is not None:
+        raise DatasetError(reason)
     raise DatasetError(
         f"unknown dataset {name!r}; known datasets: {_known_names()}. "
         "For your own data use load_image_folder() or load_npz()."
