@@ -7,7 +7,7 @@ import re
 import pytest
 
 import vicinal.experiments.data
-from vicinal.experiments.data import DatasetError, available_datasets
+from vicinal.experiments.data import DatasetError, available_datasets, is_dataset_name
 from vicinal.experiments.data.registry import DatasetSpec, get_spec
 
 
@@ -18,7 +18,9 @@ def test_public_api():
             "DatasetError",
             "InputKind",
             "available_datasets",
+            "is_dataset_name",
             "load_dataset",
+            "load_hf",
             "load_image_folder",
             "load_npz",
         ]
@@ -94,6 +96,20 @@ def test_unknown_name():
     with pytest.raises(DatasetError, match=pattern) as info:
         get_spec("cifar1000")
     assert "medmnist:<name>[_64|_128|_224] with <name> one of bloodmnist, breastmnist" in str(info.value)
+    assert "hf:<path>" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["cifar10", "CIFAR100:coarse", "svhn", "fashion_mnist", "medmnist:pathmnist_64", "medmnist:chestmnist", "hf:x"],
+)
+def test_is_dataset_name(name):
+    assert is_dataset_name(name)
+
+
+@pytest.mark.parametrize("name", ["my.npz", "./images", "cifar", "", "data/hf:x", "svhn.npz"])
+def test_paths_are_not_dataset_names(name):
+    assert not is_dataset_name(name)
 
 
 @pytest.mark.parametrize(("name", "folder"), [("cifar100:coarse", "cifar100"), ("medmnist:bloodmnist_128", "medmnist")])

@@ -35,11 +35,13 @@ from .idx import check_pair, parse_idx_images, parse_idx_labels, read_idx_bytes
 from .specs import Identify, Part, RemoteFile, SourceSpec
 
 __all__ = [
+    "PREFIXES",
     "REGISTRY",
     "DatasetSpec",
     "IdxFile",
     "available_datasets",
     "get_spec",
+    "is_dataset_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -236,21 +238,46 @@ REGISTRY: dict[str, SourceSpec] = {
 _FORMATS: tuple[SourceSpec, ...] = (*cifar.SPECS, *svhn.SPECS, *medmnist.SPECS)
 REGISTRY.update((spec.name, spec) for spec in _FORMATS)
 
+#: Name prefixes whose names the data room resolves (also when the rest is unknown,
+#: so that a typo gets the data room's message, not "no such file").
+PREFIXES = ("hf:", "medmnist:", "cifar100:")
+
 
 def _normalise(name: str) -> str:
     return str(name).strip().lower().replace("_", "-")
 
 
 def available_datasets() -> tuple[str, ...]:
-    """Names accepted by :func:`vicinal.experiments.data.load_dataset`, sorted."""
+    """Names accepted by :func:`vicinal.experiments.data.load_dataset`, sorted.
+
+    Besides these, ``"hf:<path>"`` names a Hugging Face dataset on disk (see
+    :func:`vicinal.experiments.data.load_hf`).
+    """
     return tuple(sorted(REGISTRY))
+
+
+def is_dataset_name(name: str) -> bool:
+    """Whether :func:`~vicinal.experiments.data.load_dataset` should resolve ``name``.
+
+    True for every registered name (case-insensitive, ``_`` and ``-`` equivalent)
+    and every name starting with ``hf:``, ``medmnist:`` or ``cifar100:``, including
+    ones that it will refuse with an explanation (``medmnist:chestmnist``); False for
+    anything else (a path to a ``.npz`` file or an image folder, say).
+    """
+    if not isinstance(name, str):
+        return False
+    key = _normalise(name)
+    return key.startswith(PREFIXES) or any(_normalise(k) == key for k in REGISTRY)
 
 
 def _known_names() -> str:
     plain = [k for k in available_datasets() if not k.startswith("medmnist:")]
     flags = sorted({spec.flag for spec in REGISTRY.values() if isinstance(spec, medmnist.MedmnistSpec)})
     sizes = "|".join(f"_{s}" for s in medmnist.SIZES[1:])
-    return f"{', '.join(plain)}, and medmnist:<name>[{sizes}] with <name> one of {', '.join(flags)}"
+    return (
+        f"{', '.join(plain)}, medmnist:<name>[{sizes}] with <name> one of {', '.join(flags)}, "
+        "and hf:<path> for a Hugging Face dataset on disk"
+    )
 
 
 def get_spec(name: str) -> SourceSpec:

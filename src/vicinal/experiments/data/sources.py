@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry
+from . import hf, registry
 from .dataset import ArrayDataset
 from .errors import DatasetError
 from .specs import SourceSpec
@@ -281,6 +281,8 @@ def load_dataset(
             Debian location; or no usable copy anywhere (the message lists every
             place searched).
     """
+    if isinstance(name, str) and name.strip().lower().startswith("hf:"):
+        return hf.load_hf_name(name, data_dir)
     spec = registry.get_spec(name)
     searched: list[str] = []
 
