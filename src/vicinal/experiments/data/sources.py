@@ -37,7 +37,7 @@ as follows:
   immediate :class:`DatasetError` naming the file, never a silent fall-through
   to another copy (these are places a person set up and must fix);
 * in the cache: the cache is considered stale; the download step fetches the
-  official files again (pooch replaces wrong ``.gz`` files atomically), and
+  official files again (pooch replaces files whose checksum is wrong atomically), and
   if that is impossible the final error reports the bad cache file.
 
 If nothing is found, one :class:`DatasetError` lists every place searched,
