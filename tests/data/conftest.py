@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import http.server
 import socket
 import struct
@@ -79,6 +80,10 @@ def all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
 @pytest.fixture(scope="session")
 def tools() -> SimpleNamespace:
     return SimpleNamespace(
@@ -88,6 +93,7 @@ def tools() -> SimpleNamespace:
         rewrite_gzip_header=rewrite_gzip_header,
         closed_port_url=closed_port_url,
         all_files=all_files,
+        md5=md5,
     )
 
 
@@ -118,6 +124,21 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "fashion-mnist").is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def register(monkeypatch: pytest.MonkeyPatch):
+    """Factory: replace fields of a registry entry for this test (e.g. checksums of generated files).
+
+    Starts from the isolated entry, so its mirrors stay dead unless ``mirrors=`` is given.
+    """
+
+    def replace(name: str, **changes: object) -> object:
+        spec = dataclasses.replace(registry.REGISTRY[name], **changes)
+        monkeypatch.setitem(registry.REGISTRY, name, spec)
+        return spec
+
+    return replace
 
 
 # --------------------------------------------------------------------------- tiny dataset

@@ -1,6 +1,15 @@
 """Known datasets: file names, checksums, class names and download mirrors.
 
-Two checksums are kept per file:
+:data:`REGISTRY` maps each name accepted by
+:func:`~vicinal.experiments.data.load_dataset` to a
+:class:`~vicinal.experiments.data.specs.SourceSpec`:
+
+* ``fashion-mnist``, ``mnist``: :class:`DatasetSpec` (four IDX files), below;
+* ``cifar10``, ``cifar100``, ``cifar100:coarse``: :mod:`.cifar`;
+* ``svhn``: :mod:`.svhn`;
+* ``medmnist:<flag>`` and ``medmnist:<flag>_<size>``: :mod:`.medmnist`.
+
+For the IDX datasets two checksums are kept per file:
 
 * ``sha256``: SHA-256 of the *decompressed* IDX content.  This is what the
   loader verifies, because redistributors (Debian's ``dataset-fashion-mnist``
@@ -12,11 +21,33 @@ Two checksums are kept per file:
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import cifar, medmnist, svhn
+from .checksums import mismatch_message
+from .dataset import ArrayDataset
 from .errors import DatasetError
+from .idx import check_pair, parse_idx_images, parse_idx_labels, read_idx_bytes
+from .specs import Identify, Part, RemoteFile, SourceSpec
 
-__all__ = ["REGISTRY", "DatasetSpec", "IdxFile", "available_datasets", "get_spec"]
+__all__ = [
+    "PREFIXES",
+    "REGISTRY",
+    "DatasetSpec",
+    "IdxFile",
+    "available_datasets",
+    "get_spec",
+    "is_dataset_name",
+]
+
+logger = logging.getLogger(__name__)
+
+# Load order: small files first, so a wrong or swapped copy is caught cheaply.
+_ROLES = ("train_labels", "test_labels", "test_images", "train_images")
 
 
 @dataclass(frozen=True)
@@ -60,8 +91,71 @@ class DatasetSpec:
         """The four files: train images, train labels, test images, test labels."""
         return (self.train_images, self.train_labels, self.test_images, self.test_labels)
 
+    @property
+    def folder(self) -> str:
+        """Sub-folder holding the files: the dataset's name."""
+        return self.name
 
-REGISTRY: dict[str, DatasetSpec] = {
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        """Each file, gzipped (preferred) or raw; downloads fetch the official ``.gz``."""
+        return tuple(
+            Part(
+                f.name, (f.gz_name, f.name), f"{f.name}[.gz]", RemoteFile(f.gz_name, f"sha256:{f.gz_sha256}", f.gz_size)
+            )
+            for f in self.files
+        )
+
+    def checksums(self) -> Iterable[tuple[str, str]]:
+        """The SHA-256 of each file's decompressed content."""
+        return ((f.sha256, f"{self.title}'s {f.name}") for f in self.files)
+
+    def load(self, files: Mapping[str, Path], source: str, identify: Identify) -> ArrayDataset:
+        """Read, checksum and parse the four files.
+
+        Returns:
+            ``x_*`` ``uint8`` of shape ``(N, 1, rows, cols)``, ``y_*`` ``int64``.
+
+        Raises:
+            DatasetError: a damaged, wrong or mismatched file, named.
+        """
+        parsed = {}
+        for role in _ROLES:
+            f: IdxFile = getattr(self, role)
+            path = files[f.name]
+            data = read_idx_bytes(path)
+            # Structure first (its errors say more, e.g. "truncated"), then the checksum.
+            if role.endswith("images"):
+                images = parse_idx_images(data, str(path))
+                parsed[role] = images.reshape(len(images), 1, *images.shape[1:])
+            else:
+                parsed[role] = parse_idx_labels(data, str(path), len(self.class_names))
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != f.sha256:
+                measured = "SHA-256 of the decompressed data"
+                what = f"{self.title}'s {f.name}"
+                raise DatasetError(mismatch_message(str(path), what, measured, digest, f.sha256, identify))
+            del data
+        for split in ("train", "test"):
+            check_pair(
+                parsed[f"{split}_images"],
+                parsed[f"{split}_labels"],
+                str(files[getattr(self, f"{split}_images").name]),
+                str(files[getattr(self, f"{split}_labels").name]),
+            )
+        logger.debug("loaded %s from %s", self.name, source)
+        return ArrayDataset(
+            name=self.name,
+            x_train=parsed["train_images"],
+            y_train=parsed["train_labels"],
+            x_test=parsed["test_images"],
+            y_test=parsed["test_labels"],
+            class_names=self.class_names,
+            source=source,
+        )
+
+
+REGISTRY: dict[str, SourceSpec] = {
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         title="Fashion-MNIST",
@@ -141,19 +235,66 @@ REGISTRY: dict[str, DatasetSpec] = {
 }
 
 
+_FORMATS: tuple[SourceSpec, ...] = (*cifar.SPECS, *svhn.SPECS, *medmnist.SPECS)
+REGISTRY.update((spec.name, spec) for spec in _FORMATS)
+
+#: Name prefixes whose names the data room resolves (also when the rest is unknown,
+#: so that a typo gets the data room's message, not "no such file").
+PREFIXES = ("hf:", "medmnist:", "cifar100:")
+
+
+def _normalise(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
 def available_datasets() -> tuple[str, ...]:
-    """Names accepted by :func:`vicinal.experiments.data.load_dataset`, sorted."""
+    """Names accepted by :func:`vicinal.experiments.data.load_dataset`, sorted.
+
+    Besides these, ``"hf:<path>"`` names a Hugging Face dataset on disk (see
+    :func:`vicinal.experiments.data.load_hf`).
+    """
     return tuple(sorted(REGISTRY))
 
 
-def get_spec(name: str) -> DatasetSpec:
-    """Look a dataset up by name (case-insensitive; ``_`` and ``-`` are equivalent)."""
-    key = str(name).strip().lower().replace("_", "-")
-    try:
-        return REGISTRY[key]
-    except KeyError:
-        known = ", ".join(available_datasets())
-        raise DatasetError(
-            f"unknown dataset {name!r}; known datasets: {known}. "
-            "For your own data use load_image_folder() or load_npz()."
-        ) from None
+def is_dataset_name(name: str) -> bool:
+    """Whether :func:`~vicinal.experiments.data.load_dataset` should resolve ``name``.
+
+    True for every registered name (case-insensitive, ``_`` and ``-`` equivalent)
+    and every name starting with ``hf:``, ``medmnist:`` or ``cifar100:``, including
+    ones that it will refuse with an explanation (``medmnist:chestmnist``); False for
+    anything else (a path to a ``.npz`` file or an image folder, say).
+    """
+    if not isinstance(name, str):
+        return False
+    key = _normalise(name)
+    return key.startswith(PREFIXES) or any(_normalise(k) == key for k in REGISTRY)
+
+
+def _known_names() -> str:
+    plain = [k for k in available_datasets() if not k.startswith("medmnist:")]
+    flags = sorted({spec.flag for spec in REGISTRY.values() if isinstance(spec, medmnist.MedmnistSpec)})
+    sizes = "|".join(f"_{s}" for s in medmnist.SIZES[1:])
+    return (
+        f"{', '.join(plain)}, medmnist:<name>[{sizes}] with <name> one of {', '.join(flags)}, "
+        "and hf:<path> for a Hugging Face dataset on disk"
+    )
+
+
+def get_spec(name: str) -> SourceSpec:
+    """Look a dataset up by name (case-insensitive; ``_`` and ``-`` are equivalent).
+
+    Raises:
+        DatasetError: the name is unknown, or known but not supported (multi-label
+            or 3-D MedMNIST datasets), with the reason.
+    """
+    key = _normalise(name)
+    for registered, spec in REGISTRY.items():
+        if _normalise(registered) == key:
+            return spec
+    reason = medmnist.refusal(str(name))
+    if reason is not None:
+        raise DatasetError(reason)
+    raise DatasetError(
+        f"unknown dataset {name!r}; known datasets: {_known_names()}. "
+        "For your own data use load_image_folder() or load_npz()."
+    )

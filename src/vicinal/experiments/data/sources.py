@@ -1,35 +1,43 @@
-"""Finding, verifying and downloading the registered IDX datasets.
+"""Finding, verifying and downloading the registered datasets.
 
-:func:`load_dataset` looks for the four files of a dataset in this order and
-uses the first location that has all four:
+:func:`load_dataset` looks for the files of a registered dataset (its
+:attr:`~vicinal.experiments.data.specs.SourceSpec.parts`: the four IDX files of
+Fashion-MNIST, CIFAR's tarball, SVHN's two ``.mat`` files, one MedMNIST ``.npz``) in
+this order and uses the first location that has all of them:
 
 1. the explicit ``data_dir`` argument (the trainer's ``--data-dir``).  When
    given, it is the *only* place searched: a folder without the files, or
    with a wrong or damaged file, is an error naming the folder or file;
 2. ``$VICINAL_DATA_DIR``;
-3. Debian's install location ``/usr/share/datasets/<name>/`` (package
+3. Debian's install location ``/usr/share/datasets/<folder>/`` (package
    ``dataset-fashion-mnist``);
-4. the user cache, ``platformdirs.user_cache_dir("vicinal")/<name>/`` (or
-   ``cache_dir/<name>/``);
+4. the user cache, ``platformdirs.user_cache_dir("vicinal")/<folder>/`` (or
+   ``cache_dir/<folder>/``);
 5. a download from the dataset's mirrors into that cache folder, with
-   :mod:`pooch` (atomic, SHA-256-checked against the official ``.gz``
-   bytes; each mirror is tried in turn).
+   :mod:`pooch` (atomic: written to a temporary file that is renamed only after
+   its checksum matched the published one; each mirror is tried in turn).  A
+   file without a published checksum in the registry is never downloaded.
 
-A folder given as ``data_dir`` or ``$VICINAL_DATA_DIR`` may hold the files
-itself or have a ``<name>/`` sub-folder that holds them (so one folder can
-serve several datasets).  Each file may be gzipped (``name.gz``, preferred
-when both exist) or raw (``name``).
+``<folder>`` is the dataset's :attr:`~vicinal.experiments.data.specs.SourceSpec.folder`:
+its name (``fashion-mnist``, ``cifar10``, ``svhn``), ``cifar100`` for both CIFAR-100
+names and ``medmnist`` for every MedMNIST file.  A folder given as ``data_dir`` or
+``$VICINAL_DATA_DIR`` may hold the files itself or have a ``<folder>/`` sub-folder
+that holds them (so one folder can serve several datasets).  An IDX file may be
+gzipped (``name.gz``, preferred when both exist) or raw (``name``); CIFAR may be the
+tarball (preferred) or the folder it extracts to.
 
-A location counts only if all four files are present *and* the SHA-256 of
-their decompressed content matches the registry (gzip headers are ignored:
-Debian rewrites them).  Locations that are absent or incomplete are skipped.
-Files that are present but wrong or damaged are handled as follows:
+A location counts only if all the files are present *and* their content matches
+the registry's checksums (for IDX files the SHA-256 of the decompressed content:
+gzip headers are ignored, Debian rewrites them; for CIFAR the MD5 of each member of
+the tarball; for SVHN and MedMNIST the MD5 of the file).  Locations that are absent
+or incomplete are skipped.  Files that are present but wrong or damaged are handled
+as follows:
 
 * in ``data_dir``, ``$VICINAL_DATA_DIR`` or the Debian location: an
   immediate :class:`DatasetError` naming the file, never a silent fall-through
   to another copy (these are places a person set up and must fix);
 * in the cache: the cache is considered stale; the download step fetches the
-  official files again (pooch replaces wrong ``.gz`` files atomically), and
+  official files again (pooch replaces files whose checksum is wrong atomically), and
   if that is impossible the final error reports the bad cache file.
 
 If nothing is found, one :class:`DatasetError` lists every place searched,
@@ -38,7 +46,6 @@ why each was rejected, and how to supply the files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -46,11 +53,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry
+from . import hf, registry
 from .dataset import ArrayDataset
 from .errors import DatasetError
-from .idx import check_pair, parse_idx_images, parse_idx_labels, read_idx_bytes
-from .registry import DatasetSpec, IdxFile
+from .specs import SourceSpec
 
 __all__ = [
     "DEBIAN_DATASETS_DIR",
@@ -68,9 +74,6 @@ ENV_VAR = "VICINAL_DATA_DIR"
 DEBIAN_DATASETS_DIR = Path("/usr/share/datasets")
 #: Per-request timeout (seconds) for downloads.
 DOWNLOAD_TIMEOUT_S = 60.0
-
-# Load order: small files first, so a wrong or swapped copy is caught cheaply.
-_ROLES = ("train_labels", "test_labels", "test_images", "train_images")
 
 
 def default_cache_dir() -> Path:
@@ -100,92 +103,50 @@ class _Scan:
         return self.problem is None
 
 
-def _find_files(directory: Path, spec: DatasetSpec) -> dict[str, Path]:
+def _find_files(directory: Path, spec: SourceSpec) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for f in spec.files:
-        for candidate in (directory / f.gz_name, directory / f.name):
-            if candidate.is_file():
-                found[f.name] = candidate
+    for part in spec.parts:
+        for name in part.candidates:
+            candidate = directory / name.rstrip("/")
+            if candidate.is_dir() if name.endswith("/") else candidate.is_file():
+                found[part.key] = candidate
                 break
     return found
 
 
-def _scan(root: Path, spec: DatasetSpec, *, allow_subdir: bool) -> _Scan:
+def _scan(root: Path, spec: SourceSpec, *, allow_subdir: bool) -> _Scan:
     try:
         if not root.exists():
             return _Scan(root, problem="does not exist")
         if not root.is_dir():
             return _Scan(root, problem="is not a directory")
         directory, found = root, _find_files(root, spec)
-        sub = root / spec.name
+        sub = root / spec.folder
         if allow_subdir and not found and sub.is_dir():
             directory, found = sub, _find_files(sub, spec)
     except OSError as exc:
         return _Scan(root, problem=f"cannot be accessed ({exc.strerror or exc})")
-    missing = [f.name for f in spec.files if f.name not in found]
-    if len(missing) == len(spec.files):
-        where = f"{root} nor in {root / spec.name}" if allow_subdir else str(root)
+    missing = [part.label for part in spec.parts if part.key not in found]
+    if len(missing) == len(spec.parts):
+        where = f"{root} nor in {root / spec.folder}" if allow_subdir else str(root)
         return _Scan(directory, problem=f"none of the {spec.title} files are in {where}")
     if missing:
-        listed = ", ".join(f"{m}[.gz]" for m in missing)
-        return _Scan(directory, found, problem=f"incomplete: {directory} lacks {listed}")
+        return _Scan(directory, found, problem=f"incomplete: {directory} lacks {', '.join(missing)}")
     return _Scan(directory, found)
 
 
 def _identify(digest: str) -> str | None:
+    """Which registered file has this content digest, if any (for "swapped?" hints)."""
     for spec in registry.REGISTRY.values():
-        for f in spec.files:
-            if f.sha256 == digest:
-                return f"{spec.title}'s {f.name}"
+        for known, description in spec.checksums():
+            if known == digest:
+                return description
     return None
 
 
-def _mismatch_message(spec: DatasetSpec, f: IdxFile, path: Path, digest: str) -> str:
-    other = _identify(digest)
-    if other is not None:
-        why = f"it is {other} (wrong folder, or files swapped or misnamed?)"
-    else:
-        why = "it is a modified, damaged or different file"
-    return (
-        f"{path}: content does not match {spec.title}'s {f.name}: the SHA-256 of the "
-        f"decompressed data is {digest}, expected {f.sha256}; {why}"
-    )
-
-
-def _load_verified(spec: DatasetSpec, files: dict[str, Path], source: str) -> ArrayDataset:
-    """Read, checksum and parse the four files; raise DatasetError on any problem."""
-    parsed = {}
-    for role in _ROLES:
-        f: IdxFile = getattr(spec, role)
-        path = files[f.name]
-        data = read_idx_bytes(path)
-        # Structure first (its errors say more, e.g. "truncated"), then the checksum.
-        if role.endswith("images"):
-            images = parse_idx_images(data, str(path))
-            parsed[role] = images.reshape(len(images), 1, *images.shape[1:])
-        else:
-            parsed[role] = parse_idx_labels(data, str(path), len(spec.class_names))
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != f.sha256:
-            raise DatasetError(_mismatch_message(spec, f, path, digest))
-        del data
-    for split in ("train", "test"):
-        check_pair(
-            parsed[f"{split}_images"],
-            parsed[f"{split}_labels"],
-            str(files[getattr(spec, f"{split}_images").name]),
-            str(files[getattr(spec, f"{split}_labels").name]),
-        )
-    logger.debug("loaded %s from %s", spec.name, source)
-    return ArrayDataset(
-        name=spec.name,
-        x_train=parsed["train_images"],
-        y_train=parsed["train_labels"],
-        x_test=parsed["test_images"],
-        y_test=parsed["test_labels"],
-        class_names=spec.class_names,
-        source=source,
-    )
+def _load_verified(spec: SourceSpec, files: dict[str, Path], source: str) -> ArrayDataset:
+    """Verify and parse the found files; raise DatasetError on any problem."""
+    return spec.load(files, source, _identify)
 
 
 def _describe_download_error(exc: BaseException) -> str:
@@ -208,16 +169,24 @@ def _describe_download_error(exc: BaseException) -> str:
 
 
 def _join_url(base: str, filename: str) -> str:
+    if "{filename}" in base:
+        return base.replace("{filename}", filename)
     return base if base.endswith(filename) else base.rstrip("/") + "/" + filename
 
 
-def _download(spec: DatasetSpec, target: Path, mirrors: Sequence[str]) -> tuple[dict[str, Path] | None, list[str]]:
-    """Fetch the official ``.gz`` files into ``target``.
+def _download(spec: SourceSpec, target: Path, mirrors: Sequence[str]) -> tuple[dict[str, Path] | None, list[str]]:
+    """Fetch the official files into ``target``, each checked against its published checksum.
 
     Returns ``(paths, mirrors_used)`` on success, ``(None, reasons)`` on failure.
     """
     if not mirrors:
         return None, ["no download mirrors configured"]
+    unverifiable = [p.label for p in spec.parts if p.download is None or p.download.known_hash is None]
+    if unverifiable:
+        return None, [
+            f"not attempted: no published checksum of {', '.join(unverifiable)} is recorded in vicinal's "
+            "registry, and vicinal never downloads files it cannot verify"
+        ]
     try:
         import pooch
     except ImportError:
@@ -225,15 +194,17 @@ def _download(spec: DatasetSpec, target: Path, mirrors: Sequence[str]) -> tuple[
     downloader = pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT_S)
     paths: dict[str, Path] = {}
     used: list[str] = []
-    for f in spec.files:
+    for part in spec.parts:
+        remote = part.download
+        assert remote is not None  # checked above
         errors = []
         for base in mirrors:
-            url = _join_url(base, f.gz_name)
+            url = _join_url(base, remote.name)
             try:
                 got = pooch.retrieve(
                     url,
-                    known_hash=f"sha256:{f.gz_sha256}",
-                    fname=f.gz_name,
+                    known_hash=remote.known_hash,
+                    fname=remote.name,
                     path=target,
                     downloader=downloader,
                     progressbar=False,
@@ -242,7 +213,7 @@ def _download(spec: DatasetSpec, target: Path, mirrors: Sequence[str]) -> tuple[
                 logger.info("download of %s failed: %s", url, exc)
                 errors.append(f"{url}: {_describe_download_error(exc)}")
                 continue
-            paths[f.name] = Path(got)
+            paths[part.key] = Path(got)
             used.append(base)
             break
         else:
@@ -250,14 +221,14 @@ def _download(spec: DatasetSpec, target: Path, mirrors: Sequence[str]) -> tuple[
     return paths, list(dict.fromkeys(used))
 
 
-def _not_found_message(spec: DatasetSpec, searched: list[str], cache: Path, download: bool) -> str:
+def _not_found_message(spec: SourceSpec, searched: list[str], cache: Path, download: bool) -> str:
     lines = [f"Could not find the {spec.title} dataset ({spec.name!r}). Searched, in order:"]
     for i, entry in enumerate(searched, 1):
         lines.append(f"  {i}. " + entry.replace("\n", "\n       "))
-    names = ", ".join(f.gz_name for f in spec.files)
-    lines.append(f"To supply the files ({names}; gzipped or not), do one of:")
+    names = ", ".join(part.label for part in spec.parts)
+    lines.append(f"To supply the files ({names}), do one of:")
     lines.append("  - pass data_dir=<folder> (the trainer's --data-dir option);")
-    lines.append(f"  - set {ENV_VAR}=<folder> (the folder itself, or a parent with a {spec.name}/ sub-folder);")
+    lines.append(f"  - set {ENV_VAR}=<folder> (the folder itself, or a parent with a {spec.folder}/ sub-folder);")
     if spec.debian_package:
         lines.append(f"  - on Debian/Ubuntu: sudo apt-get install {spec.debian_package};")
     lines.append(f"  - copy them into the cache folder {cache}/;")
@@ -276,40 +247,53 @@ def load_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     mirrors: Sequence[str] | None = None,
 ) -> ArrayDataset:
-    """Load a registered dataset (see :func:`available_datasets`), verified.
+    """Load a registered dataset (see :func:`available_datasets`) verified, or a Hugging Face one.
 
     Args:
-        name: ``"fashion-mnist"`` or ``"mnist"`` (case-insensitive).
-        data_dir: a folder holding the four IDX files (or a ``<name>/``
+        name: a registered name (case-insensitive; ``_`` and ``-`` equivalent):
+            ``"fashion-mnist"``, ``"mnist"``, ``"cifar10"``, ``"cifar100"`` (fine
+            labels), ``"cifar100:coarse"`` (the 20 superclasses), ``"svhn"``,
+            ``"medmnist:<flag>"`` (28x28) or ``"medmnist:<flag>_<size>"`` (64, 128,
+            224); or ``"hf:<path>[?image=COL&label=COL&train=SPLIT&test=SPLIT]"``, a
+            Hugging Face dataset saved to disk or as Parquet, read by :func:`load_hf`
+            (relative paths are also looked for in ``data_dir``; ``download``,
+            ``cache_dir`` and ``mirrors`` do not apply).
+        data_dir: a folder holding the dataset's files (or a ``<folder>/``
             sub-folder with them).  When given, no other place is searched.
         download: allow downloading into the cache if no local copy is found.
         cache_dir: cache root (default ``platformdirs.user_cache_dir("vicinal")``);
-            the dataset lives in ``cache_dir/<name>/``.
+            the dataset lives in ``cache_dir/<folder>/``.
         mirrors: base URLs to download from, tried in order (default: the
-            registry's canonical mirrors).
+            registry's canonical mirrors); ``{filename}`` in a URL is replaced by
+            the file name, otherwise the name is appended.
 
     Returns:
-        An :class:`ArrayDataset` with ``x_*`` ``uint8`` of shape
-        ``(N, 1, 28, 28)`` and ``y_*`` ``int64`` of shape ``(N,)``; its
-        ``source`` is the folder used, or the mirror URL(s) plus the cache
-        folder for a fresh download.
+        An :class:`ArrayDataset`: ``x_*`` ``uint8`` images of shape ``(N, C, H, W)``
+        (channels first; ``C`` = 1 for the MNIST family and grey MedMNIST sets, 3
+        (RGB) for CIFAR, SVHN and colour MedMNIST sets; ``H = W`` = 28 for MNIST, 32
+        for CIFAR and SVHN, the chosen size for MedMNIST), ``y_*`` ``int64`` class ids
+        of shape ``(N,)``.  Its ``source`` is the folder used, or the mirror URL(s)
+        plus the cache folder for a fresh download.
 
     Raises:
-        DatasetError: unknown name; a wrong or damaged file in ``data_dir``,
-            ``$VICINAL_DATA_DIR`` or the Debian location; or no usable copy
-            anywhere (the message lists every place searched).
+        DatasetError: unknown or unsupported name (multi-label and 3-D MedMNIST);
+            a wrong or damaged file in ``data_dir``, ``$VICINAL_DATA_DIR`` or the
+            Debian location; or no usable copy anywhere (the message lists every
+            place searched).
     """
+    if isinstance(name, str) and name.strip().lower().startswith("hf:"):
+        return hf.load_hf_name(name, data_dir)
     spec = registry.get_spec(name)
     searched: list[str] = []
 
     if data_dir is not None:
         scan = _scan(Path(data_dir).expanduser(), spec, allow_subdir=True)
         if not scan.usable:
-            names = ", ".join(f.gz_name for f in spec.files)
+            names = ", ".join(part.label for part in spec.parts)
             raise DatasetError(
                 f"data_dir {os.fspath(data_dir)!r}: {scan.problem}. Pass the folder that holds "
-                f"{names} (gzipped or not), or leave data_dir unset to search "
-                f"${ENV_VAR}, {DEBIAN_DATASETS_DIR}/{spec.name} and the cache, and to download."
+                f"{names}, or leave data_dir unset to search "
+                f"${ENV_VAR}, {DEBIAN_DATASETS_DIR}/{spec.folder} and the cache, and to download."
             )
         return _load_verified(spec, scan.files, str(scan.directory.resolve()))
     searched.append("data_dir argument: not given")
@@ -329,7 +313,7 @@ def load_dataset(
     else:
         searched.append(f"${ENV_VAR}: not set")
 
-    debian = Path(DEBIAN_DATASETS_DIR) / spec.name
+    debian = Path(DEBIAN_DATASETS_DIR) / spec.folder
     scan = _scan(debian, spec, allow_subdir=False)
     if scan.usable:
         try:
@@ -343,7 +327,7 @@ def load_dataset(
     searched.append(f"Debian package location {debian}: {scan.problem}")
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cache = cache / spec.name
+    cache = cache / spec.folder
     scan = _scan(cache, spec, allow_subdir=False)
     if scan.usable:
         try:
