@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vicinal.experiments.data import ArrayDataset, available_datasets, load_dataset, load_image_folder, load_npz
+from vicinal.experiments.data import (
+    ArrayDataset,
+    available_datasets,
+    is_dataset_name,
+    load_dataset,
+    load_image_folder,
+    load_npz,
+)
 from vicinal.experiments.distributed import SINGLE, DistContext
 from vicinal.experiments.loader import InMemoryLoader, check_data_fits
 from vicinal.experiments.models import build_model
@@ -67,7 +74,7 @@ def load_any(dataset: str, data_dir: str | None) -> ArrayDataset:
     A relative path that doesn't exist is also looked for in ``data_dir``, so a preset
     naming ``breast-cancer.npz`` runs from anywhere with ``--data-dir``.
     """
-    if dataset in available_datasets():
+    if is_dataset_name(dataset):
         return load_dataset(dataset, data_dir)
     path = Path(dataset)
     if not path.exists() and not path.is_absolute() and data_dir is not None:
@@ -133,8 +140,8 @@ def make_splits(ds: ArrayDataset, spec: RunSpec) -> Splits:
         xs, ys = xs[: spec.test_limit], ys[: spec.test_limit]
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
     source = str(ds.source)
-    if ds.name in available_datasets():
-        source += " (the SHA-256 of every file matched the published checksums)"
+    if is_dataset_name(ds.name):
+        source += " (every file matched its published checksum)"
     train, val, test = (as_t(xt), as_t(yt)), (as_t(xv), as_t(yv)), (as_t(xs), as_t(ys))
     return Splits(train, val, test, tuple(ds.class_names), rule, source)
 
