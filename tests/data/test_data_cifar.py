@@ -301,7 +301,7 @@ def test_not_found_names_the_tarball_and_folder(tmp_path, cifar10):
 
 
 def test_the_harness_resolves_the_name(tmp_path, cifar10):
-    from vicinal.experiments.compare import load_any
+    from vicinal.experiments.splits import load_any
 
     cifar10.tarball(tmp_path / "d")
     check_cifar10(load_any("cifar10", str(tmp_path / "d")), cifar10)

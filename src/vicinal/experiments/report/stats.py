@@ -37,9 +37,9 @@ __all__ = [
 def _scipy_stats() -> Any:
     """:mod:`scipy.stats`, imported on first use: it takes seconds to import, and only
     reports need it (every command and worker process imports this package)."""
-    stats = _scipy_stats()
+    import scipy.stats
 
-    return stats
+    return scipy.stats
 
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
