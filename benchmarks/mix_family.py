@@ -19,28 +19,16 @@ Nothing is asserted: compare the rows of one run only.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from mix_throughput import _median_seconds  # the benchmarks' one timer (this script's folder is on sys.path)
 
 from vicinal import CutMix, MixUp
 from vicinal.transforms import FMix, GridMix, RandomMethod, ResizeMix, SaliencyMix, SmoothMix
 
 NUM_CLASSES = 10
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _one_hot(y: torch.Tensor) -> torch.Tensor:
