@@ -261,6 +261,51 @@ def test_pair_targets_weigh_the_two_masks_per_pixel() -> None:
         np.testing.assert_allclose(hot(pair.y_a) * lam + hot(pair.y_b) * (1 - lam), soft, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["cutmix", "resizemix", "gridmix"])
+@pytest.mark.parametrize("ignore", [IGNORE, 0])
+def test_soft_targets_of_binary_pastes_are_the_mixed_one_hot_masks(method: str, ignore: int) -> None:
+    """Binary pastes one-hot the mixed ids (one paste instead of C): the same values as
+    apply_plan on the one-hot masks, renormalised over the valid sources (ignore_index
+    outside the classes, or a class: 0, the background)."""
+    batch = _batch(8, seed=15, ignore=True)
+    if ignore == 0:
+        batch["mask"] = np.where(batch["mask"] == IGNORE, 1, batch["mask"])
+    plan = sample_plan(MixConfig(method), 8, seed=2, image_size=(H, W))  # type: ignore[arg-type]
+    valid = batch["mask"] != ignore
+    hot = ((batch["mask"][:, None] == np.arange(C)[None, :, None, None]) & valid[:, None]).astype(np.float32)
+    mixed = apply_plan(plan, hot)[0]
+    expected = mixed / np.where(mixed.sum(axis=1, keepdims=True) > 0, mixed.sum(axis=1, keepdims=True), 1)
+    for mask in (batch["mask"], torch.from_numpy(batch["mask"])):
+        got = mix_dense(plan, {**batch, "mask": mask}, num_classes=C, ignore_index=ignore, mask_boxes="mask_weighted")
+        got = got["mask"]
+        np.testing.assert_array_equal(np.asarray(got), expected)
+    assert (expected.sum(axis=1) == 0).any()
+
+
+def test_mask_weighted_shares_of_fractional_boxes() -> None:
+    """Boxes with fractional corners: the share is the area-weighted mean of m over the
+    box, each pixel weighted by the area of the box it covers."""
+    rng = np.random.default_rng(16)
+    b = 6
+    corners = rng.uniform(0, W - 6, (b, 5, 2))
+    boxes = [np.concatenate([c, c + rng.uniform(0.3, 6, (5, 2))], axis=1) for c in corners]
+    batch = {"image": np.zeros((b, 1, H, W), np.float32), "boxes": boxes}
+    for config in (MixConfig("smoothmix"), MixConfig("fmix", fmix_max_soft=0.2)):
+        plan = sample_plan(config, b, seed=3, image_size=(H, W))
+        out = mix_dense(plan, batch, mask_boxes="mask_weighted")
+        for i in range(b):
+            m = plan.masks[i].astype(np.float64)
+            p = int(plan.partners[i, 0])
+            for source, row, weight in ((0, i, 1 - m), (1, p, m)):
+                bx = boxes[row]
+                oy = np.clip(np.minimum(bx[:, 3:], np.arange(H) + 1) - np.maximum(bx[:, 1:2], np.arange(H)), 0, None)
+                ox = np.clip(np.minimum(bx[:, 2:3], np.arange(W) + 1) - np.maximum(bx[:, :1], np.arange(W)), 0, None)
+                share = np.einsum("nh,hw,nw->n", oy, weight, ox) / (oy.sum(1) * ox.sum(1))
+                sel = out["box_sources"][i] == source
+                np.testing.assert_allclose(out["box_weights"][i][sel], share[share > 0], rtol=1e-5)
+                np.testing.assert_array_equal(out["boxes"][i][sel], bx[share > 0])
+
+
 # --------------------------------------------------------------------------- blends
 
 
@@ -419,6 +464,31 @@ def test_bad_inputs_are_refused_naming_the_key() -> None:
         mix_dense(plan, batch, num_classes=C, min_visibility=1.5)
     with pytest.raises(ValueError, match="box_format"):
         mix_dense(plan, batch, num_classes=C, box_format="yxyx")  # type: ignore[arg-type]
+
+
+def test_nested_lists_and_unvalidated_ids() -> None:
+    batch = _batch(4, seed=17)
+    plan = sample_plan(MixConfig("cutmix"), 4, seed=1, image_size=(H, W))
+    ref = mix_dense(plan, batch, num_classes=C)
+    listed = {
+        **batch,
+        "boxes": [b.tolist() for b in batch["boxes"]],
+        "box_labels": [b.tolist() for b in batch["box_labels"]],
+    }
+    out = mix_dense(plan, listed, num_classes=C)
+    for key in ("boxes", "box_weights", "box_labels"):
+        for a, b in zip(out[key], ref[key]):
+            np.testing.assert_array_equal(a, b)
+    # With validate=False ids outside [0, num_classes) give all-zero targets (NumPy and torch alike).
+    wild = {"image": batch["image"], "mask": batch["mask"].copy()}
+    wild["mask"][:, :3, :3] = 7
+    with pytest.raises(ValueError, match=r"class ids in \[7, 7\]"):
+        mix_dense(plan, wild, num_classes=C)
+    got = mix_dense(plan, wild, num_classes=C, validate=False)["mask"]
+    got_t = mix_dense(plan, {k: torch.from_numpy(v) for k, v in wild.items()}, num_classes=C, validate=False)["mask"]
+    np.testing.assert_array_equal(got_t.numpy(), got)
+    hard = mix_dense(plan, wild, segmentation="hard", validate=False)["mask"]
+    np.testing.assert_array_equal(got.sum(axis=1) == 0, hard == 7)
 
 
 # --------------------------------------------------------------------------- torch

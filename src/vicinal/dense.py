@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -49,6 +48,7 @@ from vicinal.labels import is_torch_tensor
 from vicinal.mixing import (
     DATA_FORMATS,
     DataFormat,
+    KernelPolicy,
     MixedTargets,
     apply_plan,
     check_plan_inputs,
@@ -166,14 +166,16 @@ def _check_ids(mask: Any, num_classes: int | None, ignore_index: int | None) -> 
 
 
 def _one_hot(mask: Any, c: int, ignore_index: int | None) -> Any:
-    """float32 (B, C, H, W): 1 at each pixel's class, all 0 at ``ignore_index`` pixels."""
+    """float32 (B, C, H, W): 1 at each pixel's class; all 0 at ``ignore_index`` pixels
+    (and at ids outside ``[0, C)``, which only ``validate=False`` lets through)."""
     if is_torch_tensor(mask):
         torch = _torch()
-        classes = torch.arange(c, device=mask.device).view(1, c, 1, 1)
-        hot = mask.unsqueeze(1) == classes
-        if ignore_index is not None and 0 <= ignore_index < c:
-            hot = hot & (mask != ignore_index).unsqueeze(1)
-        return hot.to(torch.float32)
+        keep = (mask >= 0) & (mask < c)
+        if ignore_index is not None:
+            keep &= mask != ignore_index
+        index = torch.where(keep, mask, 0).to(torch.int64).unsqueeze(1)
+        hot = torch.zeros((mask.shape[0], c, *mask.shape[1:]), dtype=torch.float32, device=mask.device)
+        return hot.scatter_(1, index, keep.unsqueeze(1).to(torch.float32))
     a = np.asarray(mask)
     hot_np = a[:, None] == np.arange(c)[None, :, None, None]
     if ignore_index is not None and 0 <= ignore_index < c:
@@ -246,14 +248,28 @@ def _pasted_targets(plan: MixPlan, mask: Any) -> Any:
     return partner[batch[:, None, None, None], k[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
+# Masks are small per sample: the batched mask kernel beats per-sample region copies.
+_MASK_POLICY = KernelPolicy(region_copy_min_bytes=1 << 62)
+
+
+def _non_binary_rows(plan: MixPlan) -> list[int]:
+    """The rows whose pixels are not each taken from one source: rows that blend
+    (MixUp, k-way) or paste a soft mask (SmoothMix, soft FMix)."""
+    rows = set(np.flatnonzero(plan.input_weights[:, 0] != 1.0).tolist())
+    if plan.masks is not None and plan.masks.dtype != np.bool_:
+        soft = ((plan.masks > 0) & (plan.masks < 1)).reshape(plan.batch_size, -1).any(axis=1)
+        rows.update(np.flatnonzero(soft).tolist())
+    return sorted(rows)
+
+
 def _mix_ids_hard(plan: MixPlan, mask: Any) -> Any:
     """A class-id mask mixed by ``apply_plan`` (binary pastes: a select, so the ids are
     exact); torch ids other than uint8 travel as float32 (exact below 2**24)."""
     if is_torch_tensor(mask):
         torch = _torch()
         if mask.dtype == torch.uint8:
-            return apply_plan(plan, mask)[0]
-        mixed = apply_plan(plan, mask.to(torch.float32))[0]
+            return apply_plan(plan, mask, policy=_MASK_POLICY)[0]
+        mixed = apply_plan(plan, mask.to(torch.float32), policy=_MASK_POLICY)[0]
         return mixed.round().to(mask.dtype)
     return apply_plan(plan, np.asarray(mask))[0]
 
@@ -291,12 +307,8 @@ def _mix_mask(
     if segmentation == "hard":
         if not ids:
             raise ValueError("segmentation='hard' returns class ids: batch['mask'] must be class ids (B, H, W)")
-        blended = np.flatnonzero(plan.input_weights[:, 0] != 1.0)
-        soft_rows: np.ndarray = np.zeros(b, dtype=bool)
-        if plan.masks is not None and plan.masks.dtype != np.bool_:
-            soft_rows = np.asarray(((plan.masks > 0) & (plan.masks < 1)).reshape(b, -1).any(axis=1))
-        if blended.size or soft_rows.any():
-            rows = sorted({*blended.tolist(), *np.flatnonzero(soft_rows).tolist()})
+        rows = _non_binary_rows(plan)
+        if rows:
             raise ValueError(
                 f"segmentation='hard' keeps class ids, which only binary pastes (CutMix, ResizeMix, SaliencyMix, "
                 f"GridMix, hard FMix) preserve; rows {rows[:8]} blend or paste a soft mask: use 'soft' or 'pair'"
@@ -329,6 +341,10 @@ def _mix_mask(
         raise ValueError(
             "segmentation='soft' turns class-id masks into (B, num_classes, H, W) soft targets: pass num_classes"
         )
+    if not _non_binary_rows(plan):
+        # Every pixel comes from one source: the one-hot of the mixed ids is the mixed
+        # one-hot (and cheaper: one (B, H, W) paste instead of C).
+        return _one_hot(_mix_ids_hard(plan, mask), num_classes, ignore_index)
     mixed = apply_plan(plan, _one_hot(mask, num_classes, ignore_index))[0]
     return mixed if ignore_index is None else _renormalise(mixed)
 
@@ -360,65 +376,64 @@ def _from_xyxy(b: np.ndarray, fmt: str) -> np.ndarray:
     return np.concatenate([b[:, :2] + size / 2, size], axis=1)
 
 
-def _host_boxes(boxes: Any, b: int, hw: tuple[int, int], fmt: str) -> list[np.ndarray]:
-    """The boxes as float64 (Ni, 4) xyxy host arrays, checked."""
+def _real_kind(a: Any) -> bool:
+    if is_torch_tensor(a):
+        return not a.is_complex() and a.dtype != _torch().bool
+    return bool(a.dtype.kind in "fiu")
+
+
+def _flat(entries: Any, key: str, b: int, per_row: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list of B arrays (NumPy, torch or nested lists) as one host array (tensors: one
+    transfer) and the rows' offsets into it (B + 1,)."""
+    if not isinstance(entries, (list, tuple)) or len(entries) != b:
+        got = f"a {type(entries).__name__}" + (
+            f" of length {len(entries)}" if isinstance(entries, (list, tuple)) else ""
+        )
+        raise ValueError(f"batch[{key!r}] must be a list of B={b} arrays {per_row} (one per image), got {got}")
+    rows = [e if is_torch_tensor(e) else np.asarray(e) for e in entries]
+    if key == "boxes":  # an empty list or array is an image without boxes
+        rows = [r.reshape(0, 4) if r.ndim == 1 and r.shape[0] == 0 else r for r in rows]
+    for i, r in enumerate(rows):
+        ok = (r.ndim == 2 and r.shape[1] == 4) if key == "boxes" else r.ndim == 1
+        if not ok or not _real_kind(r):
+            raise ValueError(
+                f"batch[{key!r}][{i}] must be a real array {per_row}, got shape {_shape(r)} of dtype {r.dtype}"
+            )
+    offsets = np.concatenate([[0], np.cumsum([int(r.shape[0]) for r in rows])]).astype(np.int64)
+    if all(is_torch_tensor(r) for r in rows):
+        return _host(_torch().cat(rows)), offsets
+    return np.concatenate([_host(r) for r in rows]), offsets
+
+
+def _host_boxes(boxes: Any, b: int, hw: tuple[int, int], fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """All the batch's boxes as one float64 (N, 4) xyxy host array, checked, and the
+    rows' offsets (B + 1,)."""
     h, w = hw
-    if not isinstance(boxes, (list, tuple)) or len(boxes) != b:
-        got = f"a {type(boxes).__name__}" + (f" of length {len(boxes)}" if isinstance(boxes, (list, tuple)) else "")
+    flat, offsets = _flat(boxes, "boxes", b, f"(Ni, 4) of {fmt} pixel boxes")
+    xyxy = _to_xyxy(flat.astype(np.float64), fmt)
+    x1, y1, x2, y2 = xyxy.T
+    bad = ~(np.isfinite(xyxy).all(axis=1) & (x1 >= 0) & (y1 >= 0) & (x2 > x1) & (y2 > y1) & (x2 <= w) & (y2 <= h))
+    if bad.any():
+        n = int(np.flatnonzero(bad)[0])
+        i = int(np.searchsorted(offsets, n, side="right") - 1)
         raise ValueError(
-            f"batch['boxes'] must be a list of B={b} arrays (Ni, 4) (one per image, {fmt} pixels), got {got}"
+            f"batch['boxes'][{i}][{n - offsets[i]}] = {flat[n].tolist()} ({fmt}) is not a box inside the image: "
+            f"need 0 <= x1 < x2 <= W={w} and 0 <= y1 < y2 <= H={h} (clip boxes to the image and drop "
+            "empty ones first, e.g. torchvision.ops.clip_boxes_to_image and remove_small_boxes)"
         )
-    out = []
-    for i, box in enumerate(boxes):
-        a = _host(box)
-        if a.ndim == 1 and a.size == 0:
-            a = a.reshape(0, 4)
-        if a.ndim != 2 or a.shape[1] != 4 or a.dtype.kind not in "fiu":
-            raise ValueError(
-                f"batch['boxes'][{i}] must be a real array (Ni, 4) of {fmt} pixel boxes, got shape "
-                f"{tuple(a.shape)} of dtype {a.dtype}"
-            )
-        xyxy = _to_xyxy(a.astype(np.float64), fmt)
-        x1, y1, x2, y2 = xyxy.T
-        bad = ~(np.isfinite(xyxy).all(axis=1) & (x1 >= 0) & (y1 >= 0) & (x2 > x1) & (y2 > y1) & (x2 <= w) & (y2 <= h))
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"batch['boxes'][{i}][{j}] = {a[j].tolist()} ({fmt}) is not a box inside the image: "
-                f"need 0 <= x1 < x2 <= W={w} and 0 <= y1 < y2 <= H={h} (clip boxes to the image and drop "
-                "empty ones first, e.g. torchvision.ops.clip_boxes_to_image and remove_small_boxes)"
-            )
-        out.append(xyxy)
-    return out
+    return xyxy, offsets
 
 
-def _host_box_labels(box_labels: Any, boxes: list[np.ndarray]) -> list[np.ndarray]:
-    b = len(boxes)
-    if not isinstance(box_labels, (list, tuple)) or len(box_labels) != b:
+def _host_box_labels(box_labels: Any, offsets: np.ndarray) -> np.ndarray:
+    b = offsets.shape[0] - 1
+    flat, label_offsets = _flat(box_labels, "box_labels", b, "(Ni,) of class ids")
+    counts, got = np.diff(offsets), np.diff(label_offsets)
+    if (counts != got).any():
+        i = int(np.flatnonzero(counts != got)[0])
         raise ValueError(
-            f"batch['box_labels'] must be a list of B={b} arrays (Ni,) of class ids, one per image's boxes"
+            f"batch['box_labels'][{i}] must have shape (Ni,) = ({counts[i]},) like batch['boxes'][{i}], got ({got[i]},)"
         )
-    out = []
-    for i, (labels, box) in enumerate(zip(box_labels, boxes)):
-        a = _host(labels)
-        if a.shape != (box.shape[0],):
-            raise ValueError(
-                f"batch['box_labels'][{i}] must have shape (Ni,) = ({box.shape[0]},) like batch['boxes'][{i}], "
-                f"got {tuple(a.shape)}"
-            )
-        out.append(a)
-    return out
-
-
-@dataclass
-class _Kept:
-    """Boxes of one source kept in one output row."""
-
-    source: int  # the plan column they come from: 0 the sample, j its partner j-1
-    row: int  # the batch row whose boxes they are
-    index: np.ndarray  # int64 (n,): which of that row's boxes
-    boxes: np.ndarray  # float64 (n, 4) xyxy: their geometry in the output
-    weights: np.ndarray  # float64 (n,)
+    return flat
 
 
 def _area(b: np.ndarray) -> np.ndarray:
@@ -426,112 +441,74 @@ def _area(b: np.ndarray) -> np.ndarray:
 
 
 def _clip(b: np.ndarray, rect: np.ndarray) -> np.ndarray:
-    """Boxes ``b`` (n, 4) intersected with ``rect`` (4,), xyxy (empty: zero area)."""
-    lo = np.maximum(b[:, :2], rect[:2])
-    hi = np.minimum(b[:, 2:], rect[2:])
+    """Boxes ``b`` (n, 4) intersected with rectangles ``rect`` (n, 4), xyxy (empty: zero area)."""
+    lo = np.maximum(b[:, :2], rect[:, :2])
+    hi = np.minimum(b[:, 2:], rect[:, 2:])
     return np.concatenate([lo, np.maximum(hi, lo)], axis=1)
 
 
-def _coverage(b: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """(n,): the area-weighted mean of the pixel weights ``weight`` (H, W) over each box
-    (pixel (y, x) covers [x, x+1) × [y, y+1)); boxes lie inside the image."""
-    h, w = weight.shape
-    ys, xs = np.arange(h), np.arange(w)
-    oy = np.clip(np.minimum(b[:, 3:4], ys + 1) - np.maximum(b[:, 1:2], ys), 0, None)  # (n, H)
-    ox = np.clip(np.minimum(b[:, 2:3], xs + 1) - np.maximum(b[:, 0:1], xs), 0, None)  # (n, W)
-    num = np.einsum("nh,hw,nw->n", oy, weight, ox)
-    return np.asarray(num / (oy.sum(axis=1) * ox.sum(axis=1)))
+def _box_sums(weight: np.ndarray, which: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n,): the integral of the pixel weights ``weight[which[k]]`` ((M, H, W); pixel
+    (y, x) covers [x, x+1) × [y, y+1)) over box ``b[k]`` (xyxy inside the image), by
+    bilinear reads of the summed-area tables (exact for piecewise-constant pixels)."""
+    m, h, w = weight.shape
+    sat = np.zeros((m, h + 1, w + 1))
+    np.cumsum(np.cumsum(weight, axis=1, dtype=np.float64), axis=2, out=sat[:, 1:, 1:])
+
+    def at(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        a = np.minimum(np.floor(x), w - 1).astype(np.int64)
+        c = np.minimum(np.floor(y), h - 1).astype(np.int64)
+        fx, fy = x - a, y - c
+        return np.asarray(
+            (1 - fy) * ((1 - fx) * sat[which, c, a] + fx * sat[which, c, a + 1])
+            + fy * ((1 - fx) * sat[which, c + 1, a] + fx * sat[which, c + 1, a + 1])
+        )
+
+    x1, y1, x2, y2 = b.T
+    return np.asarray(at(x2, y2) - at(x1, y2) - at(x2, y1) + at(x1, y1))
 
 
-def _resized(plan: MixPlan, i: int) -> bool:
-    """Whether row ``i`` pastes its partner resampled (ResizeMix maps not the identity)."""
-    if plan.source_rows is None or plan.source_cols is None or plan.image_size is None:
-        return False
-    h, w = plan.image_size
-    return bool((plan.source_rows[i] != np.arange(h)).any() or (plan.source_cols[i] != np.arange(w)).any())
+# Modes of a (row, source) pair: how that source's boxes reach the row.
+_BLEND, _OWN_RECT, _PARTNER_RECT, _PARTNER_RESIZED, _OWN_MASK, _PARTNER_MASK = range(6)
+# A mask-weighted share this close to 0 is 0 (float rounding of the summed-area reads).
+_SHARE_EPS = 1e-9
 
 
-def _row_boxes(plan: MixPlan, i: int, boxes: list[np.ndarray], tau: float) -> list[_Kept]:
-    """The boxes of output row ``i``: which, from where, where, with what weight."""
-    own = boxes[i]
-
-    def every(a: np.ndarray) -> np.ndarray:
-        return np.arange(a.shape[0])
-
-    if plan.cut is None or not plan.cut[i]:  # a blend: every source's boxes at its weight
-        merged: dict[int, list[Any]] = {}  # row -> [first column, summed weight]
-        for j in range(plan.num_sources):
-            r = i if j == 0 else int(plan.partners[i, j - 1])
-            wj = float(plan.input_weights[i, j])
-            if r in merged:
-                merged[r][1] += wj
-            else:
-                merged[r] = [j, wj]
-        return [
-            _Kept(col, r, every(boxes[r]), boxes[r], np.full(boxes[r].shape[0], wr))
-            for r, (col, wr) in merged.items()
-            if wr > 0
-        ]
-    p = int(plan.partners[i, 0])
-    resized = _resized(plan, i)
-    if p == i and not resized:  # pasted over itself: the image is unchanged
-        return [_Kept(0, i, every(own), own, np.ones(own.shape[0]))]
-    partner = boxes[p]
-    box = np.zeros(4, dtype=np.int64) if plan.boxes is None else plan.boxes[i]
-    top, left, bottom, right = (int(v) for v in box)
-    if (bottom > top and right > left) or plan.masks is None:  # a rectangle R is pasted
-        rect = np.array([left, top, right, bottom], dtype=np.float64)
-        v = 1.0 - _area(_clip(own, rect)) / _area(own)
-        keep_own = (v > 0) & (v >= tau)
-        geometry = partner
-        shown: np.ndarray = np.ones(partner.shape[0], dtype=bool)
-        if resized:  # the whole partner, scaled into R
-            assert plan.image_size is not None and plan.source_rows is not None and plan.source_cols is not None
-            h, w = plan.image_size
-            scale = np.array([(right - left) / w, (bottom - top) / h] * 2)
-            geometry = partner * scale + np.array([left, top, left, top], dtype=np.float64)
-            # Dropped when no pasted pixel reads a source pixel of the box (nearest neighbour).
-            read_rows = plan.source_rows[i, top:bottom][None, :]
-            read_cols = plan.source_cols[i, left:right][None, :]
-            shown = np.asarray(
-                ((read_rows < partner[:, 3:4]) & (read_rows + 1 > partner[:, 1:2])).any(axis=1)
-                & ((read_cols < partner[:, 2:3]) & (read_cols + 1 > partner[:, 0:1])).any(axis=1)
-            )
-        clipped = _clip(geometry, rect)
-        kept_area = _area(clipped)
-        f = kept_area / _area(geometry)
-        keep_p = shown & (kept_area > 0) & (f >= tau)
-        return [
-            _Kept(0, i, np.flatnonzero(keep_own), own[keep_own], v[keep_own]),
-            _Kept(1, p, np.flatnonzero(keep_p), clipped[keep_p], f[keep_p]),
-        ]
-    # A mask: boxes keep their geometry, weighted by the mask's mean over them.
-    assert plan.masks is not None
-    m = plan.masks[i].astype(np.float64)
-    v = _coverage(own, 1.0 - m) if own.shape[0] else np.zeros(0)
-    f = _coverage(partner, m) if partner.shape[0] else np.zeros(0)
-    keep_own = (v > 0) & (v >= tau)
-    keep_p = (f > 0) & (f >= tau)
-    return [
-        _Kept(0, i, np.flatnonzero(keep_own), own[keep_own], v[keep_own]),
-        _Kept(1, p, np.flatnonzero(keep_p), partner[keep_p], f[keep_p]),
-    ]
-
-
-def _like(a: np.ndarray, ref: Any, dtype: Any = None) -> Any:
-    """``a`` as the type of ``ref`` (torch: on its device), in ``dtype`` (default ``ref``'s)."""
-    if is_torch_tensor(ref):
-        torch = _torch()
-        return torch.as_tensor(a, dtype=ref.dtype if dtype is None else dtype, device=ref.device)
-    return a.astype(_host(ref).dtype if dtype is None else dtype)
-
-
-def _box_dtype(ref: Any) -> Any:
-    """The output dtype of boxes given as ``ref``: its own if floating, else float32."""
-    if is_torch_tensor(ref):
-        return ref.dtype if ref.is_floating_point() else _torch().float32
-    kind = _host(ref).dtype
-    return kind if kind.kind == "f" else np.float32
+def _pairs(plan: MixPlan, hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """The (output row, plan column, source row, mode, weight) of every source whose
+    boxes can appear in a row, row-major (so boxes come out in row, column order)."""
+    b, k = plan.batch_size, plan.num_sources
+    h, w = hw
+    ar = np.arange(b)
+    rows = np.concatenate([ar[:, None], plan.partners], axis=1)  # (B, K)
+    weights = plan.input_weights.astype(np.float64).copy()
+    # A source that is the same sample as an earlier column of the row is merged into it.
+    for j in range(1, k):
+        for jj in range(j):
+            same = rows[:, j] == rows[:, jj]
+            weights[same, jj] += weights[same, j]
+            weights[same, j] = 0.0
+    active = weights > 0
+    mode = np.full((b, k), _BLEND)
+    cut = np.zeros(b, dtype=bool) if plan.cut is None else plan.cut
+    if cut.any():
+        partner = plan.partners[:, 0]
+        resized = np.zeros(b, dtype=bool)
+        if plan.source_rows is not None and plan.source_cols is not None:
+            resized = (plan.source_rows != np.arange(h)).any(axis=1) | (plan.source_cols != np.arange(w)).any(axis=1)
+        boxed = np.ones(b, dtype=bool) if plan.masks is None else np.zeros(b, dtype=bool)
+        if plan.boxes is not None:
+            boxed |= (plan.boxes[:, 2] > plan.boxes[:, 0]) & (plan.boxes[:, 3] > plan.boxes[:, 1])
+        unchanged = cut & (partner == ar) & ~resized  # pasted over itself: the image is unchanged
+        pasted = cut & ~unchanged
+        weights[unchanged, 0], active[unchanged, 1:] = 1.0, False
+        active[pasted, :2] = True
+        mode[pasted & boxed, 0] = _OWN_RECT
+        mode[pasted & boxed, 1] = np.where(resized[pasted & boxed], _PARTNER_RESIZED, _PARTNER_RECT)
+        mode[pasted & ~boxed, 0] = _OWN_MASK
+        mode[pasted & ~boxed, 1] = _PARTNER_MASK
+    i_of, col_of = np.nonzero(active)
+    return i_of, col_of, rows[i_of, col_of], mode[i_of, col_of], weights[i_of, col_of]
 
 
 def _mix_boxes(
@@ -549,26 +526,105 @@ def _mix_boxes(
             "and keeping it at full weight would be wrong. Pass mask_boxes='mask_weighted' to weigh each box by "
             "the share of the mask over it (own boxes: mean of 1-m; the partner's: mean of m), or drop 'boxes'"
         )
-    host = _host_boxes(boxes, plan.batch_size, hw, fmt)
-    labels = None if box_labels is None else _host_box_labels(box_labels, host)
-    out: dict[str, list[Any]] = {"boxes": [], "box_weights": [], "box_sources": []}
+    b = plan.batch_size
+    h, w = hw
+    flat, offsets = _host_boxes(boxes, b, hw, fmt)
+    labels = None if box_labels is None else _host_box_labels(box_labels, offsets)
+
+    # Every (pair, box of the pair's source row), in output order.
+    i_of, col_of, row_of, mode_of, weight_of = _pairs(plan, hw)
+    counts = offsets[row_of + 1] - offsets[row_of]
+    pair = np.repeat(np.arange(i_of.shape[0]), counts)
+    starts = np.cumsum(counts) - counts
+    index = offsets[row_of][pair] + np.arange(pair.shape[0]) - starts[pair]
+    geometry, weight, i, mode = flat[index], weight_of[pair], i_of[pair], mode_of[pair]
+    keep = np.ones(index.shape[0], dtype=bool)
+
+    if plan.boxes is not None and (mode != _BLEND).any():
+        top, left, bottom, right = plan.boxes[i].T.astype(np.float64)
+        rect = np.stack([left, top, right, bottom], axis=1)
+        sel = mode == _OWN_RECT  # visible fraction 1 - area(b ∩ R) / area(b); geometry kept
+        weight[sel] = 1.0 - _area(_clip(geometry[sel], rect[sel])) / _area(geometry[sel])
+        sel = mode == _PARTNER_RESIZED  # the whole partner scaled into R (then clipped as below)
+        if sel.any():
+            assert plan.source_rows is not None and plan.source_cols is not None
+            bh, bw = bottom[sel] - top[sel], right[sel] - left[sel]
+            source = geometry[sel]
+            scale = np.stack([bw / w, bh / h, bw / w, bh / h], axis=1)
+            origin = np.stack([left[sel], top[sel], left[sel], top[sel]], axis=1)
+            geometry[sel] = source * scale + origin
+            keep[sel] = _shown(plan, i[sel], source, hw)
+        sel = (mode == _PARTNER_RECT) | (mode == _PARTNER_RESIZED)  # clipped to R; kept fraction
+        clipped = _clip(geometry[sel], rect[sel])
+        kept_area = _area(clipped)
+        weight[sel] = kept_area / _area(geometry[sel])
+        keep[sel] &= kept_area > 0
+        geometry[sel] = clipped
+    masked = (mode == _OWN_MASK) | (mode == _PARTNER_MASK)
+    if masked.any():  # the mean of the source's mask weight over the box; geometry kept
+        assert plan.masks is not None
+        mask_rows, which = np.unique(i[masked], return_inverse=True)
+        share = _box_sums(plan.masks[mask_rows], which, geometry[masked]) / _area(geometry[masked])
+        share = np.where(mode[masked] == _OWN_MASK, 1.0 - share, share)
+        weight[masked] = np.where(share < _SHARE_EPS, 0.0, np.minimum(share, 1.0))
+    pasted = mode != _BLEND
+    keep &= (weight > 0) & (~pasted | (weight >= tau))
+
+    geometry, weight, sources, index, i = geometry[keep], weight[keep], col_of[pair][keep], index[keep], i[keep]
+    sizes = np.bincount(i, minlength=b).tolist()
+    ref_boxes = boxes[0]
+    out = {
+        "boxes": _split(_from_xyxy(geometry, fmt), sizes, ref_boxes, _box_dtype(ref_boxes)),
+        "box_weights": _split(weight.astype(np.float32), sizes, ref_boxes, "float32"),
+        "box_sources": _split(sources.astype(np.int64), sizes, ref_boxes, "int64"),
+    }
     if labels is not None:
-        out["box_labels"] = []
-    for i in range(plan.batch_size):
-        kept = _row_boxes(plan, i, host, tau)
-        geometry = np.concatenate([np.zeros((0, 4))] + [k.boxes for k in kept])
-        weights = np.concatenate([np.zeros(0)] + [k.weights for k in kept])
-        sources = np.concatenate([np.zeros(0, dtype=np.int64)] + [np.full(k.index.size, k.source) for k in kept])
-        out["boxes"].append(_like(_from_xyxy(geometry, fmt), boxes[i], _box_dtype(boxes[i])))
-        ref = boxes[i]
-        float32 = _torch().float32 if is_torch_tensor(ref) else np.float32
-        int64 = _torch().int64 if is_torch_tensor(ref) else np.int64
-        out["box_weights"].append(_like(weights, ref, float32))
-        out["box_sources"].append(_like(sources, ref, int64))
-        if labels is not None:
-            picked = np.concatenate([labels[i][:0]] + [labels[k.row][k.index] for k in kept])
-            out["box_labels"].append(_like(picked, box_labels[i]))
+        out["box_labels"] = _split(labels[index], sizes, box_labels[0], None)
     return out
+
+
+def _shown(plan: MixPlan, rows: np.ndarray, source: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """bool (n,): whether some pixel of row ``rows[k]``'s pasted box reads (through the
+    plan's nearest-neighbour maps) a source pixel that box ``source[k]`` overlaps."""
+    assert plan.boxes is not None and plan.source_rows is not None and plan.source_cols is not None
+    h, w = hw
+    box = plan.boxes[rows]
+    shown = np.ones(rows.shape[0], dtype=bool)
+    for maps, size, (lo, hi), (a, c) in (
+        (plan.source_rows[rows], h, (box[:, 0], box[:, 2]), (1, 3)),
+        (plan.source_cols[rows], w, (box[:, 1], box[:, 3]), (0, 2)),
+    ):
+        ar = np.arange(size)
+        inside = (ar >= lo[:, None]) & (ar < hi[:, None])  # output pixels in the pasted box
+        read = np.zeros((rows.shape[0], size + 1), dtype=np.int64)
+        n, pos = np.nonzero(inside)
+        read[n, maps[n, pos] + 1] = 1  # source pixels read at least once
+        count = np.cumsum(read, axis=1)  # count[:, r]: read source pixels below r
+        first = np.floor(source[:, a]).astype(np.int64)  # source pixels the box overlaps
+        last = np.ceil(source[:, c]).astype(np.int64)
+        n = np.arange(rows.shape[0])
+        shown &= count[n, last] > count[n, first]
+    return shown
+
+
+def _split(flat: np.ndarray, sizes: list[int], ref: Any, dtype: Any) -> list[Any]:
+    """``flat`` cut into the rows' pieces, as the type of ``ref`` (torch: on its device),
+    in ``dtype`` (a NumPy dtype name; None: ``flat``'s own)."""
+    if is_torch_tensor(ref):
+        torch = _torch()
+        tdtype = ref.dtype if dtype is None else getattr(torch, str(np.dtype(dtype)))
+        return list(torch.as_tensor(flat, device=ref.device).to(tdtype).split(sizes))
+    if dtype is not None:
+        flat = flat.astype(dtype)
+    return np.split(flat, np.cumsum(sizes)[:-1])
+
+
+def _box_dtype(ref: Any) -> Any:
+    """The output dtype of boxes given as ``ref``: its own if floating, else float32."""
+    if is_torch_tensor(ref):
+        return str(ref.dtype).removeprefix("torch.") if ref.is_floating_point() else "float32"
+    kind = _host(ref).dtype
+    return kind if kind.kind == "f" else np.float32
 
 
 # --------------------------------------------------------------------------- public
