@@ -452,8 +452,13 @@ def _box_sums(weight: np.ndarray, which: np.ndarray, b: np.ndarray) -> np.ndarra
     (y, x) covers [x, x+1) × [y, y+1)) over box ``b[k]`` (xyxy inside the image), by
     bilinear reads of the summed-area tables (exact for piecewise-constant pixels)."""
     m, h, w = weight.shape
+    # Binary masks sum in int32 (exact, and a few times faster than float64 cumsums).
+    acc = np.int32 if weight.dtype == np.bool_ else np.float64
+    inner = weight.astype(acc)
+    np.cumsum(inner, axis=1, out=inner)
+    np.cumsum(inner, axis=2, out=inner)
     sat = np.zeros((m, h + 1, w + 1))
-    np.cumsum(np.cumsum(weight, axis=1, dtype=np.float64), axis=2, out=sat[:, 1:, 1:])
+    sat[:, 1:, 1:] = inner
 
     def at(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         a = np.minimum(np.floor(x), w - 1).astype(np.int64)
