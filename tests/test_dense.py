@@ -538,6 +538,24 @@ def test_torch_equals_numpy(name: str) -> None:
         assert got["boxes"][0].dtype == torch.float32 and got["box_labels"][0].dtype == torch.int64
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mixup", "resizemix", "choice"])
+def test_cuda_stays_on_the_device_and_equals_the_cpu(name: str) -> None:
+    batch = _torch_batch(_batch(8, seed=18, ignore=True))
+    on_gpu = {k: [t.cuda() for t in v] if isinstance(v, list) else v.cuda() for k, v in batch.items()}
+    plan = sample_plan(METHODS[name], 8, seed=7, image_size=(H, W))
+    kw = {"num_classes": C, "ignore_index": IGNORE, "mask_boxes": "mask_weighted"}
+    for mode in ("soft", "pair"):
+        ref = mix_dense(plan, batch, segmentation=mode, **kw)
+        got = mix_dense(plan, on_gpu, segmentation=mode, **kw)
+        mask, ref_mask = (got["mask"].lam, ref["mask"].lam) if mode == "pair" else (got["mask"], ref["mask"])
+        assert mask.device.type == "cuda" and got["boxes"][0].device.type == "cuda"
+        np.testing.assert_allclose(mask.cpu().numpy(), ref_mask.numpy(), atol=1e-6)
+        for key in ("boxes", "box_weights", "box_labels"):
+            for a, b in zip(got[key], ref[key]):
+                np.testing.assert_allclose(a.cpu().numpy(), b.numpy(), atol=1e-5)
+
+
 def test_uint8_masks_and_a_dataloader_with_ragged_boxes() -> None:
     """A DataLoader batch (images and masks stacked, boxes kept as lists) goes through."""
     data = _batch(10, seed=14)
