@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from vicinal.dense import mix_dense
 from vicinal.mixing import MixedTargets, PlanTensors, apply_plan, plan_to_tensors
 from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
 from vicinal.transforms import CutMix, KWayMix, Mixer, MixOptions, MixUp, MixUpOrCutMix, cutmix, mixup
@@ -65,6 +66,7 @@ __all__ = [
     "apply_plan",
     "cutmix",
     "epoch_order",
+    "mix_dense",
     "mixed_loss",
     "mixing_loader",
     "mixup",

@@ -1,0 +1,744 @@
+"""Dense targets mixed with their images: segmentation masks and detection boxes.
+
+One :class:`~vicinal.sampling.MixPlan` holds every random decision of a batch, so the
+same plan that mixes the images transforms their dense targets: :func:`mix_dense`
+takes a batch as a dict (``image``, ``mask``, ``boxes``, ``box_labels``, ``labels``) or
+a tuple in that order, and returns a dict with the same keys mixed by the plan.
+
+* The image (and the image-level ``labels``) are mixed by
+  :func:`vicinal.mixing.apply_plan` itself.
+* Class-id masks are never blended as numbers. They become per-pixel soft targets: the
+  one-hot masks mixed by ``apply_plan`` (``Σ_j w_j·onehot(m_j)`` on blended rows,
+  ``onehot(own)·(1 - m) + onehot(P)·m`` on pasted rows, with the very ``m`` and ``P``
+  of the image, ResizeMix's nearest-neighbour maps included), or on request the
+  class-id mask itself (binary pastes) or the pair of masks with a per-pixel weight.
+* Boxes follow the geometry of the paste: on blended rows the union of the sources'
+  boxes, each with its source's weight; on box pastes the sample's own boxes weighted
+  by their visible fraction and the partner's clipped to (ResizeMix: scaled into) the
+  pasted box; on mask pastes (FMix, GridMix, SmoothMix) refused unless asked to weigh
+  each box by the mask over it.
+
+``docs/dense.md`` states every rule; ``tests/test_dense.py`` tests them against the
+mixed images.
+
+>>> import numpy as np
+>>> from vicinal import MixConfig, sample_plan
+>>> plan = sample_plan(MixConfig("cutmix"), 2, seed=0, image_size=(8, 8))
+>>> batch = {
+...     "image": np.zeros((2, 3, 8, 8), np.float32),
+...     "mask": np.zeros((2, 8, 8), np.int64),
+...     "boxes": [np.array([[0.0, 0.0, 4.0, 4.0]]), np.zeros((0, 4))],
+...     "box_labels": [np.array([1]), np.zeros(0, np.int64)],
+... }
+>>> out = mix_dense(plan, batch, num_classes=3)
+>>> out["mask"].shape, [len(b) for b in out["boxes"]] == [len(w) for w in out["box_weights"]]
+((2, 3, 8, 8), True)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.labels import is_torch_tensor
+from vicinal.mixing import (
+    DATA_FORMATS,
+    DataFormat,
+    KernelPolicy,
+    MixedTargets,
+    apply_plan,
+    check_plan_inputs,
+    place_boxes,
+    spatial_size,
+)
+from vicinal.sampling import MixPlan
+
+__all__ = [
+    "BOX_FORMATS",
+    "DENSE_KEYS",
+    "MASK_BOX_RULES",
+    "SEGMENTATIONS",
+    "BoxFormat",
+    "MaskBoxRule",
+    "Segmentation",
+    "mix_dense",
+]
+
+BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+Segmentation = Literal["soft", "hard", "pair"]
+MaskBoxRule = Literal["refuse", "mask_weighted"]
+BOX_FORMATS: tuple[str, ...] = get_args(BoxFormat)
+SEGMENTATIONS: tuple[str, ...] = get_args(Segmentation)
+MASK_BOX_RULES: tuple[str, ...] = get_args(MaskBoxRule)
+
+DENSE_KEYS: tuple[str, ...] = ("image", "mask", "boxes", "box_labels", "labels")
+"""The keys :func:`mix_dense` reads, in the order of its tuple form."""
+_OUTPUT_KEYS = ("box_weights", "box_sources")
+
+
+def _torch() -> Any:
+    return sys.modules["torch"]  # only called for torch tensors: torch is imported
+
+
+def _shape(a: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in getattr(a, "shape", ()))
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+def _as_dict(batch: Any) -> dict[str, Any]:
+    """The batch as a dict: a mapping as it is, a tuple read in :data:`DENSE_KEYS` order."""
+    if isinstance(batch, Mapping):
+        items = dict(batch)
+    elif isinstance(batch, (tuple, list)):
+        if not 1 <= len(batch) <= len(DENSE_KEYS):
+            raise ValueError(
+                f"a tuple batch is (image[, mask[, boxes[, box_labels[, labels]]]]) (None for an absent entry), "
+                f"got {len(batch)} entries"
+            )
+        items = {key: value for key, value in zip(DENSE_KEYS, batch) if value is not None}
+    else:
+        raise TypeError(
+            f"batch must be a dict with keys {list(DENSE_KEYS)} (image required) or a tuple in that order, "
+            f"got {type(batch).__name__}"
+        )
+    for key in _OUTPUT_KEYS:
+        if key in items:
+            raise ValueError(f"batch[{key!r}] is an output of mix_dense; a batch to mix cannot hold it")
+    if items.get("image") is None:
+        raise ValueError("batch['image'] is required: the images (B, C, H, W), (B, H, W, C) or (B, H, W)")
+    return items
+
+
+def _check_image(plan: MixPlan, image: Any, data_format: str) -> tuple[int, int]:
+    """Refuse an image batch that ``apply_plan`` would refuse, naming the key."""
+    if is_torch_tensor(image):
+        ok = image.is_floating_point() or image.dtype == _torch().uint8
+    else:
+        kind = getattr(getattr(image, "dtype", None), "kind", "")
+        ok = kind in ("f", "i", "u")
+    if not ok:
+        raise ValueError(
+            f"batch['image'] must be a floating-point or integer (torch: uint8) array, "
+            f"got {type(image).__name__} of dtype {getattr(image, 'dtype', None)}"
+        )
+    try:
+        check_plan_inputs(plan, image, data_format=data_format, placed=False)  # type: ignore[arg-type]
+        return spatial_size(image, data_format)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"batch['image']: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _is_int_mask(mask: Any) -> bool:
+    if is_torch_tensor(mask):
+        torch = _torch()
+        return not mask.is_floating_point() and not mask.is_complex() and mask.dtype != torch.bool
+    return getattr(getattr(mask, "dtype", None), "kind", "") in ("i", "u")
+
+
+def _is_float_mask(mask: Any) -> bool:
+    if is_torch_tensor(mask):
+        return bool(mask.is_floating_point())
+    return getattr(getattr(mask, "dtype", None), "kind", "") == "f"
+
+
+def _check_ids(mask: Any, num_classes: int | None, ignore_index: int | None) -> None:
+    """Class ids in ``[0, num_classes)`` (``>= 0`` without it), or ``ignore_index``."""
+    bad = mask < 0
+    if num_classes is not None:
+        bad = bad | (mask >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (mask != ignore_index)
+    if bool(bad.any()):  # one host read for a tensor on an accelerator
+        values = mask[bad]
+        lo, hi = int(values.min()), int(values.max())
+        allowed = f"[0, num_classes={num_classes})" if num_classes is not None else ">= 0"
+        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(f"batch['mask'] holds class ids in [{lo}, {hi}] that are not {allowed}{extra}")
+
+
+def _one_hot(mask: Any, c: int, ignore_index: int | None) -> Any:
+    """float32 (B, C, H, W): 1 at each pixel's class; all 0 at ``ignore_index`` pixels
+    (and at ids outside ``[0, C)``, which only ``validate=False`` lets through)."""
+    if is_torch_tensor(mask):
+        torch = _torch()
+        keep = (mask >= 0) & (mask < c)
+        if ignore_index is not None:
+            keep &= mask != ignore_index
+        index = torch.where(keep, mask, 0).to(torch.int64).unsqueeze(1)
+        hot = torch.zeros((mask.shape[0], c, *mask.shape[1:]), dtype=torch.float32, device=mask.device)
+        return hot.scatter_(1, index, keep.unsqueeze(1).to(torch.float32))
+    a = np.asarray(mask)
+    hot_np = a[:, None] == np.arange(c)[None, :, None, None]
+    if ignore_index is not None and 0 <= ignore_index < c:
+        hot_np &= (a != ignore_index)[:, None]
+    return hot_np.astype(np.float32)
+
+
+def _renormalise(num: Any) -> Any:
+    """Divide each pixel's class weights by their sum; pixels whose sum is 0 stay 0."""
+    if is_torch_tensor(num):
+        den = num.sum(dim=1, keepdim=True)
+        return num / _torch().where(den > 0, den, 1.0)
+    den_np = num.sum(axis=1, keepdims=True)
+    return num / np.where(den_np > 0, den_np, np.float32(1.0))
+
+
+def _rendered(plan: MixPlan, like: Any, hw: tuple[int, int]) -> Any:
+    """float32 (B, H, W): the partner's pixel weight ``m`` of the plan's pastes (a box's
+    indicator or ``plan.masks``; 0 on rows that do not paste), in ``like``'s library
+    and device. The paste weight of :func:`vicinal.mixing.apply_plan`'s reference."""
+    h, w = hw
+    b = plan.batch_size
+    if is_torch_tensor(like):
+        torch = _torch()
+        dev = like.device
+        m = torch.zeros((b, h, w), dtype=torch.float32, device=dev)
+        if plan.boxes is not None:
+            box = torch.as_tensor(plan.boxes, device=dev)
+            rows = (torch.arange(h, device=dev) >= box[:, 0:1]) & (torch.arange(h, device=dev) < box[:, 2:3])
+            cols = (torch.arange(w, device=dev) >= box[:, 1:2]) & (torch.arange(w, device=dev) < box[:, 3:4])
+            m = (rows[:, :, None] & cols[:, None, :]).to(torch.float32)
+        if plan.masks is not None:
+            m = torch.maximum(m, torch.as_tensor(plan.masks, device=dev).to(torch.float32))
+        return m
+    m_np = np.zeros((b, h, w), dtype=np.float32)
+    if plan.boxes is not None:
+        box_np = plan.boxes
+        rows_np = (np.arange(h) >= box_np[:, 0:1]) & (np.arange(h) < box_np[:, 2:3])
+        cols_np = (np.arange(w) >= box_np[:, 1:2]) & (np.arange(w) < box_np[:, 3:4])
+        m_np = (rows_np[:, :, None] & cols_np[:, None, :]).astype(np.float32)
+    if plan.masks is not None:
+        m_np = np.maximum(m_np, plan.masks.astype(np.float32))
+    return m_np
+
+
+def _pasted_targets(plan: MixPlan, mask: Any) -> Any:
+    """Partner 0's masks as the image's pasted ``P``: gathered, and on ResizeMix rows
+    resampled through ``plan.source_rows``/``plan.source_cols`` (nearest neighbour).
+    ``mask`` is (B, H, W) or (B, K, H, W)."""
+    b = plan.batch_size
+    torch_mask = is_torch_tensor(mask)
+    if torch_mask:
+        torch = _torch()
+        dev = mask.device
+
+        def arr(a: np.ndarray) -> Any:
+            return torch.as_tensor(a, device=dev)
+
+        partner = mask.index_select(0, arr(plan.partners[:, 0]))
+    else:
+        arr = np.asarray
+        partner = np.asarray(mask)[plan.partners[:, 0]]
+    if plan.source_rows is None:
+        return partner
+    assert plan.source_cols is not None
+    batch, rows, cols = arr(np.arange(b)), arr(plan.source_rows), arr(plan.source_cols)
+    if partner.ndim == 3:
+        return partner[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
+    k = arr(np.arange(partner.shape[1]))
+    return partner[batch[:, None, None, None], k[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# Masks are small per sample: the batched mask kernel beats per-sample region copies.
+_MASK_POLICY = KernelPolicy(region_copy_min_bytes=1 << 62)
+
+
+def _non_binary_rows(plan: MixPlan) -> list[int]:
+    """The rows whose pixels are not each taken from one source: rows that blend
+    (MixUp, k-way) or paste a soft mask (SmoothMix, soft FMix)."""
+    rows = set(np.flatnonzero(plan.input_weights[:, 0] != 1.0).tolist())
+    if plan.masks is not None and plan.masks.dtype != np.bool_:
+        soft = ((plan.masks > 0) & (plan.masks < 1)).reshape(plan.batch_size, -1).any(axis=1)
+        rows.update(np.flatnonzero(soft).tolist())
+    return sorted(rows)
+
+
+def _mix_ids_hard(plan: MixPlan, mask: Any) -> Any:
+    """A class-id mask mixed by ``apply_plan`` (binary pastes: a select, so the ids are
+    exact); torch ids other than uint8 travel as float32 (exact below 2**24)."""
+    if is_torch_tensor(mask):
+        torch = _torch()
+        if mask.dtype == torch.uint8:
+            return apply_plan(plan, mask, policy=_MASK_POLICY)[0]
+        mixed = apply_plan(plan, mask.to(torch.float32), policy=_MASK_POLICY)[0]
+        return mixed.round().to(mask.dtype)
+    return apply_plan(plan, np.asarray(mask))[0]
+
+
+def _mix_mask(
+    plan: MixPlan,
+    mask: Any,
+    hw: tuple[int, int],
+    num_classes: int | None,
+    ignore_index: int | None,
+    segmentation: str,
+    validate: bool,
+) -> Any:
+    b = plan.batch_size
+    shape = _shape(mask)
+    h, w = hw
+    ids = _is_int_mask(mask)
+    if ids and len(shape) == 3 and shape == (b, h, w):
+        if validate:
+            _check_ids(mask, num_classes, ignore_index)
+    elif _is_float_mask(mask) and len(shape) == 4 and shape[0] == b and shape[2:] == (h, w):
+        ids = False
+        if ignore_index is not None:
+            raise ValueError(
+                "ignore_index applies to class-id masks; batch['mask'] holds soft masks (B, K, H, W) "
+                "(give ignored pixels all-zero class weights instead)"
+            )
+    else:
+        raise ValueError(
+            f"batch['mask'] must be class ids (B, H, W) = ({b}, {h}, {w}) of an integer dtype, or soft "
+            f"masks (B, K, H, W) = ({b}, K, {h}, {w}) of a floating dtype; got shape {shape} of dtype "
+            f"{getattr(mask, 'dtype', type(mask).__name__)}"
+        )
+
+    if segmentation == "hard":
+        if not ids:
+            raise ValueError("segmentation='hard' returns class ids: batch['mask'] must be class ids (B, H, W)")
+        rows = _non_binary_rows(plan)
+        if rows:
+            raise ValueError(
+                f"segmentation='hard' keeps class ids, which only binary pastes (CutMix, ResizeMix, SaliencyMix, "
+                f"GridMix, hard FMix) preserve; rows {rows[:8]} blend or paste a soft mask: use 'soft' or 'pair'"
+            )
+        return _mix_ids_hard(plan, mask)
+
+    if segmentation == "pair":
+        if plan.num_sources != 2:
+            raise ValueError("segmentation='pair' needs a two-source plan (not method='kway')")
+        y_b = _pasted_targets(plan, mask)
+        m = _rendered(plan, mask, hw)
+        w0 = plan.input_weights[:, 0].astype(np.float32)[:, None, None]
+        if is_torch_tensor(mask):
+            torch = _torch()
+            lam = torch.as_tensor(w0, device=mask.device) * (1 - m)
+            if ids and ignore_index is not None:
+                va, vb = mask != ignore_index, y_b != ignore_index
+                lam = torch.where(va & ~vb, 1.0, torch.where(~va & vb, 0.0, lam))
+        else:
+            lam = w0 * (1 - m)
+            if ids and ignore_index is not None:
+                va_np, vb_np = np.asarray(mask) != ignore_index, y_b != ignore_index
+                lam = np.where(va_np & ~vb_np, 1.0, np.where(~va_np & vb_np, 0.0, lam)).astype(np.float32)
+        return MixedTargets(y_a=mask, y_b=y_b, lam=lam)
+
+    # soft
+    if not ids:
+        return apply_plan(plan, mask)[0]
+    if num_classes is None:
+        raise ValueError(
+            "segmentation='soft' turns class-id masks into (B, num_classes, H, W) soft targets: pass num_classes"
+        )
+    if not _non_binary_rows(plan):
+        # Every pixel comes from one source: the one-hot of the mixed ids is the mixed
+        # one-hot (and cheaper: one (B, H, W) paste instead of C).
+        return _one_hot(_mix_ids_hard(plan, mask), num_classes, ignore_index)
+    mixed = apply_plan(plan, _one_hot(mask, num_classes, ignore_index))[0]
+    return mixed if ignore_index is None else _renormalise(mixed)
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+def _host(a: Any) -> np.ndarray:
+    if is_torch_tensor(a):
+        return np.asarray(a.detach().cpu().numpy())
+    return np.asarray(a)
+
+
+def _to_xyxy(b: np.ndarray, fmt: str) -> np.ndarray:
+    if fmt == "xyxy":
+        return b
+    if fmt == "xywh":
+        return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+    half = b[:, 2:] / 2  # cxcywh
+    return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1)
+
+
+def _from_xyxy(b: np.ndarray, fmt: str) -> np.ndarray:
+    if fmt == "xyxy":
+        return b
+    size = b[:, 2:] - b[:, :2]
+    if fmt == "xywh":
+        return np.concatenate([b[:, :2], size], axis=1)
+    return np.concatenate([b[:, :2] + size / 2, size], axis=1)
+
+
+def _real_kind(a: Any) -> bool:
+    if is_torch_tensor(a):
+        return not a.is_complex() and a.dtype != _torch().bool
+    return bool(a.dtype.kind in "fiu")
+
+
+def _flat(entries: Any, key: str, b: int, per_row: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list of B arrays (NumPy, torch or nested lists) as one host array (tensors: one
+    transfer) and the rows' offsets into it (B + 1,)."""
+    if not isinstance(entries, (list, tuple)) or len(entries) != b:
+        got = f"a {type(entries).__name__}" + (
+            f" of length {len(entries)}" if isinstance(entries, (list, tuple)) else ""
+        )
+        raise ValueError(f"batch[{key!r}] must be a list of B={b} arrays {per_row} (one per image), got {got}")
+    rows = [e if is_torch_tensor(e) else np.asarray(e) for e in entries]
+    if key == "boxes":  # an empty list or array is an image without boxes
+        rows = [r.reshape(0, 4) if r.ndim == 1 and r.shape[0] == 0 else r for r in rows]
+    for i, r in enumerate(rows):
+        ok = (r.ndim == 2 and r.shape[1] == 4) if key == "boxes" else r.ndim == 1
+        if not ok or not _real_kind(r):
+            raise ValueError(
+                f"batch[{key!r}][{i}] must be a real array {per_row}, got shape {_shape(r)} of dtype {r.dtype}"
+            )
+    offsets = np.concatenate([[0], np.cumsum([int(r.shape[0]) for r in rows])]).astype(np.int64)
+    if all(is_torch_tensor(r) for r in rows):
+        return _host(_torch().cat(rows)), offsets
+    return np.concatenate([_host(r) for r in rows]), offsets
+
+
+def _host_boxes(boxes: Any, b: int, hw: tuple[int, int], fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """All the batch's boxes as one float64 (N, 4) xyxy host array, checked, and the
+    rows' offsets (B + 1,)."""
+    h, w = hw
+    flat, offsets = _flat(boxes, "boxes", b, f"(Ni, 4) of {fmt} pixel boxes")
+    xyxy = _to_xyxy(flat.astype(np.float64), fmt)
+    x1, y1, x2, y2 = xyxy.T
+    bad = ~(np.isfinite(xyxy).all(axis=1) & (x1 >= 0) & (y1 >= 0) & (x2 > x1) & (y2 > y1) & (x2 <= w) & (y2 <= h))
+    if bad.any():
+        n = int(np.flatnonzero(bad)[0])
+        i = int(np.searchsorted(offsets, n, side="right") - 1)
+        raise ValueError(
+            f"batch['boxes'][{i}][{n - offsets[i]}] = {flat[n].tolist()} ({fmt}) is not a box inside the image: "
+            f"need 0 <= x1 < x2 <= W={w} and 0 <= y1 < y2 <= H={h} (clip boxes to the image and drop "
+            "empty ones first, e.g. torchvision.ops.clip_boxes_to_image and remove_small_boxes)"
+        )
+    return xyxy, offsets
+
+
+def _host_box_labels(box_labels: Any, offsets: np.ndarray) -> np.ndarray:
+    b = offsets.shape[0] - 1
+    flat, label_offsets = _flat(box_labels, "box_labels", b, "(Ni,) of class ids")
+    counts, got = np.diff(offsets), np.diff(label_offsets)
+    if (counts != got).any():
+        i = int(np.flatnonzero(counts != got)[0])
+        raise ValueError(
+            f"batch['box_labels'][{i}] must have shape (Ni,) = ({counts[i]},) like batch['boxes'][{i}], got ({got[i]},)"
+        )
+    return flat
+
+
+def _area(b: np.ndarray) -> np.ndarray:
+    return np.asarray(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+
+
+def _clip(b: np.ndarray, rect: np.ndarray) -> np.ndarray:
+    """Boxes ``b`` (n, 4) intersected with rectangles ``rect`` (n, 4), xyxy (empty: zero area)."""
+    lo = np.maximum(b[:, :2], rect[:, :2])
+    hi = np.minimum(b[:, 2:], rect[:, 2:])
+    return np.concatenate([lo, np.maximum(hi, lo)], axis=1)
+
+
+def _box_sums(weight: np.ndarray, which: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n,): the integral of the pixel weights ``weight[which[k]]`` ((M, H, W); pixel
+    (y, x) covers [x, x+1) × [y, y+1)) over box ``b[k]`` (xyxy inside the image), by
+    bilinear reads of the summed-area tables (exact for piecewise-constant pixels)."""
+    m, h, w = weight.shape
+    # Binary masks sum in int32 (exact, and a few times faster than float64 cumsums).
+    acc = np.int32 if weight.dtype == np.bool_ else np.float64
+    inner = weight.astype(acc)
+    np.cumsum(inner, axis=1, out=inner)
+    np.cumsum(inner, axis=2, out=inner)
+    sat = np.zeros((m, h + 1, w + 1))
+    sat[:, 1:, 1:] = inner
+
+    def at(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        a = np.minimum(np.floor(x), w - 1).astype(np.int64)
+        c = np.minimum(np.floor(y), h - 1).astype(np.int64)
+        fx, fy = x - a, y - c
+        return np.asarray(
+            (1 - fy) * ((1 - fx) * sat[which, c, a] + fx * sat[which, c, a + 1])
+            + fy * ((1 - fx) * sat[which, c + 1, a] + fx * sat[which, c + 1, a + 1])
+        )
+
+    x1, y1, x2, y2 = b.T
+    return np.asarray(at(x2, y2) - at(x1, y2) - at(x2, y1) + at(x1, y1))
+
+
+# Modes of a (row, source) pair: how that source's boxes reach the row.
+_BLEND, _OWN_RECT, _PARTNER_RECT, _PARTNER_RESIZED, _OWN_MASK, _PARTNER_MASK = range(6)
+# A mask-weighted share this close to 0 is 0 (float rounding of the summed-area reads).
+_SHARE_EPS = 1e-9
+
+
+def _pairs(plan: MixPlan, hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """The (output row, plan column, source row, mode, weight) of every source whose
+    boxes can appear in a row, row-major (so boxes come out in row, column order)."""
+    b, k = plan.batch_size, plan.num_sources
+    h, w = hw
+    ar = np.arange(b)
+    rows = np.concatenate([ar[:, None], plan.partners], axis=1)  # (B, K)
+    weights = plan.input_weights.astype(np.float64).copy()
+    # A source that is the same sample as an earlier column of the row is merged into it.
+    for j in range(1, k):
+        for jj in range(j):
+            same = rows[:, j] == rows[:, jj]
+            weights[same, jj] += weights[same, j]
+            weights[same, j] = 0.0
+    active = weights > 0
+    mode = np.full((b, k), _BLEND)
+    cut = np.zeros(b, dtype=bool) if plan.cut is None else plan.cut
+    if cut.any():
+        partner = plan.partners[:, 0]
+        resized = np.zeros(b, dtype=bool)
+        if plan.source_rows is not None and plan.source_cols is not None:
+            resized = (plan.source_rows != np.arange(h)).any(axis=1) | (plan.source_cols != np.arange(w)).any(axis=1)
+        boxed = np.ones(b, dtype=bool) if plan.masks is None else np.zeros(b, dtype=bool)
+        if plan.boxes is not None:
+            boxed |= (plan.boxes[:, 2] > plan.boxes[:, 0]) & (plan.boxes[:, 3] > plan.boxes[:, 1])
+        unchanged = cut & (partner == ar) & ~resized  # pasted over itself: the image is unchanged
+        pasted = cut & ~unchanged
+        weights[unchanged, 0], active[unchanged, 1:] = 1.0, False
+        active[pasted, :2] = True
+        mode[pasted & boxed, 0] = _OWN_RECT
+        mode[pasted & boxed, 1] = np.where(resized[pasted & boxed], _PARTNER_RESIZED, _PARTNER_RECT)
+        mode[pasted & ~boxed, 0] = _OWN_MASK
+        mode[pasted & ~boxed, 1] = _PARTNER_MASK
+    i_of, col_of = np.nonzero(active)
+    return i_of, col_of, rows[i_of, col_of], mode[i_of, col_of], weights[i_of, col_of]
+
+
+def _mix_boxes(
+    plan: MixPlan,
+    boxes: Any,
+    box_labels: Any,
+    hw: tuple[int, int],
+    fmt: str,
+    tau: float,
+    mask_boxes: str,
+) -> dict[str, list[Any]]:
+    if plan.masks is not None and mask_boxes == "refuse":
+        raise ValueError(
+            "this plan pastes non-rectangular masks (FMix, GridMix, SmoothMix): a box cannot be clipped to them, "
+            "and keeping it at full weight would be wrong. Pass mask_boxes='mask_weighted' to weigh each box by "
+            "the share of the mask over it (own boxes: mean of 1-m; the partner's: mean of m), or drop 'boxes'"
+        )
+    b = plan.batch_size
+    h, w = hw
+    flat, offsets = _host_boxes(boxes, b, hw, fmt)
+    labels = None if box_labels is None else _host_box_labels(box_labels, offsets)
+
+    # Every (pair, box of the pair's source row), in output order.
+    i_of, col_of, row_of, mode_of, weight_of = _pairs(plan, hw)
+    counts = offsets[row_of + 1] - offsets[row_of]
+    pair = np.repeat(np.arange(i_of.shape[0]), counts)
+    starts = np.cumsum(counts) - counts
+    index = offsets[row_of][pair] + np.arange(pair.shape[0]) - starts[pair]
+    geometry, weight, i, mode = flat[index], weight_of[pair], i_of[pair], mode_of[pair]
+    keep = np.ones(index.shape[0], dtype=bool)
+
+    if plan.boxes is not None and (mode != _BLEND).any():
+        top, left, bottom, right = plan.boxes[i].T.astype(np.float64)
+        rect = np.stack([left, top, right, bottom], axis=1)
+        sel = mode == _OWN_RECT  # visible fraction 1 - area(b ∩ R) / area(b); geometry kept
+        weight[sel] = 1.0 - _area(_clip(geometry[sel], rect[sel])) / _area(geometry[sel])
+        sel = mode == _PARTNER_RESIZED  # the whole partner scaled into R (then clipped as below)
+        if sel.any():
+            assert plan.source_rows is not None and plan.source_cols is not None
+            bh, bw = bottom[sel] - top[sel], right[sel] - left[sel]
+            source = geometry[sel]
+            scale = np.stack([bw / w, bh / h, bw / w, bh / h], axis=1)
+            origin = np.stack([left[sel], top[sel], left[sel], top[sel]], axis=1)
+            geometry[sel] = source * scale + origin
+            keep[sel] = _shown(plan, i[sel], source, hw)
+        sel = (mode == _PARTNER_RECT) | (mode == _PARTNER_RESIZED)  # clipped to R; kept fraction
+        clipped = _clip(geometry[sel], rect[sel])
+        kept_area = _area(clipped)
+        weight[sel] = kept_area / _area(geometry[sel])
+        keep[sel] &= kept_area > 0
+        geometry[sel] = clipped
+    masked = (mode == _OWN_MASK) | (mode == _PARTNER_MASK)
+    if masked.any():  # the mean of the source's mask weight over the box; geometry kept
+        assert plan.masks is not None
+        mask_rows, which = np.unique(i[masked], return_inverse=True)
+        share = _box_sums(plan.masks[mask_rows], which, geometry[masked]) / _area(geometry[masked])
+        share = np.where(mode[masked] == _OWN_MASK, 1.0 - share, share)
+        weight[masked] = np.where(share < _SHARE_EPS, 0.0, np.minimum(share, 1.0))
+    pasted = mode != _BLEND
+    keep &= (weight > 0) & (~pasted | (weight >= tau))
+
+    geometry, weight, sources, index, i = geometry[keep], weight[keep], col_of[pair][keep], index[keep], i[keep]
+    sizes = np.bincount(i, minlength=b).tolist()
+    ref_boxes = boxes[0]
+    out = {
+        "boxes": _split(_from_xyxy(geometry, fmt), sizes, ref_boxes, _box_dtype(ref_boxes)),
+        "box_weights": _split(weight.astype(np.float32), sizes, ref_boxes, "float32"),
+        "box_sources": _split(sources.astype(np.int64), sizes, ref_boxes, "int64"),
+    }
+    if labels is not None:
+        out["box_labels"] = _split(labels[index], sizes, box_labels[0], None)
+    return out
+
+
+def _shown(plan: MixPlan, rows: np.ndarray, source: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """bool (n,): whether some pixel of row ``rows[k]``'s pasted box reads (through the
+    plan's nearest-neighbour maps) a source pixel that box ``source[k]`` overlaps."""
+    assert plan.boxes is not None and plan.source_rows is not None and plan.source_cols is not None
+    h, w = hw
+    box = plan.boxes[rows]
+    shown = np.ones(rows.shape[0], dtype=bool)
+    for maps, size, (lo, hi), (a, c) in (
+        (plan.source_rows[rows], h, (box[:, 0], box[:, 2]), (1, 3)),
+        (plan.source_cols[rows], w, (box[:, 1], box[:, 3]), (0, 2)),
+    ):
+        ar = np.arange(size)
+        inside = (ar >= lo[:, None]) & (ar < hi[:, None])  # output pixels in the pasted box
+        read = np.zeros((rows.shape[0], size + 1), dtype=np.int64)
+        n, pos = np.nonzero(inside)
+        read[n, maps[n, pos] + 1] = 1  # source pixels read at least once
+        count = np.cumsum(read, axis=1)  # count[:, r]: read source pixels below r
+        first = np.floor(source[:, a]).astype(np.int64)  # source pixels the box overlaps
+        last = np.ceil(source[:, c]).astype(np.int64)
+        n = np.arange(rows.shape[0])
+        shown &= count[n, last] > count[n, first]
+    return shown
+
+
+def _split(flat: np.ndarray, sizes: list[int], ref: Any, dtype: Any) -> list[Any]:
+    """``flat`` cut into the rows' pieces, as the type of ``ref`` (torch: on its device),
+    in ``dtype`` (a NumPy dtype name; None: ``flat``'s own)."""
+    if is_torch_tensor(ref):
+        torch = _torch()
+        tdtype = ref.dtype if dtype is None else getattr(torch, str(np.dtype(dtype)))
+        return list(torch.as_tensor(flat, device=ref.device).to(tdtype).split(sizes))
+    if dtype is not None:
+        flat = flat.astype(dtype)
+    return np.split(flat, np.cumsum(sizes)[:-1])
+
+
+def _box_dtype(ref: Any) -> Any:
+    """The output dtype of boxes given as ``ref``: its own if floating, else float32."""
+    if is_torch_tensor(ref):
+        return str(ref.dtype).removeprefix("torch.") if ref.is_floating_point() else "float32"
+    kind = _host(ref).dtype
+    return kind if kind.kind == "f" else np.float32
+
+
+# --------------------------------------------------------------------------- public
+
+
+def mix_dense(
+    plan: MixPlan,
+    batch: Mapping[str, Any] | Sequence[Any],
+    *,
+    num_classes: int | None = None,
+    label_classes: int | None = None,
+    ignore_index: int | None = None,
+    segmentation: Segmentation = "soft",
+    box_format: BoxFormat = "xyxy",
+    min_visibility: float = 0.0,
+    mask_boxes: MaskBoxRule = "refuse",
+    data_format: DataFormat = "channels_first",
+    validate: bool = True,
+) -> dict[str, Any]:
+    """Mix images and their dense targets by one plan.
+
+    Args:
+        plan: the batch's plan, e.g. ``mixer.plan(batch["image"], step=step)``. A
+            SaliencyMix plan that is not placed yet is placed from ``batch["image"]``
+            (:func:`vicinal.mixing.place_boxes`). Plans with a second stream
+            (``pairing="stream"``) are refused: the partners must be rows of the batch.
+        batch: a dict, or a tuple ``(image, mask, boxes, box_labels, labels)`` (a prefix;
+            None for an absent entry):
+
+            * ``image`` (required): (B, C, H, W), (B, H, W, C) (``data_format``) or
+              (B, H, W), NumPy or torch, as :func:`vicinal.mixing.apply_plan` takes.
+            * ``mask``: class ids (B, H, W) of an integer dtype, or soft masks
+              (B, K, H, W) floating (per-pixel class weights).
+            * ``boxes``: a list of B arrays (Ni, 4), pixels in ``box_format``, inside the
+              image with positive extent (NumPy, torch, or nested lists).
+            * ``box_labels``: a list of B arrays (Ni,), the boxes' class ids.
+            * ``labels``: image-level labels as ``apply_plan`` takes them (class ids
+              with ``label_classes``, or soft labels).
+            * any other key passes through untouched.
+
+        num_classes: the masks' classes (needed to turn class ids into soft targets).
+        label_classes: the image-level labels' classes (needed when ``labels`` are class
+            ids; ``num_classes`` is the masks', which often differ).
+        ignore_index: a mask value that marks pixels without a target. A mixed pixel is
+            ignored only where every source with a positive weight there ignores it;
+            elsewhere the weights renormalise over the valid sources.
+        segmentation: what class-id masks become: ``"soft"`` float32 (B, C, H, W)
+            per-pixel targets (rows sum to 1, all 0 at ignored pixels); ``"hard"`` class
+            ids (B, H, W) (binary pastes only: refused for rows that blend or paste a
+            soft mask); ``"pair"``: :class:`~vicinal.mixing.MixedTargets` ``(y_a, y_b,
+            lam)`` with the sample's and the pasted partner's masks and ``lam`` float32
+            (B, H, W), the per-pixel weight of ``y_a`` (two-source plans). Soft masks
+            give soft (B, K, H, W) targets (``"soft"``) or a pair.
+        box_format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"`` (torchvision's names), in pixels;
+            output boxes are in the same format.
+        min_visibility: τ in [0, 1]: a box of a pasted row is kept when its visible
+            fraction is >= τ and positive (albumentations' ``min_visibility``).
+        mask_boxes: boxes on plans that paste non-rectangular masks (FMix, GridMix,
+            SmoothMix): ``"refuse"`` (a ValueError) or ``"mask_weighted"`` (each box
+            weighted by the mean of the mask's weight for its source over the box).
+        data_format: the axis order of ``image`` (masks are always (B[, K], H, W)).
+        validate: check the mask's class ids (one host read for tensors on an
+            accelerator).
+
+    Returns:
+        A dict with the batch's keys: ``image`` and ``labels`` as ``apply_plan`` mixes
+        them; ``mask`` as ``segmentation`` says; ``boxes`` and ``box_labels`` lists of B
+        arrays (Mi, 4) and (Mi,) of the kept boxes (the row's own first, then its
+        partners', each in input order), with ``box_weights`` (Mi,) float32 and
+        ``box_sources`` (Mi,) int64 (the plan column the box comes from: 0 the sample,
+        j its partner ``plan.partners[:, j-1]``). Box arrays have the type and device
+        of the row's input (torch or NumPy); integer boxes come back float32.
+    """
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a MixPlan (box geometry is computed on the host), got {type(plan).__name__}")
+    if plan.source == "stream":
+        raise ValueError("mix_dense needs partners from the same batch: plans with pairing='stream' are refused")
+    check_choice("segmentation", segmentation, SEGMENTATIONS)
+    check_choice("box_format", box_format, BOX_FORMATS)
+    check_choice("mask_boxes", mask_boxes, MASK_BOX_RULES)
+    check_choice("data_format", data_format, DATA_FORMATS)
+    tau = check_probability("min_visibility", min_visibility)
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+    if label_classes is not None:
+        label_classes = check_int("label_classes", label_classes, minimum=1)
+    if ignore_index is not None and (not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool)):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be a bool, got {type(validate).__name__}")
+
+    items = _as_dict(batch)
+    image = items["image"]
+    hw = _check_image(plan, image, data_format)
+    if not plan.is_placed:
+        plan = place_boxes(plan, image, data_format=data_format)
+    if items.get("box_labels") is not None and items.get("boxes") is None:
+        raise ValueError("batch['box_labels'] needs batch['boxes']: a list of B arrays (Ni, 4)")
+
+    out = dict(items)
+    labels = items.get("labels")
+    try:
+        out["image"], mixed_labels = apply_plan(plan, image, labels, num_classes=label_classes, data_format=data_format)
+    except (ValueError, TypeError) as exc:  # the image was checked: it is the labels
+        raise ValueError(f"batch['labels']: {exc}") from exc
+    if labels is not None:
+        out["labels"] = mixed_labels
+    if items.get("mask") is not None:
+        out["mask"] = _mix_mask(plan, items["mask"], hw, num_classes, ignore_index, segmentation, validate)
+    if items.get("boxes") is not None:
+        out.update(_mix_boxes(plan, items["boxes"], items.get("box_labels"), hw, box_format, tau, mask_boxes))
+    return out
