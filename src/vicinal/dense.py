@@ -52,6 +52,8 @@ from vicinal.mixing import (
     MixedTargets,
     apply_plan,
     check_plan_inputs,
+    paste_weights,
+    pasted_sources,
     place_boxes,
     spatial_size,
 )
@@ -192,60 +194,12 @@ def _renormalise(num: Any) -> Any:
     return num / np.where(den_np > 0, den_np, np.float32(1.0))
 
 
-def _rendered(plan: MixPlan, like: Any, hw: tuple[int, int]) -> Any:
-    """float32 (B, H, W): the partner's pixel weight ``m`` of the plan's pastes (a box's
-    indicator or ``plan.masks``; 0 on rows that do not paste), in ``like``'s library
-    and device. The paste weight of :func:`vicinal.mixing.apply_plan`'s reference."""
-    h, w = hw
-    b = plan.batch_size
+def _zeros_like_pixels(like: Any, b: int, hw: tuple[int, int]) -> Any:
+    """float32 (B, H, W) zeros in ``like``'s library: the paste weight of a plan that
+    pastes nothing (MixUp, k-way)."""
     if is_torch_tensor(like):
-        torch = _torch()
-        dev = like.device
-        m = torch.zeros((b, h, w), dtype=torch.float32, device=dev)
-        if plan.boxes is not None:
-            box = torch.as_tensor(plan.boxes, device=dev)
-            rows = (torch.arange(h, device=dev) >= box[:, 0:1]) & (torch.arange(h, device=dev) < box[:, 2:3])
-            cols = (torch.arange(w, device=dev) >= box[:, 1:2]) & (torch.arange(w, device=dev) < box[:, 3:4])
-            m = (rows[:, :, None] & cols[:, None, :]).to(torch.float32)
-        if plan.masks is not None:
-            m = torch.maximum(m, torch.as_tensor(plan.masks, device=dev).to(torch.float32))
-        return m
-    m_np = np.zeros((b, h, w), dtype=np.float32)
-    if plan.boxes is not None:
-        box_np = plan.boxes
-        rows_np = (np.arange(h) >= box_np[:, 0:1]) & (np.arange(h) < box_np[:, 2:3])
-        cols_np = (np.arange(w) >= box_np[:, 1:2]) & (np.arange(w) < box_np[:, 3:4])
-        m_np = (rows_np[:, :, None] & cols_np[:, None, :]).astype(np.float32)
-    if plan.masks is not None:
-        m_np = np.maximum(m_np, plan.masks.astype(np.float32))
-    return m_np
-
-
-def _pasted_targets(plan: MixPlan, mask: Any) -> Any:
-    """Partner 0's masks as the image's pasted ``P``: gathered, and on ResizeMix rows
-    resampled through ``plan.source_rows``/``plan.source_cols`` (nearest neighbour).
-    ``mask`` is (B, H, W) or (B, K, H, W)."""
-    b = plan.batch_size
-    torch_mask = is_torch_tensor(mask)
-    if torch_mask:
-        torch = _torch()
-        dev = mask.device
-
-        def arr(a: np.ndarray) -> Any:
-            return torch.as_tensor(a, device=dev)
-
-        partner = mask.index_select(0, arr(plan.partners[:, 0]))
-    else:
-        arr = np.asarray
-        partner = np.asarray(mask)[plan.partners[:, 0]]
-    if plan.source_rows is None:
-        return partner
-    assert plan.source_cols is not None
-    batch, rows, cols = arr(np.arange(b)), arr(plan.source_rows), arr(plan.source_cols)
-    if partner.ndim == 3:
-        return partner[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
-    k = arr(np.arange(partner.shape[1]))
-    return partner[batch[:, None, None, None], k[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        return _torch().zeros((b, *hw), dtype=_torch().float32, device=like.device)
+    return np.zeros((b, *hw), dtype=np.float32)
 
 
 # Masks are small per sample: the batched mask kernel beats per-sample region copies.
@@ -318,8 +272,8 @@ def _mix_mask(
     if segmentation == "pair":
         if plan.num_sources != 2:
             raise ValueError("segmentation='pair' needs a two-source plan (not method='kway')")
-        y_b = _pasted_targets(plan, mask)
-        m = _rendered(plan, mask, hw)
+        y_b = pasted_sources(plan, mask)
+        m = paste_weights(plan, mask) if plan.image_size is not None else _zeros_like_pixels(mask, plan.batch_size, hw)
         w0 = plan.input_weights[:, 0].astype(np.float32)[:, None, None]
         if is_torch_tensor(mask):
             torch = _torch()

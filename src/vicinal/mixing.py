@@ -59,6 +59,8 @@ __all__ = [
     "apply_plan",
     "check_plan_inputs",
     "pack_arrays",
+    "paste_weights",
+    "pasted_sources",
     "place_boxes",
     "plan_arrays",
     "plan_to_tensors",
@@ -522,6 +524,33 @@ def _paste_weight(xp: Any, plan: MixPlan, ndim: int, channels_last: bool, dev: A
             m = masks if m is None else xp.where(m, xp.asarray(1.0, dtype=masks.dtype), masks)
     assert m is not None
     return xp.reshape(m, _mask_shape(plan.batch_size, h, w, ndim, channels_last))
+
+
+def paste_weights(plan: MixPlan, like: Any = None) -> Any:
+    """float32 (B, H, W): the partner's pixel weight ``m`` of ``plan``'s pastes (the
+    reference's: box indicators and ``plan.masks``; 0 on rows that do not paste), in
+    ``like``'s library and device (default NumPy). For targets that must follow the
+    images pixel for pixel (:mod:`vicinal.dense`)."""
+    if plan.image_size is None:
+        raise ValueError("the plan pastes nothing: it has no image size")
+    xp = array_namespace(plan.weights if like is None else like)
+    dev = None if like is None else _device(like)
+    m = _paste_weight(xp, plan, 3, False, dev)
+    return xp.astype(m, xp.float32)
+
+
+def pasted_sources(plan: MixPlan, a: Any) -> Any:
+    """Partner 0's rows of ``a`` (B, ..., H, W) as the paste reads them: gathered, and on
+    ResizeMix rows resampled through ``plan.source_rows``/``source_cols`` (the
+    reference's ``P``), in ``a``'s library and device."""
+    xp = array_namespace(a)
+    partner = xp.take(a, xp.asarray(plan.partners[:, 0], device=_device(a)), axis=0)
+    if plan.source_rows is None:
+        return partner
+    assert plan.source_cols is not None
+    rows = xp.asarray(plan.source_rows, device=_device(a))
+    cols = xp.asarray(plan.source_cols, device=_device(a))
+    return _resample(xp, partner, rows, cols, a.ndim - 2)
 
 
 # --------------------------------------------------------------------------- torch paths
