@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Collection
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
