@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import json
 import os
 import re
 import socket
@@ -62,7 +61,6 @@ from vicinal.experiments.training.loop import RESULT
 __all__ = [
     "STUDY_LOCK",
     "default_threads",
-    "load_results",
     "parse_shard",
     "run_study",
     "shard_cells",
@@ -219,17 +217,3 @@ def run_study(
     }
     atomic_write_json(root / f"timing-{int(time.time())}-{socket.gethostname()}-{os.getpid()}.json", timing)
     return [read_json(cell_dir(root, c) / RESULT) for c in cells]
-
-
-def load_results(study_dir: str | os.PathLike) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
-    """The study record and every finished cell's (spec, result)."""
-    root = Path(study_dir)
-    record = json.loads((root / "study.json").read_text())
-    out = []
-    for arm in record["arms"]:
-        for seed in record["seeds"]:
-            cell = CellSpec(**{**arm, "seed": seed})
-            path = cell_dir(root, cell) / RESULT
-            if path.exists():
-                out.append((cell, json.loads(path.read_text())))
-    return record, out
