@@ -223,7 +223,6 @@ def run_compare(
     # SIGINT/SIGTERM stop every worker (they also die with this process, even on kill -9)
     # and leave the run resumable: checkpoints are atomic.
     hint = f"resume with --resume --out {run}"
-    preview = dist.is_main and "mixup" in cfg.arms and cfg.loader_mixing() is not None
     with stop_on_signals(hint):
         if parallel:
             per_arm = max(1, total_threads // len(cfg.arms))
@@ -232,19 +231,17 @@ def run_compare(
                     pool.submit(train_one_arm, cfg, splits, str(run), arm, i, per_arm, resume, progress)
                     for i, arm in enumerate(cfg.arms)
                 ]
-                if preview:  # drawn while the workers train, instead of after them
-                    write_preview(cfg, splits, run / "preview.png")
                 results = [f.result() for f in futures]
         else:
             results = [
                 train_one_arm(cfg, splits, str(run), arm, 0, total_threads, resume, progress, dist) for arm in cfg.arms
             ]
-            if preview:
-                write_preview(cfg, splits, run / "preview.png")
     wall = time.perf_counter() - t0
     if not dist.is_main:
         return results
 
+    if "mixup" in cfg.arms and cfg.loader_mixing() is not None:
+        write_preview(cfg, splits, run / "preview.png")
     learning_curves({r.name: r.history for r in results}, run / "curves.png")
     table = summary_table(results)
     mode = (
