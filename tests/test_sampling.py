@@ -222,8 +222,8 @@ def test_bad_plan_arguments() -> None:
 # one-core redesign (issue 19): the draws of a (config, seed, epoch, step, rank) are a
 # promise, whatever is done to draw them faster or to fit more methods in. The float64
 # weights are hashed rounded to float32: NumPy's vectorised log and exp differ in the last
-# bit between CPU instruction sets (the exact digests of 8f02c54 differed between two
-# AVX-512 machines), and that is not a change of the draws.
+# bit between CPU instruction sets (the exact digests recorded at 8f02c54 on an AVX-512
+# machine do not hold on an AVX2 one), and that is not a change of the draws.
 PINNED_PLANS = [
     (MixConfig(), "1dbe630c7f28692b"),
     (MixConfig(granularity="batch", pairing="flip"), "4412eb9f9f5a1489"),
