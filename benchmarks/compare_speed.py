@@ -44,7 +44,7 @@ def loader_cost(cfg: CompareConfig, steps: int = 300) -> None:
     from vicinal.experiments.models import build_model
     from vicinal.experiments.runs.compare import make_loader
     from vicinal.experiments.splits import load_any, make_splits
-    from vicinal.losses import soft_target_cross_entropy
+    from vicinal.torch.losses import soft_target_cross_entropy
 
     torch.set_num_threads(1)
     splits = make_splits(load_any(cfg.dataset, cfg.data_dir), cfg)

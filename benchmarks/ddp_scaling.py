@@ -23,7 +23,7 @@ import torch
 def train(steps: int, global_batch: int, device: str) -> float:
     from vicinal.experiments.distributed import init_from_env, shutdown
     from vicinal.experiments.models import ReferenceCNN
-    from vicinal.losses import soft_target_cross_entropy
+    from vicinal.torch.losses import soft_target_cross_entropy
 
     ctx = init_from_env(device, timeout_s=120)
     torch.manual_seed(0)

@@ -62,7 +62,7 @@ from vicinal.experiments.models import ReferenceCNN, build_model
 from vicinal.experiments.runs.compare import make_loader
 from vicinal.experiments.spec import PRECISIONS, CompareConfig, OptimConfig
 from vicinal.experiments.splits import Splits, load_any, make_splits
-from vicinal.losses import soft_target_cross_entropy
+from vicinal.torch.losses import soft_target_cross_entropy
 
 FMA_UNITS = 2  # assumed per core; true of most server cores (some Xeon Silver/Bronze SKUs have 1 AVX-512 FMA)
 BLOCK = 25  # instrumented and plain steps alternate in blocks of this many steps

@@ -4,7 +4,7 @@
 F = 28 features (its rows, top to bottom), and a small GRU classifier
 (:class:`vicinal.experiments.models.GRUClassifier`: a per-step ``embed`` layer, a
 one-layer ``gru``, a ``head`` on the last step's output) reads it. The mixed arm uses
-:class:`vicinal.manifold.ManifoldMixup`: each step one of ``--layers`` is drawn and
+:class:`vicinal.torch.manifold.ManifoldMixup`: each step one of ``--layers`` is drawn and
 its output (the per-step embeddings, or the GRU's output sequence) is mixed with
 MixUp, together with the labels. ``input`` may be listed too: mixing there is input
 mixup. Every arm starts from the same initial weights and sees the same batches.
@@ -29,7 +29,7 @@ import torch
 from vicinal import MixConfig, soft_target_cross_entropy
 from vicinal.experiments.data import load_dataset
 from vicinal.experiments.models import GRUClassifier
-from vicinal.manifold import ManifoldMixup
+from vicinal.torch.manifold import ManifoldMixup
 
 ARMS = ("none", "input", "manifold")
 

@@ -1,4 +1,4 @@
-"""AugMix plans and their application (vicinal.augmix), and the JSD consistency loss."""
+"""AugMix plans and their application (vicinal.torch.augmix), and the JSD consistency loss."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytest.importorskip("kornia")
 from PIL import Image, ImageOps  # noqa: E402
 
 from vicinal import MixConfig, MixUp, sample_plan  # noqa: E402
-from vicinal.augmix import (  # noqa: E402
+from vicinal.torch.augmix import (  # noqa: E402
     AUGMIX_OPS,
     GEOMETRIC_OPS,
     MAX_DEPTH,
@@ -23,7 +23,7 @@ from vicinal.augmix import (  # noqa: E402
     augmix,
     sample_augmix_plan,
 )
-from vicinal.losses import jensen_shannon_consistency  # noqa: E402
+from vicinal.torch.losses import jensen_shannon_consistency  # noqa: E402
 
 
 def _digits(n: int, channels: int = 1, size: int = 28, seed: int = 0) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from vicinal import MixUp, MixUpOrCutMix, mixing_loader
-from vicinal.collate import MixCollate, StepBatchSampler, StepIndex, TaggedDataset
+from vicinal.torch.collate import MixCollate, StepBatchSampler, StepIndex, TaggedDataset
 
 N, B = 96, 16
 

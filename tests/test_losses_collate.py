@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from vicinal import MixUp, MixUpOrCutMix
-from vicinal.collate import MixCollate
-from vicinal.losses import mixed_loss, soft_target_cross_entropy
+from vicinal.torch.collate import MixCollate
+from vicinal.torch.losses import mixed_loss, soft_target_cross_entropy
 
 
 def test_soft_target_ce_equals_reference_formula() -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vicinal import MixConfig, apply_plan, sample_plan
-from vicinal.manifold import ManifoldMixup
+from vicinal.torch.manifold import ManifoldMixup
 
 NUM_CLASSES = 3
 

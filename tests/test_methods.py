@@ -177,7 +177,7 @@ def test_switch_is_the_two_method_choice() -> None:
 def test_transforms_and_collate_take_every_method() -> None:
     from torch.utils.data import TensorDataset
 
-    from vicinal.collate import mixing_loader
+    from vicinal.torch.collate import mixing_loader
 
     x = torch.rand(24, 3, 16, 16)
     y = torch.randint(0, 5, (24,))

@@ -73,8 +73,8 @@ def test_channels_last_memory_format_is_kept_and_not_mistaken_for_nhwc() -> None
 
 
 def test_torch_only_names_are_exported() -> None:
-    from vicinal.collate import MixCollate, mixing_loader
-    from vicinal.losses import SoftTargetCrossEntropy, soft_target_cross_entropy
+    from vicinal.torch.collate import MixCollate, mixing_loader
+    from vicinal.torch.losses import SoftTargetCrossEntropy, soft_target_cross_entropy
 
     assert vicinal.MixCollate is MixCollate and vicinal.mixing_loader is mixing_loader
     logits, target = torch.randn(4, 3), torch.softmax(torch.randn(4, 3), 1)

@@ -27,16 +27,16 @@ from vicinal.sampling import MixConfig, MixPlan, epoch_order, sample_plan
 from vicinal.transforms import CutMix, KWayMix, Mixer, MixOptions, MixUp, MixUpOrCutMix, cutmix, mixup
 
 if TYPE_CHECKING:
-    from vicinal.collate import MixCollate, mixing_loader
-    from vicinal.losses import SoftTargetCrossEntropy, mixed_loss, soft_target_cross_entropy
+    from vicinal.torch.collate import MixCollate, mixing_loader
+    from vicinal.torch.losses import SoftTargetCrossEntropy, mixed_loss, soft_target_cross_entropy
 
 # Torch-only names, imported on first use so that `import vicinal` needs no PyTorch.
 _LAZY = {
-    "MixCollate": "vicinal.collate",
-    "mixing_loader": "vicinal.collate",
-    "SoftTargetCrossEntropy": "vicinal.losses",
-    "mixed_loss": "vicinal.losses",
-    "soft_target_cross_entropy": "vicinal.losses",
+    "MixCollate": "vicinal.torch.collate",
+    "mixing_loader": "vicinal.torch.collate",
+    "SoftTargetCrossEntropy": "vicinal.torch.losses",
+    "mixed_loss": "vicinal.torch.losses",
+    "soft_target_cross_entropy": "vicinal.torch.losses",
 }
 
 

@@ -113,7 +113,7 @@ class MixedTargets:
 
     For a loss ``L`` that is not linear in its target, train on
     ``lam·L(out, y_a) + (1-lam)·L(out, y_b)`` per sample
-    (see :func:`vicinal.losses.mixed_loss`).
+    (see :func:`vicinal.torch.losses.mixed_loss`).
 
     Attributes:
         y_a: the samples' own targets: int class ids (B,) when the input labels were

@@ -187,7 +187,7 @@ def test_epoch_plan_batches_match_the_recorded_ones(case: str) -> None:
     ids=["augmix", "augmix_stream", "augmix_cutmix", "jsd"],
 )
 def test_epoch_plan_with_augmix_equals_the_per_step_recipe(options: dict[str, Any]) -> None:
-    from vicinal.augmix import AugMixConfig
+    from vicinal.torch.augmix import AugMixConfig
 
     data = _data()
     options = dict(options, augmix=AugMixConfig(width=2, severity=3))
@@ -398,7 +398,7 @@ def test_cuda_batches_match_the_cpu_ones(case: str) -> None:
 @needs_cuda
 def test_cuda_epoch_makes_no_host_sync(tmp_path: Path) -> None:
     """A whole epoch of batches and training steps under CUDA's sync debug mode."""
-    from vicinal.losses import soft_target_cross_entropy
+    from vicinal.torch.losses import soft_target_cross_entropy
 
     for mix in (None, MixConfig(alpha=0.4, pairing="stream"), MixConfig("cutmix")):
         model, loader = _tiny_arm(mix=mix, device="cuda")

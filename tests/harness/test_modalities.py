@@ -24,8 +24,8 @@ from vicinal.experiments.models import GRUClassifier, build_model, check_model_i
 from vicinal.experiments.report.plots import preview_grid
 from vicinal.experiments.runs.study import run_study
 from vicinal.experiments.spec import parse_study
-from vicinal.manifold import ManifoldMixup
 from vicinal.sampling import MixConfig
+from vicinal.torch.manifold import ManifoldMixup
 
 
 def tabular(n: int = 300, f: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -30,13 +30,13 @@ import torch
 
 from vicinal import MixConfig, MixPlan, PlanTensors, apply_plan, epoch_order, sample_plan
 from vicinal._checks import check_choice, check_int, check_probability
-from vicinal.augmix import AugMix, AugMixConfig
 from vicinal.experiments.data import InputKind
 from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
 from vicinal.experiments.models import check_model_input
 from vicinal.experiments.spec import MIX_POLICIES, check_class_ids, check_seed
 from vicinal.labels import soft_unchecked, to_soft
 from vicinal.mixing import pack_arrays, place_boxes, plan_arrays
+from vicinal.torch.augmix import AugMix, AugMixConfig
 from vicinal.transforms import mix_indexed_batch
 
 __all__ = [

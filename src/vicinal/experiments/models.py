@@ -1,7 +1,7 @@
 """Model registry: the keras.io reference CNN, a small ResNet, an MLP and a GRU (PyTorch).
 
 Models return logits; the softmax of the reference lives in the loss
-(:func:`vicinal.losses.soft_target_cross_entropy`), which is the numerically stable
+(:func:`vicinal.torch.losses.soft_target_cross_entropy`), which is the numerically stable
 form of Keras' ``softmax`` + ``categorical_crossentropy``.
 
 A factory takes the shape of one sample and the number of classes. The shape says
@@ -212,7 +212,7 @@ class MLP(nn.Module):
 
     Flatten → ``block1`` (Linear ``hidden``, ReLU, Dropout) → ``block2`` (the same) →
     ``head`` (Linear ``num_classes``, logits). ``block1``, ``block2`` and ``head`` are
-    named so that :class:`vicinal.manifold.ManifoldMixup` can mix their outputs.
+    named so that :class:`vicinal.torch.manifold.ManifoldMixup` can mix their outputs.
 
     Input: float32 (B, *input_shape), flattened to (B, prod(input_shape)): tabular
     rows (B, F) as they are; output: float32 (B, num_classes) logits. Default
@@ -245,7 +245,7 @@ class GRUClassifier(nn.Module):
 
     Input: float32 (B, T, F); output: float32 (B, num_classes) logits.
 
-    Mixing points for :class:`vicinal.manifold.ManifoldMixup`: ``"embed"`` (the
+    Mixing points for :class:`vicinal.torch.manifold.ManifoldMixup`: ``"embed"`` (the
     per-step embeddings (B, T, hidden)) and ``"gru"`` (its output sequence (B, T,
     hidden), the first element of the GRU's ``(output, h_n)``; the classifier reads
     ``output[:, -1]``, not ``h_n``, so mixing the output sequence mixes what the

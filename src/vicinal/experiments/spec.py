@@ -33,10 +33,10 @@ import torch
 
 from vicinal import MixConfig
 from vicinal._checks import check_choice, check_int, check_probability
-from vicinal.augmix import AugMixConfig
 from vicinal.experiments.models import available_models
 from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
+from vicinal.torch.augmix import AugMixConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -88,7 +88,7 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 MIX_POLICIES: tuple[str, ...] = get_args(MixPolicy)
 #: Harness methods: the library's, plus "none" (plain batches) and "manifold" (MixUp of
-#: the hidden states at one of ``mix_layers`` per step: vicinal.manifold.ManifoldMixup).
+#: the hidden states at one of ``mix_layers`` per step: vicinal.torch.manifold.ManifoldMixup).
 #: "augmix" is AugMix per image without mixing between images (AugMix on top of a mixing
 #: method: the ``augmix`` option).
 #: (The library's ``"choice"`` over several methods is not a harness method: its

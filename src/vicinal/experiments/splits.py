@@ -29,7 +29,7 @@ from vicinal.experiments.distributed import SINGLE, DistContext
 from vicinal.experiments.loader import InMemoryLoader, check_data_fits
 from vicinal.experiments.models import build_model
 from vicinal.experiments.spec import RunSpec
-from vicinal.manifold import ManifoldMixup
+from vicinal.torch.manifold import ManifoldMixup
 
 __all__ = [
     "FIRST_IMAGES_DATASETS",

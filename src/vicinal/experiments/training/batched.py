@@ -63,7 +63,7 @@ from vicinal.experiments.training.loop import (
     make_schedule,
     restart_metrics,
 )
-from vicinal.losses import soft_target_cross_entropy
+from vicinal.torch.losses import soft_target_cross_entropy
 
 __all__ = [
     "GROUPED_FORWARDS",

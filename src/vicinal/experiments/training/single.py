@@ -40,8 +40,8 @@ from vicinal.experiments.training.loop import (
     make_schedule,
     restart_metrics,
 )
-from vicinal.losses import jensen_shannon_consistency, soft_target_cross_entropy
-from vicinal.manifold import ManifoldMixup
+from vicinal.torch.losses import jensen_shannon_consistency, soft_target_cross_entropy
+from vicinal.torch.manifold import ManifoldMixup
 
 __all__ = ["ArmResult", "SingleModel", "train_arm"]
 
@@ -175,7 +175,7 @@ def train_arm(
             (see docs/results.md for which CPUs it pays on).
         manifold: ``(config, layers)``: Manifold Mixup, mixing the plain batches of
             ``loader`` inside the model at one of ``layers`` per step
-            (:class:`vicinal.manifold.ManifoldMixup`, plans of ``(loader.seed, epoch,
+            (:class:`vicinal.torch.manifold.ManifoldMixup`, plans of ``(loader.seed, epoch,
             step, rank)``).
         jsd_weight: with a loader that yields the three AugMix views of each batch
             (clean, view 1, view 2; (3B, ...) inputs for B targets): the weight of the

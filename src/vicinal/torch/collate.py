@@ -118,7 +118,7 @@ class TaggedDataset(Dataset[TaggedSample]):
         if not isinstance(key, StepIndex):
             raise TypeError(
                 f"TaggedDataset takes StepIndex keys from a StepBatchSampler, got {type(key).__name__}; "
-                "build the DataLoader with vicinal.collate.mixing_loader"
+                "build the DataLoader with vicinal.torch.collate.mixing_loader"
             )
         return TaggedSample(key.epoch, key.step, self.dataset[key.index])
 
@@ -163,7 +163,7 @@ class MixCollate:
             self._warned = True
             warnings.warn(
                 "MixCollate got untagged samples: batch steps are counted per worker, which is only right "
-                "with in_order=True and set_epoch() before every epoch; use vicinal.collate.mixing_loader "
+                "with in_order=True and set_epoch() before every epoch; use vicinal.torch.collate.mixing_loader "
                 "for plans that are distinct and reproducible with any DataLoader settings",
                 stacklevel=3,
             )

@@ -29,7 +29,7 @@ between images, so AugMix goes first and mixup/CutMix on top::
 
     >>> import torch
     >>> from vicinal import MixUp
-    >>> from vicinal.augmix import AugMix, AugMixConfig
+    >>> from vicinal.torch.augmix import AugMix, AugMixConfig
     >>> aug = AugMix(AugMixConfig(width=3, severity=3), seed=0)
     >>> mix = MixUp(alpha=0.2, num_classes=10, seed=0)
     >>> x, y = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8), torch.arange(8)
@@ -39,7 +39,7 @@ between images, so AugMix goes first and mixup/CutMix on top::
     (torch.uint8, (8, 1, 28, 28), (8, 10))
 
 For the Jensen–Shannon consistency loss
-(:func:`vicinal.losses.jensen_shannon_consistency`) a step needs two independent
+(:func:`vicinal.torch.losses.jensen_shannon_consistency`) a step needs two independent
 augmented views of the same batch: ``aug.views(x)`` returns them (views 0 and 1 of
 one step).
 

@@ -9,7 +9,7 @@ call, even when the forward pass raises.
 
 >>> import torch
 >>> from vicinal import MixConfig
->>> from vicinal.manifold import ManifoldMixup
+>>> from vicinal.torch.manifold import ManifoldMixup
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 >>> mix = ManifoldMixup(net, ["input", "0", "1"], MixConfig(alpha=2.0), num_classes=3, seed=0)
 >>> logits, targets = mix(torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]), step=0)
