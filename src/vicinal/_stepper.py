@@ -24,6 +24,8 @@ class StepCounter:
     (0, 1, True)
     >>> c.set_epoch(3); c.resolve(step=5, epoch=None)
     (3, 5, False)
+    >>> c.next_epoch(), c.epoch, c.step
+    (3, 4, 0)
     """
 
     __slots__ = ("epoch", "step")
@@ -48,3 +50,9 @@ class StepCounter:
     def advance(self) -> None:
         """Count one successful call."""
         self.step += 1
+
+    def next_epoch(self) -> int:
+        """Move to the next epoch, restarting the steps; returns the epoch just left."""
+        left = self.epoch
+        self.set_epoch(left + 1)
+        return left

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from vicinal._checks import check_int, check_probability
+from vicinal._stepper import StepCounter
 from vicinal.keras.ops import as_mix_config, resolve_data_format
 from vicinal.labels import batch_size_of, check_labels, to_soft
 from vicinal.mixing import spatial_size
@@ -113,7 +114,7 @@ class MixedBatches(keras.utils.PyDataset):
         self.image_size = None
         if self.mix is not None and self.mix.needs_image_size:  # checked here, not at the first batch
             self.image_size = spatial_size(self.x, self.data_format)
-        self.epoch = 0
+        self.counter = StepCounter()  # epochs only: a batch is found by its index
         self._in_epoch = False
 
     @property
@@ -130,9 +131,14 @@ class MixedBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.num_batches
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next batches, an int >= 0."""
+        return self.counter.epoch
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next batches those of ``epoch`` (an int >= 0)."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
+        self.counter.set_epoch(epoch)
 
     def on_epoch_begin(self) -> None:
         """Called by Keras when an epoch starts."""
@@ -144,7 +150,7 @@ class MixedBatches(keras.utils.PyDataset):
         # iterator): only an epoch that began moves the counter on. SetEpoch, if
         # used, then sets the exact number before the next epoch begins.
         if self._in_epoch:
-            self.epoch += 1
+            self.counter.next_epoch()
         self._in_epoch = False
 
     def order(self, epoch: int) -> np.ndarray:

@@ -57,6 +57,7 @@ import torch
 
 from vicinal._checks import check_concentration, check_int
 from vicinal._counter import generator
+from vicinal._stepper import StepCounter
 from vicinal.sampling import sample_beta, sample_dirichlet
 
 __all__ = [
@@ -354,18 +355,21 @@ class AugMix:
         self.config = config
         self.seed = check_int("seed", seed, minimum=0)
         self.rank = check_int("rank", rank, minimum=0)
-        self.epoch = 0
-        self._step = 0
+        self.counter = StepCounter()
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (:meth:`set_epoch`)."""
+        return self.counter.epoch
 
     @property
     def step(self) -> int:
         """The step the next counted call uses."""
-        return self._step
+        return self.counter.step
 
     def set_epoch(self, epoch: int) -> None:
         """Move to ``epoch`` and restart the step count (call before each epoch)."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
-        self._step = 0
+        self.counter.set_epoch(epoch)
 
     def plan(self, batch_size: int, *, step: int, epoch: int | None = None, view: int = 0) -> AugMixPlan:
         """The plan this transform uses for a batch of ``batch_size`` at ``step``."""
@@ -402,11 +406,10 @@ class AugMix:
         """
         if not isinstance(images, torch.Tensor) or images.ndim == 0:
             raise TypeError(f"images must be a (B, C, H, W) torch.Tensor, got {type(images).__name__}")
-        counted = step is None
-        at = self._step if step is None else step
+        epoch, at, counted = self.counter.resolve(step, epoch)
         out = tuple(augmix(images, self.plan(images.shape[0], step=at, epoch=epoch, view=v)) for v in views)
         if counted:  # a call that raised does not use up a step
-            self._step += 1
+            self.counter.advance()
         return out
 
     def __repr__(self) -> str:

@@ -42,6 +42,7 @@ from torch.utils.data import (
 )
 
 from vicinal._checks import check_int
+from vicinal._stepper import StepCounter
 from vicinal.transforms import Mixer
 
 __all__ = [
@@ -86,19 +87,23 @@ class StepBatchSampler(Sampler[list[StepIndex]]):
 
     def __init__(self, batch_sampler: Iterable[list[Any]], *, start_epoch: int = 0) -> None:
         self.batch_sampler = batch_sampler
-        self.epoch = check_int("start_epoch", start_epoch, minimum=0)
+        self.counter = StepCounter(check_int("start_epoch", start_epoch, minimum=0))
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next pass."""
+        return self.counter.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch``."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
+        self.counter.set_epoch(epoch)
         inner = getattr(self.batch_sampler, "sampler", self.batch_sampler)
         if hasattr(inner, "set_epoch"):
             inner.set_epoch(self.epoch)
 
     def __iter__(self) -> Iterator[list[StepIndex]]:
-        epoch = self.epoch
-        self.set_epoch(epoch)
-        self.epoch = epoch + 1  # advanced now: a pass abandoned half-way still counts
+        self.set_epoch(self.epoch)  # forwards the epoch to the inner sampler
+        epoch = self.counter.next_epoch()  # advanced now: a pass abandoned half-way still counts
         for step, batch in enumerate(self.batch_sampler):
             yield [StepIndex(epoch, step, i) for i in batch]
 
@@ -149,14 +154,18 @@ class MixCollate:
             )
         self.mixer = mixer
         self.collate_fn = collate_fn
-        self.epoch = 0
-        self._count = 0
+        # Untagged samples only: counts this worker's batches (its copy of the collate).
+        self.counter = StepCounter()
         self._warned = False
+
+    @property
+    def epoch(self) -> int:
+        """For untagged samples only: the epoch of the batches that follow."""
+        return self.counter.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """For untagged samples only: the epoch of the batches that follow."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
-        self._count = 0
+        self.counter.set_epoch(epoch)
 
     def _untagged_step(self) -> int:
         if not self._warned:
@@ -169,9 +178,7 @@ class MixCollate:
             )
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        step = self._count * workers + worker
-        self._count += 1
-        return step
+        return self.counter.step * workers + worker
 
     def __call__(self, samples: list[Any]) -> tuple[torch.Tensor, Any]:
         if samples and isinstance(samples[0], TaggedSample):
@@ -179,13 +186,17 @@ class MixCollate:
             if any(s.epoch != epoch or s.step != step for s in samples):
                 raise ValueError("a batch mixes samples of different (epoch, step) tags")
             samples = [s.sample for s in samples]
+            counted = False
         else:
-            epoch, step = self.epoch, self._untagged_step()
+            epoch, step, counted = self.epoch, self._untagged_step(), True
         batch = self.collate_fn(samples)
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError("collate_fn must return an (x, y) pair")
         x, y = batch
-        return self.mixer(x, y, step=step, epoch=epoch)
+        mixed = self.mixer(x, y, step=step, epoch=epoch)
+        if counted:  # a batch that raised does not use up a step
+            self.counter.advance()
+        return mixed
 
 
 def mixing_loader(

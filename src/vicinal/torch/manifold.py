@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from vicinal._checks import check_int, check_probability
+from vicinal._stepper import StepCounter
 from vicinal.labels import batch_size_of
 from vicinal.mixing import apply_plan
 from vicinal.sampling import MixConfig, MixPlan, sample_choice, sample_plan
@@ -121,18 +122,26 @@ class ManifoldMixup:
         self.label_smoothing = check_probability("label_smoothing", label_smoothing)
         self.seed = check_int("seed", seed, minimum=0)
         self.rank = check_int("rank", rank, minimum=0)
-        self.epoch = 0
-        self._step = 0
+        self.counter = StepCounter()
         self.last_layer: str | None = None
         # One hook per candidate layer, registered once, inert unless its layer is this
         # step's: a model compiled after (or before) this point keeps seeing them.
         self._active: tuple[str, Any] | None = None
         self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self._modules.items()]
 
+    @property
+    def epoch(self) -> int:
+        """The current epoch (:meth:`set_epoch`)."""
+        return self.counter.epoch
+
+    @property
+    def step(self) -> int:
+        """The step the next counted call uses: successful calls since :meth:`set_epoch`."""
+        return self.counter.step
+
     def set_epoch(self, epoch: int) -> None:
         """Move to ``epoch`` and restart the step count."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
-        self._step = 0
+        self.counter.set_epoch(epoch)
 
     def choose_layer(self, *, step: int, epoch: int | None = None) -> str:
         """The layer that step ``step`` of ``epoch`` mixes at."""
@@ -166,9 +175,7 @@ class ManifoldMixup:
         Returns:
             ``(model output, targets)``: float32 (B, C) targets mixed like the features.
         """
-        counted = step is None
-        step = self._step if step is None else check_int("step", step, minimum=0)
-        epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
+        epoch, step, counted = self.counter.resolve(step, epoch)
         if not self._handles and self._modules:
             raise RuntimeError("this ManifoldMixup was closed; make a new one")
         layer = self.choose_layer(step=step, epoch=epoch)
@@ -199,7 +206,7 @@ class ManifoldMixup:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass; it can't be mixed at")
         self.last_layer = layer
         if counted:
-            self._step += 1
+            self.counter.advance()
         return output, mixed["targets"]
 
     def _make_hook(self, name: str) -> Any:
