@@ -319,3 +319,19 @@ def test_jsd_refuses_mismatched_shapes():
         jensen_shannon_consistency(_logits(0), _logits(1), _logits(2, b=5))
     with pytest.raises(ValueError):
         jensen_shannon_consistency(*(torch.zeros(5) for _ in range(3)))
+
+
+def test_augmix_names_the_nonfinite_samples_before_kornia_sees_them():
+    x = torch.rand(5, 3, 8, 8)
+    x[3, 1, 2, 2] = float("nan")
+    x[4, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"images holds NaN or inf in samples \[3, 4\]"):
+        AugMix(seed=0)(x)
+
+
+def test_augmix_refuses_images_outside_0_1_naming_the_samples():
+    x = torch.rand(4, 1, 8, 8)
+    x[2] *= 255.0
+    with pytest.raises(ValueError, match=r"images must be in \[0, 1\].*samples \[2\]"):
+        AugMix(seed=0)(x)
+    AugMix(seed=0)(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))  # uint8 0-255 is fine

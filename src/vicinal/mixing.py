@@ -58,12 +58,14 @@ __all__ = [
     "TargetFormat",
     "apply_plan",
     "check_plan_inputs",
+    "nonfinite_samples",
     "pack_arrays",
     "paste_weights",
     "pasted_sources",
     "place_boxes",
     "plan_arrays",
     "plan_to_tensors",
+    "require_finite",
     "spatial_size",
 ]
 
@@ -445,33 +447,47 @@ def check_plan_inputs(
             raise ValueError(f"x has spatial size {size} but the plan was drawn for image_size={plan.image_size}")
 
 
-def _check_finite(name: str, a: Any) -> None:
-    """Raise naming the samples of ``a`` that hold NaN or inf (``check_finite=True``)."""
+def nonfinite_samples(a: Any) -> list[int]:
+    """The sample indices (axis 0) of ``a`` that hold NaN or inf, ascending.
+
+    ``a``: a NumPy/array-API array or a torch tensor of any shape (B, ...); integer
+    arrays have none. One read per sample row (its min and max, through which NaN
+    propagates). Inside ``torch.compile`` nothing can be read back: it returns ``[]``
+    after queueing an on-device assertion that all of ``a`` is finite.
+    """
     if is_torch_tensor(a):
         torch = _torch()
         if not a.is_floating_point() or a.device.type == "meta":
-            return
+            return []
         if torch_compiling():
-            torch._assert_async(torch.isfinite(a).all(), f"{name} holds NaN or inf")
-            return
-        lo, hi = torch.aminmax(a.detach().reshape(a.shape[0], -1), dim=1)  # one read; NaN propagates
+            torch._assert_async(torch.isfinite(a).all(), "a tensor holds NaN or inf")
+            return []
+        lo, hi = torch.aminmax(a.detach().reshape(a.shape[0], -1), dim=1)
         bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
         if not bool(bad.any()):
-            return
+            return []
         rows: list[int] = bad.nonzero().flatten().tolist()
-    else:
-        xp = array_namespace(a)
-        if not xp.isdtype(a.dtype, "real floating"):
-            return
-        bad = ~xp.all(xp.isfinite(xp.reshape(a, (a.shape[0], -1))), axis=1)
-        rows = [int(i) for i in np.flatnonzero(np.asarray(bad))]
-        if not rows:
-            return
-    shown = f"{rows[:8]}" + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
-    raise ValueError(
-        f"{name} holds NaN or inf in samples {shown}: mixing would spread them into the samples "
-        "paired with them (check_finite=True)"
-    )
+        return rows
+    xp = array_namespace(a)
+    if not xp.isdtype(a.dtype, "real floating"):
+        return []
+    bad = ~xp.all(xp.isfinite(xp.reshape(a, (a.shape[0], -1))), axis=1)
+    return [int(i) for i in np.flatnonzero(np.asarray(bad))]
+
+
+_SPREADS_NAN = "mixing would spread them into the samples paired with them (check_finite=True)"
+
+
+def require_finite(name: str, a: Any, why: str) -> None:
+    """Raise a ValueError naming the samples of ``a`` that hold NaN or inf.
+
+    ``why`` ends the message: what the NaN would do there. Inside ``torch.compile``
+    it only queues an on-device assertion (see :func:`nonfinite_samples`).
+    """
+    rows = nonfinite_samples(a)
+    if rows:
+        shown = f"{rows[:8]}" + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+        raise ValueError(f"{name} holds NaN or inf in samples {shown}: {why}")
 
 
 def _box_indicator(xp: Any, boxes: Any, h: int, w: int, device: Any = None) -> Any:
@@ -1232,9 +1248,9 @@ def apply_plan(
             raise ValueError("out is only supported for torch tensors")
         _check_generic_x(x)
     if check_finite:
-        _check_finite("x", x)
+        require_finite("x", x, _SPREADS_NAN)
         if x_partner is not None:
-            _check_finite("x_partner", x_partner)
+            require_finite("x_partner", x_partner, _SPREADS_NAN)
 
     y_mixed = None
     if y is not None:

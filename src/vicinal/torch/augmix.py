@@ -58,6 +58,7 @@ import torch
 from vicinal._checks import check_concentration, check_int
 from vicinal._counter import generator
 from vicinal._stepper import StepCounter
+from vicinal.mixing import require_finite
 from vicinal.sampling import sample_beta, sample_dirichlet
 
 __all__ = [
@@ -304,6 +305,16 @@ def augmix(images: torch.Tensor, plan: AugMixPlan) -> torch.Tensor:
     b, c, h, w = images.shape
     if plan.batch_size != b:
         raise ValueError(f"the plan is for {plan.batch_size} images, the batch has {b}")
+    if not is_uint8:
+        # Checked here, not left to kornia: its range error blames a missing /255.
+        require_finite("images", images, "AugMix's image ops need finite values in [0, 1]")
+        lo, hi = torch.aminmax(images.detach().reshape(b, -1), dim=1)
+        outside = ((lo < 0) | (hi > 1)).nonzero().flatten().tolist()
+        if outside:
+            raise ValueError(
+                f"images must be in [0, 1] (or uint8 0-255); samples {outside[:8]} hold values in "
+                f"[{float(lo.min()):.4g}, {float(hi.max()):.4g}]"
+            )
     work_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     x = images.to(work_dtype) / 255.0 if is_uint8 else images.to(work_dtype)
 
