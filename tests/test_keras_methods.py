@@ -11,6 +11,7 @@ keras = pytest.importorskip("keras")
 from vicinal import MixConfig, apply_plan, sample_plan  # noqa: E402
 from vicinal.keras import MixedBatches, MixLayer  # noqa: E402
 from vicinal.keras.ops import mix_with_plan, plan_tensors  # noqa: E402
+from vicinal.mixing import place_boxes  # noqa: E402
 
 METHODS = ["cutmix", "fmix", "resizemix", "gridmix", "smoothmix", "saliencymix"]
 
@@ -52,3 +53,25 @@ def test_mixed_batches_take_mask_methods(method: str) -> None:
     np.testing.assert_allclose(yb.sum(axis=1), 1.0, atol=1e-6)
     plan = sample_plan(MixConfig(method), 8, seed=0, image_size=(8, 8))
     assert plan.cut is not None and plan.cut.all()
+
+
+@pytest.mark.parametrize("method", ["mixup", "kway", *METHODS])
+def test_keras_ops_uint8_in_uint8_out_like_the_core(method: str) -> None:
+    """mix_with_plan rounds integer images back to their dtype, as apply_plan does (it
+    used to return them as float: a second, drifted formula)."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (6, 10, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 4, 6)
+    config = MixConfig(method, alpha=1.0)
+    plan = sample_plan(config, 6, seed=4, image_size=(10, 8) if config.needs_image_size else None)
+    if plan.unplaced is not None:
+        plan = place_boxes(plan, x, data_format="channels_last")
+    want, _ = apply_plan(plan, x, y, num_classes=4, data_format="channels_last")
+    got, _ = mix_with_plan(plan, x, y, num_classes=4, data_format="channels_last")
+    got = keras.ops.convert_to_numpy(got)
+    assert got.dtype == np.uint8 and want.dtype == np.uint8
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1  # float32 here, float64 in the reference: ties may round apart
+    assert (diff > 0).mean() < 0.01
+    with pytest.raises(TypeError, match="bool"):
+        mix_with_plan(plan, x > 128, y, num_classes=4, data_format="channels_last")

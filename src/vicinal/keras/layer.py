@@ -200,12 +200,15 @@ class MixLayer(keras.layers.Layer):
                 "inputs must include the labels ({'images': x, 'labels': y} or (x, y)): "
                 "mixing the images alone would leave their targets unmixed"
             )
+        partner_images = parts.get("partner_images")
+        if is_integer_dtype(images):  # a layer's output is in its compute dtype (not rescaled)
+            images = ops.cast(images, self.compute_dtype)
+            if partner_images is not None:
+                partner_images = ops.cast(partner_images, self.compute_dtype)
         if not training:
-            if is_integer_dtype(images):
-                images = ops.cast(images, self.compute_dtype)
             out = (images, soft_labels(labels, self.num_classes, 0.0))
         else:
-            plan = self.plan_for(images, partner_images=parts.get("partner_images"))
+            plan = self.plan_for(images, partner_images=partner_images)
             out = mix_with_plan(
                 plan,
                 images,
@@ -213,9 +216,8 @@ class MixLayer(keras.layers.Layer):
                 num_classes=self.num_classes,
                 label_smoothing=self.label_smoothing,
                 data_format=self.data_format,
-                x_partner=parts.get("partner_images"),
+                x_partner=partner_images,
                 y_partner=parts.get("partner_labels"),
-                dtype=self.compute_dtype,
             )
             self.counter.advance()
         return {"images": out[0], "labels": out[1]} if form == "dict" else out

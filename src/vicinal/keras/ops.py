@@ -277,8 +277,9 @@ def mix_with_plan(
             backend tensors; not checked, so it can be traced).
         x: images (B, H, W, C) for ``"channels_last"`` (the Keras default), or
             (B, [C,] H, W) for ``"channels_first"``; any (B, ...) array when the plan
-            pastes no CutMix boxes. Floating ``x`` keeps its dtype; integer ``x``
-            (uint8) is mixed and returned in ``dtype``, not rescaled or rounded.
+            pastes nothing. Floating ``x`` keeps its dtype; integer ``x`` (uint8) is
+            mixed in ``dtype`` and rounded half-to-even back to its own dtype, as
+            :func:`vicinal.apply_plan` does (equal to it up to ties; bool is refused).
         y: optional int class ids (B,) in [0, num_classes) or float soft labels (B, C).
         num_classes: C, an int >= 1; required for int class ids.
         label_smoothing: ε in [0, 1], applied before mixing: ``y·(1-ε) + ε/C``.
@@ -286,7 +287,7 @@ def mix_with_plan(
             ``keras.config.image_data_format()``.
         x_partner, y_partner: the second batch, for plans drawn with
             ``pairing="stream"`` (same shapes as ``x`` and ``y``).
-        dtype: the float dtype integer images are mixed in.
+        dtype: the float dtype integer images are mixed in (then rounded back).
 
     Returns:
         ``(x_mixed, y_mixed)`` as backend tensors: ``x_mixed`` has ``x``'s shape;
@@ -315,7 +316,10 @@ def mix_with_plan(
         raise ValueError("x_partner and y_partner must be given together")
 
     x = ops.convert_to_tensor(x)
-    if is_integer_dtype(x):
+    integer_dtype = keras.backend.standardize_dtype(x.dtype) if is_integer_dtype(x) else None
+    if integer_dtype == "bool":
+        raise TypeError("x must be floating or integer, got dtype bool")
+    if integer_dtype is not None:
         x = ops.cast(x, dtype)
     k1 = tensors["partners"].shape[-1]
     partners = ops.convert_to_tensor(tensors["partners"], "int32")
@@ -334,6 +338,9 @@ def mix_with_plan(
         x_mixed = _combine(ops.convert_to_tensor(tensors["image_weights"]), x, x_sources)
     if "boxes" in tensors or "masks" in tensors:
         x_mixed = _paste(tensors, x_mixed, x_sources[0], _image_size(x, fmt), fmt)
+    if integer_dtype is not None:  # as the core: round half-to-even, saturate, cast back
+        info = np.iinfo(integer_dtype)
+        x_mixed = ops.cast(ops.clip(ops.round(x_mixed), int(info.min), int(info.max)), integer_dtype)
 
     y_mixed = None
     if y is not None:
