@@ -75,3 +75,13 @@ def test_keras_ops_uint8_in_uint8_out_like_the_core(method: str) -> None:
     assert (diff > 0).mean() < 0.01
     with pytest.raises(TypeError, match="bool"):
         mix_with_plan(plan, x > 128, y, num_classes=4, data_format="channels_last")
+
+
+def test_the_tf_namespace_has_every_op_the_shared_mixing_code_uses() -> None:
+    tf = pytest.importorskip("tensorflow")
+    from vicinal.keras.ops import _OPS_NAMES
+    from vicinal.keras.tfdata import _TfOps
+
+    xp = _TfOps(tf)
+    assert all(callable(getattr(xp, name)) for name in (*_OPS_NAMES, "dtype_of"))
+    assert all(callable(getattr(keras.ops, name)) for name in _OPS_NAMES)

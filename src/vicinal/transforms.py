@@ -64,6 +64,7 @@ __all__ = [
     "SaliencyMix",
     "SmoothMix",
     "cutmix",
+    "indexed_batch_plan",
     "mix_indexed_batch",
     "mixup",
 ]
@@ -508,6 +509,62 @@ def _one_call(
     return mixer(x, y, step=check_int("step", step, minimum=0), epoch=epoch, **call_kw)
 
 
+def indexed_batch_plan(
+    config: MixConfig,
+    fetch: Callable[[np.ndarray], tuple[Any, Any]],
+    indices: np.ndarray,
+    *,
+    image_size: tuple[int, int] | None,
+    dataset_size: int,
+    stream_offset: int,
+    seed: int,
+    epoch: int,
+    step: int,
+    rank: int = 0,
+    data_format: DataFormat = "channels_first",
+    batch: tuple[Any, Any] | None = None,
+) -> tuple[MixPlan, tuple[Any, Any] | None, tuple[Any, Any] | None]:
+    """The plan of a batch of dataset rows ``indices``, placed: the recipe of
+    :func:`mix_indexed_batch` without the mixing (the ``tf.data`` pipeline mixes in its
+    graph).
+
+    The plan of ``(seed, epoch, step, rank)`` with the second stream's batch at
+    ``stream_offset`` of ``dataset_size`` (``pairing="stream"``); SaliencyMix's boxes
+    are placed on the fetched images. Fetches only what the plan needs.
+
+    Args:
+        image_size: (H, W) of the images, for methods that paste (None: read from the
+            fetched batch).
+        batch: ``fetch(indices)``, when the caller has it already.
+
+    Returns:
+        ``(plan, batch, partner_batch)``: the batches it fetched (or was given), or None.
+    """
+    partner_batch = None
+    if config.needs_image_size and image_size is None:
+        batch = fetch(indices) if batch is None else batch
+        image_size = spatial_size(batch[0], data_format)
+    plan = sample_plan(
+        config,
+        len(indices),
+        seed=seed,
+        epoch=epoch,
+        step=step,
+        rank=rank,
+        image_size=image_size if config.needs_image_size else None,
+        dataset_size=dataset_size,
+        stream_offset=stream_offset,
+    )
+    if not plan.is_placed:
+        batch = fetch(indices) if batch is None else batch
+        if plan.stream_indices is not None:
+            partner_batch = fetch(plan.stream_indices)
+        plan = place_boxes(
+            plan, batch[0], x_partner=None if partner_batch is None else partner_batch[0], data_format=data_format
+        )
+    return plan, batch, partner_batch
+
+
 def mix_indexed_batch(
     config: MixConfig,
     fetch: Callable[[np.ndarray], tuple[Any, Any]],
@@ -528,8 +585,9 @@ def mix_indexed_batch(
     """Fetch rows ``indices`` of an in-memory dataset and mix them by the step's plan.
 
     The recipe shared by the harness's loader and Keras' ``MixedBatches``: draw the
-    plan of ``(seed, epoch, step, rank)``, fetch the partner rows of a second stream
-    when the plan has one (``pairing="stream"``: the keras.io reference), then mix.
+    plan of ``(seed, epoch, step, rank)`` (:func:`indexed_batch_plan`), fetch the
+    partner rows of a second stream when the plan has one (``pairing="stream"``: the
+    keras.io reference), then mix.
 
     Args:
         fetch: ``fetch(idx) -> (x, y)``, the inputs (B, ...) and labels (B,) of dataset
@@ -543,23 +601,25 @@ def mix_indexed_batch(
     Returns:
         ``(x_mixed, y_mixed)``: inputs like ``fetch``'s and float32 (B, C) targets.
     """
-    x, y = fetch(indices)
-    plan = sample_plan(
+    batch = fetch(indices)
+    plan, _, partner_batch = indexed_batch_plan(
         config,
-        len(indices),
+        fetch,
+        indices,
+        image_size=None,
+        batch=batch,
+        dataset_size=dataset_size,
+        stream_offset=stream_offset,
         seed=seed,
         epoch=epoch,
         step=step,
         rank=rank,
-        image_size=spatial_size(x, data_format) if config.needs_image_size else None,
-        dataset_size=dataset_size,
-        stream_offset=stream_offset,
+        data_format=data_format,
     )
+    x, y = batch
     x_partner = y_partner = None
     if plan.stream_indices is not None:
-        x_partner, y_partner = fetch(plan.stream_indices)
-    if not plan.is_placed:
-        plan = place_boxes(plan, x, x_partner=x_partner, data_format=data_format)
+        x_partner, y_partner = fetch(plan.stream_indices) if partner_batch is None else partner_batch
     return apply_plan(
         plan,
         x,

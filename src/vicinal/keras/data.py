@@ -14,8 +14,8 @@ from vicinal._stepper import StepCounter
 from vicinal.keras.ops import as_mix_config, resolve_data_format
 from vicinal.labels import batch_size_of, check_labels, to_soft
 from vicinal.mixing import spatial_size
-from vicinal.sampling import MixConfig, epoch_order
-from vicinal.transforms import mix_indexed_batch
+from vicinal.sampling import MixConfig, MixPlan, epoch_order
+from vicinal.transforms import indexed_batch_plan, mix_indexed_batch
 
 __all__ = ["MixedBatches", "SetEpoch"]
 
@@ -194,6 +194,35 @@ class MixedBatches(keras.utils.PyDataset):
             label_smoothing=self.label_smoothing,
             data_format=self.data_format,
         )
+
+    def plan(self, index: int, epoch: int | None = None) -> MixPlan:
+        """The plan :meth:`batch` mixes batch ``index`` of ``epoch`` by (default: the
+        current epoch), its boxes placed (SaliencyMix reads the images to place them).
+
+        ``mix`` must be set. Drawn with :func:`vicinal.transforms.indexed_batch_plan`,
+        the recipe :meth:`batch` follows, so the ``tf.data`` pipeline mixes the same.
+        """
+        if self.mix is None:
+            raise ValueError("these batches are not mixed (mix=None): they have no plan")
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
+        index = check_int("index", index, minimum=0)
+        if index >= self.num_batches:
+            raise IndexError(f"index {index} is out of range for {self.num_batches} batches")
+        b = self.batch_size
+        idx = self.order(epoch)[index * b : (index + 1) * b]
+        plan, _, _ = indexed_batch_plan(
+            self.mix,
+            self._fetch,
+            idx,
+            image_size=self.image_size,
+            dataset_size=self.num_samples,
+            stream_offset=index * b,
+            seed=self.seed,
+            epoch=epoch,
+            step=index,
+            data_format=self.data_format,
+        )
+        return plan
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.batch(index)

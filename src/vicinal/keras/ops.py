@@ -28,6 +28,7 @@ __all__ = [
     "as_mix_config",
     "is_integer_dtype",
     "is_traced",
+    "mix_tensors",
     "mix_with_plan",
     "plan_tensors",
     "resolve_data_format",
@@ -175,12 +176,37 @@ def soft_labels(labels: Any, num_classes: int | None, label_smoothing: float) ->
     return soft
 
 
-# keras.ops counterpart of the weighted sum in vicinal.mixing (NumPy/array-API or torch
-# only), for traced backend tensors; test_layer_output_equals_core checks they agree.
-def _combine(weights: Any, own: Any, partners: list[Any]) -> Any:
+# The mixing below is written once, against a small NumPy-like namespace ``xp`` (the
+# functions of ``keras.ops`` it uses, plus ``dtype_of``): ``keras.ops`` itself for
+# mix_with_plan, and plain TensorFlow for the tf.data pipeline (vicinal.keras.tfdata),
+# which must run in a tf.data graph whatever the Keras backend. It is the keras-side
+# optimisation of the core's reference (vicinal.mixing's generic path);
+# test_keras_ops_paste_equals_the_core, test_layer_output_equals_core and the tf.data
+# tests check that they agree.
+_OPS_NAMES = (
+    "arange", "cast", "clip", "convert_to_tensor", "logical_and", "logical_or", "moveaxis", "ones_like",
+    "reshape", "round", "take", "take_along_axis", "where",
+)  # fmt: skip
+
+
+class _KerasOps:
+    """``keras.ops`` as the namespace of the shared mixing code."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ops, name)
+
+    @staticmethod
+    def dtype_of(t: Any) -> str:
+        return cast(str, keras.backend.standardize_dtype(t.dtype))
+
+
+_KERAS_OPS = _KerasOps()
+
+
+def _combine(xp: Any, weights: Any, own: Any, partners: list[Any]) -> Any:
     """Σ_j w[:, j]·source_j with w broadcast over the trailing axes (K=2: x·λ + x'·(1-λ))."""
-    w = ops.cast(weights, own.dtype)
-    expand = (None,) * (len(own.shape) - 1)  # indexing, not ops.reshape: ~0.2 ms less a column on torch
+    w = xp.cast(weights, xp.dtype_of(own))
+    expand = (None,) * (len(own.shape) - 1)  # indexing, not reshape: ~0.2 ms less a column on torch
     cols = [w[(slice(None), j) + expand] for j in range(len(partners) + 1)]
     if len(partners) == 1:
         cols[1] = 1 - cols[0]  # as the core writes it: 1-λ in the data's dtype
@@ -190,70 +216,125 @@ def _combine(weights: Any, own: Any, partners: list[Any]) -> Any:
     return out
 
 
-# keras.ops counterpart of the core's NumPy box mask, built from boxes that may be traced
-# tensors (the core reads them from a host MixPlan); test_layer_output_equals_core and
-# test_cutmix_channels_first check they agree.
-def _box_mask(boxes: Any, height: int, width: int, ndim: int, data_format: DataFormat) -> Any:
-    """bool (B, H, W) mask from (B, 4) boxes, reshaped to broadcast against the images."""
-    boxes = ops.cast(boxes, "int32")
-    rows = ops.arange(height, dtype="int32")[None, :]
-    cols = ops.arange(width, dtype="int32")[None, :]
-    in_rows = ops.logical_and(rows >= boxes[:, 0:1], rows < boxes[:, 2:3])  # (B, H)
-    in_cols = ops.logical_and(cols >= boxes[:, 1:2], cols < boxes[:, 3:4])  # (B, W)
-    mask = ops.logical_and(in_rows[:, :, None], in_cols[:, None, :])  # (B, H, W)
-    if data_format == "channels_last":
-        shape = (-1,) + (1,) * (ndim - 4) + (height, width, 1)  # spatial axes -3, -2
-    else:
-        shape = (-1,) + (1,) * (ndim - 3) + (height, width)
-    return ops.reshape(mask, shape)
-
-
-# keras.ops counterpart of vicinal.mixing's reference paste (_paste_np): blend·(1-m) + P·m,
-# a select where m is binary; test_keras_mask_methods_equal_core checks they agree.
-def _paste(tensors: Mapping[str, Any], blend: Any, partner: Any, size: tuple[int, int], fmt: DataFormat) -> Any:
+def _spatial_shape(ndim: int, size: tuple[int, int], fmt: DataFormat) -> tuple[int, ...]:
+    """The shape a (B, H, W) mask takes to broadcast against (B, ...) images."""
     h, w = size
-    ndim = len(blend.shape)
+    if fmt == "channels_last":
+        return (-1,) + (1,) * (ndim - 4) + (h, w, 1)  # spatial axes -3, -2
+    return (-1,) + (1,) * (ndim - 3) + (h, w)
+
+
+def _box_mask(xp: Any, boxes: Any, size: tuple[int, int]) -> Any:
+    """bool (B, H, W): True inside each row's box (the core's ``_box_indicator``, from
+    boxes that may be traced tensors)."""
+    h, w = size
+    boxes = xp.cast(boxes, "int32")
+    rows = xp.arange(h, dtype="int32")[None, :]
+    cols = xp.arange(w, dtype="int32")[None, :]
+    in_rows = xp.logical_and(rows >= boxes[:, 0:1], rows < boxes[:, 2:3])  # (B, H)
+    in_cols = xp.logical_and(cols >= boxes[:, 1:2], cols < boxes[:, 3:4])  # (B, W)
+    return xp.logical_and(in_rows[:, :, None], in_cols[:, None, :])
+
+
+def _paste(
+    xp: Any, tensors: Mapping[str, Any], blend: Any, partner: Any, size: tuple[int, int], fmt: DataFormat
+) -> Any:
+    """The core's reference paste (``_paste_np``): ``blend·(1-m) + P·m``, a select where
+    the partner's pixel weight ``m`` is binary; ``P`` the (resampled) partner."""
     m = None
     if "boxes" in tensors:
-        m = _box_mask(ops.convert_to_tensor(tensors["boxes"]), h, w, ndim, fmt)
+        m = _box_mask(xp, xp.convert_to_tensor(tensors["boxes"]), size)
     if "masks" in tensors:
-        masks = ops.convert_to_tensor(tensors["masks"])
-        if fmt == "channels_last":
-            shape = (-1,) + (1,) * (ndim - 4) + (h, w, 1)
+        masks = xp.convert_to_tensor(tensors["masks"])
+        if xp.dtype_of(masks) == "bool":
+            m = masks if m is None else xp.logical_or(m, masks)
         else:
-            shape = (-1,) + (1,) * (ndim - 3) + (h, w)
-        masks = ops.reshape(masks, shape)
-        if keras.backend.standardize_dtype(masks.dtype) == "bool":
-            m = masks if m is None else ops.logical_or(m, masks)
-        else:
-            m = masks if m is None else ops.where(m, ops.ones_like(masks), masks)
+            m = masks if m is None else xp.where(m, xp.ones_like(masks), masks)
+    assert m is not None
+    m = xp.reshape(m, _spatial_shape(len(blend.shape), size, fmt))
     pasted = partner
     if "source_rows" in tensors:
-        pasted = _resample(partner, tensors["source_rows"], tensors["source_cols"], size, fmt)
-    assert m is not None
-    if keras.backend.standardize_dtype(m.dtype) == "bool":
-        return ops.where(m, pasted, blend)
-    m = ops.cast(m, blend.dtype)
+        pasted = _resample(xp, partner, tensors["source_rows"], tensors["source_cols"], size, fmt)
+    if xp.dtype_of(m) == "bool":
+        return xp.where(m, pasted, blend)
+    m = xp.cast(m, xp.dtype_of(blend))
     return blend * (1 - m) + pasted * m
 
 
-def _resample(a: Any, rows: Any, cols: Any, size: tuple[int, int], fmt: DataFormat) -> Any:
-    """``a[i, ..., rows[i, h], cols[i, w], ...]`` per sample, with ``keras.ops``."""
+def _resample(xp: Any, a: Any, rows: Any, cols: Any, size: tuple[int, int], fmt: DataFormat) -> Any:
+    """``a[i, ..., rows[i, h], cols[i, w], ...]`` per sample (ResizeMix's nearest maps)."""
     h, w = size
-    rows = ops.cast(ops.convert_to_tensor(rows), "int32")
-    cols = ops.cast(ops.convert_to_tensor(cols), "int32")
-    flat_index = ops.reshape(rows[:, :, None] * w + cols[:, None, :], (-1, h * w))  # (B, H*W)
-    if fmt == "channels_last":  # (B, ..., H, W, C)
-        moved = ops.moveaxis(a, (-3, -2), (1, 2))
-    else:  # (B, ..., H, W)
-        moved = ops.moveaxis(a, (-2, -1), (1, 2))
+    rows = xp.cast(xp.convert_to_tensor(rows), "int32")
+    cols = xp.cast(xp.convert_to_tensor(cols), "int32")
+    flat_index = xp.reshape(rows[:, :, None] * w + cols[:, None, :], (-1, h * w))  # (B, H*W)
+    spatial = (-3, -2) if fmt == "channels_last" else (-2, -1)
+    moved = xp.moveaxis(a, spatial, (1, 2))  # (B, H, W, ...)
     shape = tuple(moved.shape)
-    flat = ops.reshape(moved, (shape[0], h * w, -1))
-    picked = ops.take_along_axis(flat, flat_index[:, :, None], axis=1)
-    picked = ops.reshape(picked, shape)
-    if fmt == "channels_last":
-        return ops.moveaxis(picked, (1, 2), (-3, -2))
-    return ops.moveaxis(picked, (1, 2), (-2, -1))
+    flat = xp.reshape(moved, (-1, h * w, _prod(shape[3:])))
+    picked = xp.take_along_axis(flat, flat_index[:, :, None], axis=1)
+    return xp.moveaxis(xp.reshape(picked, (-1, *shape[1:])), (1, 2), spatial)
+
+
+def _prod(dims: tuple[Any, ...]) -> int:
+    out = 1
+    for d in dims:
+        out *= int(d)
+    return out
+
+
+def mix_tensors(
+    xp: Any,
+    tensors: Mapping[str, Any],
+    x: Any,
+    soft: Any,
+    *,
+    x_partner: Any = None,
+    soft_partner: Any = None,
+    image_size: tuple[int, int] | None,
+    data_format: DataFormat,
+    work_dtype: str = "float32",
+    blend: bool = True,
+) -> tuple[Any, Any]:
+    """Mix images and soft targets by packed plan ``tensors``, in namespace ``xp``.
+
+    The one keras-side implementation of the plan's formula (no checks: inputs may be
+    traced). ``x`` (B, ...) floating or integer (mixed in ``work_dtype``, rounded
+    half-to-even back, as the core); ``soft`` float32 (B, C) or None; ``x_partner`` /
+    ``soft_partner``: the second stream of a stream plan; ``image_size``: (H, W), needed
+    when ``tensors`` paste; ``blend=False`` when every row's image weights are
+    ``(1, 0, ...)`` (nothing to blend, only pastes).
+    """
+    dtype = xp.dtype_of(x)
+    integer = dtype.startswith(("int", "uint"))
+    if dtype == "bool":
+        raise TypeError("x must be floating or integer, got dtype bool")
+    if integer:
+        x = xp.cast(x, work_dtype)
+        if x_partner is not None:
+            x_partner = xp.cast(x_partner, work_dtype)
+    elif x_partner is not None:
+        x_partner = xp.cast(x_partner, dtype)
+    partners = xp.cast(xp.convert_to_tensor(tensors["partners"]), "int32")
+    k1 = int(partners.shape[-1])
+
+    def sources(own: Any, second: Any) -> list[Any]:
+        if second is not None:  # a stream plan: row i of the second batch
+            return [second]
+        return [xp.take(own, partners[:, j], axis=0) for j in range(k1)]
+
+    x_sources = sources(x, x_partner)
+    x_mixed = _combine(xp, xp.convert_to_tensor(tensors["image_weights"]), x, x_sources) if blend else x
+    if "boxes" in tensors or "masks" in tensors:
+        if image_size is None:
+            raise ValueError("a plan that pastes needs image_size")
+        x_mixed = _paste(xp, tensors, x_mixed, x_sources[0], image_size, data_format)
+    if integer:  # as the core: round half-to-even, saturate, cast back
+        info = np.iinfo(dtype)
+        x_mixed = xp.cast(xp.clip(xp.round(x_mixed), int(info.min), int(info.max)), dtype)
+    y_mixed = None
+    if soft is not None:
+        y_mixed = _combine(xp, xp.convert_to_tensor(tensors["weights"]), soft, sources(soft, soft_partner))
+    return x_mixed, y_mixed
 
 
 def mix_with_plan(
@@ -316,37 +397,22 @@ def mix_with_plan(
         raise ValueError("x_partner and y_partner must be given together")
 
     x = ops.convert_to_tensor(x)
-    integer_dtype = keras.backend.standardize_dtype(x.dtype) if is_integer_dtype(x) else None
-    if integer_dtype == "bool":
-        raise TypeError("x must be floating or integer, got dtype bool")
-    if integer_dtype is not None:
-        x = ops.cast(x, dtype)
-    k1 = tensors["partners"].shape[-1]
-    partners = ops.convert_to_tensor(tensors["partners"], "int32")
-
-    def sources(own: Any, second: Any) -> list[Any]:
-        if second is not None:  # a stream plan: row i of the second batch
-            return [second]
-        return [ops.take(own, partners[:, j], axis=0) for j in range(k1)]
-
-    if x_partner is not None:
-        x_partner = ops.cast(ops.convert_to_tensor(x_partner), x.dtype)
-    x_sources = sources(x, x_partner)
-    if isinstance(plan, MixPlan) and bool(np.all(tensors["image_weights"][:, 0] == 1.0)):
-        x_mixed = x  # every row keeps its own image (CutMix, or nothing applied): x·1 + x'·0 = x
-    else:
-        x_mixed = _combine(ops.convert_to_tensor(tensors["image_weights"]), x, x_sources)
-    if "boxes" in tensors or "masks" in tensors:
-        x_mixed = _paste(tensors, x_mixed, x_sources[0], _image_size(x, fmt), fmt)
-    if integer_dtype is not None:  # as the core: round half-to-even, saturate, cast back
-        info = np.iinfo(integer_dtype)
-        x_mixed = ops.cast(ops.clip(ops.round(x_mixed), int(info.min), int(info.max)), integer_dtype)
-
-    y_mixed = None
+    soft = soft_partner = None
     if y is not None:
         soft = soft_labels(ops.convert_to_tensor(y), num_classes, eps)
-        soft_partner = None
         if y_partner is not None:
             soft_partner = soft_labels(ops.convert_to_tensor(y_partner), num_classes, eps)
-        y_mixed = _combine(ops.convert_to_tensor(tensors["weights"]), soft, sources(soft, soft_partner))
-    return x_mixed, y_mixed
+    pastes = "boxes" in tensors or "masks" in tensors
+    return mix_tensors(
+        _KERAS_OPS,
+        tensors,
+        x,
+        soft,
+        x_partner=None if x_partner is None else ops.convert_to_tensor(x_partner),
+        soft_partner=soft_partner,
+        image_size=_image_size(x, fmt) if pastes else None,
+        data_format=fmt,
+        work_dtype=dtype,
+        # every row keeps its own image (CutMix, or nothing applied): x·1 + x'·0 = x
+        blend=not (isinstance(plan, MixPlan) and bool(np.all(tensors["image_weights"][:, 0] == 1.0))),
+    )

@@ -7,19 +7,19 @@ epoch than its own ``tf.data`` pipeline. :func:`tf_dataset` makes the same batch
 inside a ``tf.data`` graph instead:
 
 * on the host, a chunk of batches at a time (a NumPy call per 32 batches, ahead of
-  the training step): the epoch's order and each batch's :class:`~vicinal.sampling.MixPlan`, drawn by
-  :func:`vicinal.sampling.sample_plan` exactly as :class:`MixedBatches` draws them,
-  flattened into fixed-shape arrays: the dataset rows of each source (own rows,
-  partner rows or the second stream's rows), the label and image weights, the CutMix
-  boxes;
+  the training step): the epoch's order and each batch's plan
+  (:meth:`MixedBatches.plan <vicinal.keras.MixedBatches.plan>`), packed by
+  :func:`vicinal.mixing.plan_arrays` (the one packed format) and stacked;
 * in the graph, per batch, on TensorFlow's threads (``num_parallel_calls``): gather
-  the rows from the in-memory arrays, rescale, the weighted sum, the box paste, the
-  soft labels.
+  the rows from the in-memory arrays, rescale, and mix by
+  :func:`vicinal.keras.ops.mix_tensors`, the same code ``keras.ops.mix_with_plan``
+  runs, here on plain TensorFlow ops.
 
 So batch ``i`` of epoch ``e`` equals ``batches.batch(i, e)`` within float rounding
-(tested), on every pass. Each pass (each ``iter()``, which ``model.fit`` makes at the
-start of an epoch) reads ``batches.epoch`` when it starts: use ``SetEpoch(batches)``
-as with the ``PyDataset`` itself.
+(integer images: up to ties; tested), on every pass, for every method. Each pass (each
+``iter()``, which ``model.fit`` makes at the start of an epoch) reads
+``batches.epoch`` when it starts: use ``SetEpoch(batches)`` as with the ``PyDataset``
+itself.
 
 It needs TensorFlow (``pip install tensorflow``), not the TensorFlow *backend*: the
 pipeline is plain ``tf`` ops, so a ``tf.data.Dataset`` made here feeds ``model.fit`` on
@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from vicinal.keras.ops import mix_tensors, plan_tensors
 from vicinal.labels import to_soft
-from vicinal.sampling import sample_plan
+from vicinal.mixing import place_boxes
+from vicinal.sampling import MixPlan, sample_plan
 
 __all__ = ["epoch_arrays", "tf_dataset"]
 
@@ -54,60 +56,101 @@ def _tf() -> Any:
     return tf
 
 
+class _TfOps:
+    """Plain TensorFlow as the namespace of :func:`vicinal.keras.ops.mix_tensors`
+    (the ``keras.ops`` names it uses), so the pipeline runs in a ``tf.data`` graph on any
+    Keras backend."""
+
+    def __init__(self, tf: Any) -> None:
+        tnp = tf.experimental.numpy
+        self.arange = lambda n, dtype: tf.range(n, dtype=dtype)
+        self.cast = tf.cast
+        self.clip = tf.clip_by_value
+        self.convert_to_tensor = tf.convert_to_tensor
+        self.logical_and = tf.logical_and
+        self.logical_or = tf.logical_or
+        self.moveaxis = tnp.moveaxis
+        self.ones_like = tf.ones_like
+        self.reshape = tf.reshape
+        self.round = tf.round  # half to even, as the core
+        self.take = lambda a, index, axis: tf.gather(a, index, axis=axis)
+        self.take_along_axis = tnp.take_along_axis
+        self.where = tf.where
+
+    @staticmethod
+    def dtype_of(t: Any) -> str:
+        return str(t.dtype.name)
+
+
+def _packed(plan: MixPlan) -> dict[str, np.ndarray]:
+    """One batch's arrays in a chunk: :func:`plan_tensors`, and the stream's rows."""
+    packed = plan_tensors(plan)
+    # float64, as the plan holds them: cast in the graph to the images' dtype, so
+    # float64 images blend exactly as the core blends them (float32: the same).
+    packed["image_weights"] = plan.input_weights
+    if plan.stream_indices is not None:
+        packed["stream_rows"] = plan.stream_indices.astype(np.int32)
+    return packed
+
+
+def _chunk_layout(batches: Any) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+    """``name -> (dtype, shape of one batch's array)`` of :func:`epoch_arrays`' output.
+
+    The key set, dtypes and shapes depend only on the config, the batch size and the
+    image size, so they are read off a stand-in plan (placed on blank images), without
+    drawing an epoch's order.
+    """
+    b = batches.batch_size
+    layout: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {
+        "size": (np.dtype(np.int32), ()),
+        "rows": (np.dtype(np.int32), (b,)),
+    }
+    if batches.mix is None:
+        return layout
+    plan = sample_plan(
+        batches.mix, b, seed=0, image_size=batches.image_size, dataset_size=batches.num_samples, stream_offset=0
+    )
+    if not plan.is_placed:
+        blank = np.zeros((b, *batches.x.shape[1:]), dtype=np.float32)
+        plan = place_boxes(plan, blank, x_partner=blank, data_format=batches.data_format)
+    layout.update({key: (value.dtype, value.shape) for key, value in _packed(plan).items()})
+    return layout
+
+
 def epoch_arrays(batches: Any, epoch: int, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
     """Batches ``start`` to ``stop`` (default: all) of ``epoch`` of ``batches`` (a
     :class:`MixedBatches`) as stacked arrays.
 
-    Returns (``nb`` batches, ``B`` the batch size, the last batch padded to ``B``):
+    Returns (``nb`` batches, ``B`` the batch size, the last batch padded to ``B`` with
+    zeros):
         ``"size"``: int32 (nb,), the rows of each batch.
-        ``"rows"``: int32 (nb, B, K), the dataset rows of each source: column 0 the
-        batch's own rows, columns 1.. its partners' (in-batch partners mapped to their
-        dataset rows, or the second stream's rows for ``pairing="stream"``).
-        ``"weights"``: float32 (nb, B, K), the plans' label weights, and
-        ``"image_weights"``: float64 (nb, B, K), their image weights (only with a ``mix``).
-        ``"boxes"``: int32 (nb, B, 4), the CutMix boxes (CutMix and switch only).
+        ``"rows"``: int32 (nb, B), the dataset rows of each batch.
+        ``"stream_rows"``: int32 (nb, B), the second stream's rows (``pairing="stream"``).
+        With a ``mix``, each batch's plan packed by :func:`vicinal.keras.ops.plan_tensors`
+        (:func:`vicinal.mixing.plan_arrays` with Keras' names), stacked: ``"weights"``,
+        ``"image_weights"`` (float64 here), ``"partners"`` (in-batch rows), and for plans that paste
+        ``"boxes"``, ``"masks"``, ``"source_rows"``/``"source_cols"``.
     """
-    n, b = batches.num_samples, batches.batch_size
+    b = batches.batch_size
     stop = batches.num_batches if stop is None else min(stop, batches.num_batches)
     nb = max(stop - start, 0)
     order = batches.order(epoch)
-    mix = batches.mix
-    k = 1 if mix is None else mix.num_sources
     out: dict[str, np.ndarray] = {
         "size": np.empty(nb, dtype=np.int32),
-        "rows": np.zeros((nb, b, k), dtype=np.int32),
+        "rows": np.zeros((nb, b), dtype=np.int32),
     }
-    if mix is not None:
-        out["weights"] = np.zeros((nb, b, k), dtype=np.float32)
-        out["image_weights"] = np.zeros((nb, b, k), dtype=np.float64)  # cast in the graph, as the core
-        if mix.needs_image_size:
-            out["boxes"] = np.zeros((nb, b, 4), dtype=np.int32)
     for i in range(nb):
         step = start + i
         idx = order[step * b : (step + 1) * b]
         m = len(idx)
         out["size"][i] = m
-        out["rows"][i, :m, 0] = idx
-        if mix is None:
+        out["rows"][i, :m] = idx
+        if batches.mix is None:
             continue
-        plan = sample_plan(
-            mix,
-            m,
-            seed=batches.seed,
-            epoch=epoch,
-            step=step,
-            image_size=batches.image_size,
-            dataset_size=n,
-            stream_offset=step * b,
-        )
-        if plan.stream_indices is not None:
-            out["rows"][i, :m, 1] = plan.stream_indices
-        else:
-            out["rows"][i, :m, 1:] = idx[plan.partners]
-        out["weights"][i, :m] = plan.weights
-        out["image_weights"][i, :m] = plan.input_weights
-        if plan.boxes is not None:
-            out["boxes"][i, :m] = plan.boxes
+        for key, value in _packed(batches.plan(step, epoch)).items():
+            if key not in out:
+                out[key] = np.zeros((nb, b, *value.shape[1:]), dtype=value.dtype)
+            out[key][i, :m] = value
     return out
 
 
@@ -116,7 +159,8 @@ def tf_dataset(batches: Any, *, num_parallel_calls: int | None = None, prefetch:
 
     Each pass over the dataset yields the ``len(batches)`` batches of epoch
     ``batches.epoch`` (read when the pass starts), equal to ``batches.batch(i)`` within
-    float rounding: same order, plans, rescaling, label smoothing, layout and dtypes.
+    float rounding (integers: up to ties): same order, plans, rescaling, label
+    smoothing, layout and dtypes, for every method.
 
     Args:
         batches: the :class:`~vicinal.keras.MixedBatches` to mirror (its arrays are
@@ -132,22 +176,15 @@ def tf_dataset(batches: Any, *, num_parallel_calls: int | None = None, prefetch:
 
     if not isinstance(batches, MixedBatches):
         raise TypeError(f"batches must be a MixedBatches, got {type(batches).__name__}")
-    mix = batches.mix
-    if mix is not None and not set(mix.methods) <= {"mixup", "cutmix", "kway"}:
-        raise ValueError(
-            f"tf_dataset makes MixUp, CutMix, their switch and k-way batches in the graph; "
-            f"method={mix.method!r} (masks, resized or saliency-placed pastes) is not built there yet: "
-            "pass the MixedBatches itself to model.fit"
-        )
     tf = _tf()
+    xp = _TfOps(tf)
     auto = tf.data.AUTOTUNE
-    nb, b = batches.num_batches, batches.batch_size
-    k = 1 if mix is None else mix.num_sources
-    names = ["size", "rows"] + ([] if mix is None else ["weights", "image_weights"])
-    if mix is not None and mix.needs_image_size:
-        names.append("boxes")
-    dtypes = {"size": tf.int32, "rows": tf.int32, "weights": tf.float32, "image_weights": tf.float64, "boxes": tf.int32}
-    shapes = {"size": (), "rows": (b, k), "weights": (b, k), "image_weights": (b, k), "boxes": (b, 4)}  # a batch's
+    mix = batches.mix
+    nb = batches.num_batches
+    layout = _chunk_layout(batches)
+    names = list(layout)
+    dtypes = [tf.as_dtype(dtype) for dtype, _ in layout.values()]
+    shapes = {name: shape for name, (_, shape) in layout.items()}
 
     x_np, rescale = batches.x, batches.rescale
     with tf.device("/cpu:0"):
@@ -155,13 +192,9 @@ def tf_dataset(batches: Any, *, num_parallel_calls: int | None = None, prefetch:
         y_all = tf.convert_to_tensor(
             np.asarray(to_soft(batches.y, batches.num_classes, label_smoothing=batches.label_smoothing))
         )
-    integer = rescale is None and np.issubdtype(x_np.dtype, np.integer)
-    # The dtype images are mixed in: float32 after rescaling, a float x's own, float64
-    # for integer images (the core's), then rounded back.
-    work = tf.float64 if integer else (tf.float32 if rescale is not None else tf.as_dtype(x_np.dtype))
-    channels_last = batches.data_format == "channels_last"
-    ndim = x_np.ndim
-    height, width = batches.image_size if batches.image_size is not None else (0, 0)
+    image_size = batches.image_size
+    # CutMix alone keeps every row's own image under its box: nothing to blend.
+    blend = mix is not None and set(mix.methods) != {"cutmix"}
 
     def read_epoch(_: Any) -> np.ndarray:  # once per pass, when it starts
         return np.asarray(batches.epoch, dtype=np.int64)
@@ -172,7 +205,7 @@ def tf_dataset(batches: Any, *, num_parallel_calls: int | None = None, prefetch:
         return [arrays[name] for name in names]
 
     def plans(epoch: Any, chunk: Any) -> dict[str, Any]:
-        out = tf.numpy_function(draw, [epoch, chunk], [dtypes[name] for name in names], stateful=True)
+        out = tf.numpy_function(draw, [epoch, chunk], dtypes, stateful=True)
         return {name: tf.ensure_shape(t, (None, *shapes[name])) for name, t in zip(names, out)}
 
     def one_pass(_: Any) -> Any:
@@ -189,48 +222,25 @@ def tf_dataset(batches: Any, *, num_parallel_calls: int | None = None, prefetch:
     def make(plan: dict[str, Any]) -> tuple[Any, Any]:
         m = plan["size"]
         rows = plan["rows"][:m]
-        x = fetch(rows[:, 0])
-        y = tf.gather(y_all, rows[:, 0])
+        x, y = fetch(rows), tf.gather(y_all, rows)
         if mix is None:
             return x, y
-        sources = [fetch(rows[:, j]) for j in range(1, k)]
-        # Labels, as the core: soft·λ + soft'·(1-λ) (K = 2), Σ_j w_j·soft_j otherwise.
-        w = plan["weights"][:m]
-        cols = [w[:, j : j + 1] for j in range(k)]
-        if k == 2:
-            cols[1] = 1 - cols[0]
-        y_mixed = y * cols[0]
-        for j in range(1, k):
-            y_mixed = y_mixed + tf.gather(y_all, rows[:, j]) * cols[j]
-        # Images: the same sum with the image weights (CutMix'ed rows keep their own image).
-        xw = tf.cast(x, work) if work != x.dtype else x
-        sw = [tf.cast(s, work) if work != s.dtype else s for s in sources]
-        if mix.method == "cutmix":  # every image weight row is (1, 0): x·1 + x'·0 = x
-            x_mixed = xw
-        else:
-            iw = tf.cast(plan["image_weights"][:m], work)
-            icols = [tf.reshape(iw[:, j], (-1,) + (1,) * (ndim - 1)) for j in range(k)]
-            if k == 2:
-                icols[1] = 1 - icols[0]
-            x_mixed = xw * icols[0]
-            for j in range(1, k):
-                x_mixed = x_mixed + sw[j - 1] * icols[j]
-        if "boxes" in plan:
-            boxes = plan["boxes"][:m]
-            hh = tf.range(height, dtype=tf.int32)[None, :]
-            ww = tf.range(width, dtype=tf.int32)[None, :]
-            in_rows = tf.logical_and(hh >= boxes[:, 0:1], hh < boxes[:, 2:3])
-            in_cols = tf.logical_and(ww >= boxes[:, 1:2], ww < boxes[:, 3:4])
-            mask = tf.logical_and(in_rows[:, :, None], in_cols[:, None, :])
-            if channels_last:
-                mask = tf.reshape(mask, [-1] + [1] * (ndim - 4) + [height, width, 1])
-            else:
-                mask = tf.reshape(mask, [-1] + [1] * (ndim - 3) + [height, width])
-            x_mixed = tf.where(mask, sw[0], x_mixed)
-        if work != x.dtype:  # integer images without rescale: rounded half to even, as the core
-            info = np.iinfo(x_np.dtype)
-            x_mixed = tf.cast(tf.clip_by_value(tf.round(x_mixed), float(info.min), float(info.max)), x.dtype)
-        return x_mixed, y_mixed
+        x_partner = y_partner = None
+        if "stream_rows" in plan:
+            stream = plan["stream_rows"][:m]
+            x_partner, y_partner = fetch(stream), tf.gather(y_all, stream)
+        tensors = {name: plan[name][:m] for name in names if name not in ("size", "rows", "stream_rows")}
+        return mix_tensors(
+            xp,
+            tensors,
+            x,
+            y,
+            x_partner=x_partner,
+            soft_partner=y_partner,
+            image_size=image_size,
+            data_format=batches.data_format,
+            blend=blend,
+        )
 
     ds = tf.data.Dataset.range(1).flat_map(one_pass)
     ds = ds.map(make, num_parallel_calls=auto if num_parallel_calls is None else num_parallel_calls, deterministic=True)
