@@ -57,7 +57,7 @@ import keras
 import numpy as np
 
 from vicinal import MixConfig, sample_plan
-from vicinal.keras import MixLayer, mix_with_plan, plan_tensors
+from vicinal.keras import MixLayer, mix_with_plan, plan_to_tensors
 
 
 def _sync(out: object) -> None:
@@ -108,9 +108,9 @@ def rows(batch: int, shape: tuple[int, int, int], num_classes: int) -> dict[str,
     v_cutmix = MixLayer(cutmix_cfg, num_classes=num_classes)
     v_switch = MixLayer(MixConfig("switch", alpha=0.2, cutmix_alpha=1.0), num_classes=num_classes)
     v_kway = MixLayer(MixConfig("kway", alpha=0.2, k=3), num_classes=num_classes)
-    mixup_plan = plan_tensors(sample_plan(mixup_cfg, batch, seed=0))
+    mixup_plan = plan_to_tensors(sample_plan(mixup_cfg, batch, seed=0))
     mixup_plan = {k: keras.ops.convert_to_tensor(v) for k, v in mixup_plan.items()}
-    cutmix_plan = plan_tensors(sample_plan(cutmix_cfg, batch, seed=0, image_size=image_size))
+    cutmix_plan = plan_to_tensors(sample_plan(cutmix_cfg, batch, seed=0, image_size=image_size))
     cutmix_plan = {k: keras.ops.convert_to_tensor(v) for k, v in cutmix_plan.items()}
 
     out: dict[str, Callable[[], object]] = {

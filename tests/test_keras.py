@@ -12,7 +12,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from vicinal import MixConfig, apply_plan, sample_plan  # noqa: E402
-from vicinal.keras import MixedBatches, MixLayer, SetEpoch, mix_with_plan, plan_tensors, tf_dataset  # noqa: E402
+from vicinal.keras import MixedBatches, MixLayer, SetEpoch, mix_with_plan, plan_to_tensors, tf_dataset  # noqa: E402
 
 # keras.ops.convert_to_numpy on torch tensors (keras 3.15 + numpy 2) warns; not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -25,11 +25,11 @@ def test_package_layout():
     from vicinal.keras import data, layer, ops, tfdata
 
     assert sorted(vicinal.keras.__all__) == sorted(
-        ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_tensors", "tf_dataset"]
+        ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_to_tensors", "tf_dataset"]
     )
     assert tf_dataset is tfdata.tf_dataset
     assert (MixLayer, MixedBatches, SetEpoch) == (layer.MixLayer, data.MixedBatches, data.SetEpoch)
-    assert (mix_with_plan, plan_tensors) == (ops.mix_with_plan, ops.plan_tensors)
+    assert (mix_with_plan, plan_to_tensors) == (ops.mix_with_plan, ops.plan_to_tensors)
     assert set(vicinal.keras.DATA_FORMATS) == {"channels_last", "channels_first"}  # importable as before the split
     assert keras.saving.get_registered_object("vicinal>MixLayer") is MixLayer
 
@@ -129,7 +129,7 @@ def test_plan_tensors_path_equals_plan_path(batch):
     x, y = batch
     for config in (MixConfig("switch", alpha=1.0), MixConfig("kway", k=3)):
         plan = sample_plan(config, B, seed=5, step=3, image_size=(H, W))
-        tensors = {k: keras.ops.convert_to_tensor(v) for k, v in plan_tensors(plan).items()}
+        tensors = {k: keras.ops.convert_to_tensor(v) for k, v in plan_to_tensors(plan).items()}
         got = mix_with_plan(tensors, x, y, num_classes=NUM_CLASSES)
         want = mix_with_plan(plan, x, y, num_classes=NUM_CLASSES)
         for g, w in zip(got, want):
@@ -374,7 +374,7 @@ def test_mix_with_plan_traces_and_the_layer_refuses_tracers(batch):
     backend = keras.backend.backend()
     config = MixConfig("switch", alpha=1.0)
     plan = sample_plan(config, B, seed=2, image_size=(H, W))
-    tensors = plan_tensors(plan)
+    tensors = plan_to_tensors(plan)
 
     def mixed(t, xs, ys):
         return mix_with_plan(t, xs, ys, num_classes=NUM_CLASSES, label_smoothing=0.1)
@@ -413,7 +413,7 @@ def test_tf_data_recipe_from_the_docs():
 
     def draw(step):
         epoch, step = divmod(int(step), steps)
-        t = plan_tensors(sample_plan(config, b, seed=0, epoch=epoch, step=step, image_size=(12, 12)))
+        t = plan_to_tensors(sample_plan(config, b, seed=0, epoch=epoch, step=step, image_size=(12, 12)))
         return t["weights"], t["image_weights"], t["partners"], t["boxes"]
 
     def mix(step, batch):

@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 
 from vicinal import MixConfig, apply_plan, sample_plan  # noqa: E402
 from vicinal.keras import MixedBatches, MixLayer  # noqa: E402
-from vicinal.keras.ops import mix_with_plan, plan_tensors  # noqa: E402
+from vicinal.keras.ops import mix_with_plan, plan_to_tensors  # noqa: E402
 from vicinal.mixing import place_boxes  # noqa: E402
 
 METHODS = ["cutmix", "fmix", "resizemix", "gridmix", "smoothmix", "saliencymix"]
@@ -34,7 +34,7 @@ def test_keras_ops_paste_equals_the_core(method: str, data_format: str) -> None:
     layer = MixLayer(method=method, num_classes=4, data_format=data_format, seed=2)
     plan = layer.plan_for(x)
     want_x, want_y = apply_plan(plan, x, y, num_classes=4, data_format=data_format)
-    got_x, got_y = mix_with_plan(plan_tensors(plan), x, y, num_classes=4, data_format=data_format)
+    got_x, got_y = mix_with_plan(plan_to_tensors(plan), x, y, num_classes=4, data_format=data_format)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(got_x), want_x, atol=1e-6)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(got_y), want_y, atol=1e-6)
     out = layer({"images": x, "labels": y})
@@ -85,3 +85,13 @@ def test_the_tf_namespace_has_every_op_the_shared_mixing_code_uses() -> None:
     xp = _TfOps(tf)
     assert all(callable(getattr(xp, name)) for name in (*_OPS_NAMES, "dtype_of"))
     assert all(callable(getattr(keras.ops, name)) for name in _OPS_NAMES)
+
+
+def test_plan_tensors_is_the_deprecated_name_of_plan_to_tensors() -> None:
+    from vicinal.keras import plan_tensors, plan_to_tensors
+
+    plan = sample_plan(MixConfig("cutmix"), 4, seed=0, image_size=(6, 6))
+    with pytest.warns(DeprecationWarning, match="plan_to_tensors"):
+        old = plan_tensors(plan)
+    new = plan_to_tensors(plan)
+    assert old.keys() == new.keys() and all(np.array_equal(old[k], new[k]) for k in new)

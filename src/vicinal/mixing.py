@@ -201,7 +201,7 @@ def plan_arrays(plan: MixPlan) -> dict[str, np.ndarray]:
 
     Every front end that moves a plan into another library or onto a device packs it
     through this function: :func:`plan_to_tensors` (torch, ``torch.compile``),
-    :func:`vicinal.keras.ops.plan_tensors` (``keras.ops``), the ``tf.data`` pipeline and
+    :func:`vicinal.keras.ops.plan_to_tensors` (``keras.ops``), the ``tf.data`` pipeline and
     the harness's epoch buffers.
 
     Returns:

@@ -13,7 +13,7 @@ plans here as on the PyTorch path; only the arithmetic is done here, with ``kera
 * :func:`tf_dataset` (:mod:`vicinal.keras.tfdata`, also ``MixedBatches.tf_dataset()``):
   the same batches made inside a ``tf.data`` graph, the fast way to feed ``model.fit``
   on the TensorFlow backend (needs TensorFlow; imported only when called).
-* :func:`mix_with_plan` and :func:`plan_tensors` (:mod:`vicinal.keras.ops`): the mixing
+* :func:`mix_with_plan` and :func:`plan_to_tensors` (:mod:`vicinal.keras.ops`): the mixing
   as a pure ``keras.ops`` function of a batch and a plan given as arrays, for traced
   code (``jax.jit``, ``tf.function``, ``tf.data`` on the TensorFlow backend).
 
@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from vicinal.keras.data import MixedBatches, SetEpoch
 from vicinal.keras.layer import MixLayer
-from vicinal.keras.ops import mix_with_plan, plan_tensors
+from vicinal.keras.ops import mix_with_plan, plan_to_tensors
+from vicinal.keras.ops import plan_tensors as plan_tensors  # the deprecated name, importable as before
 from vicinal.keras.tfdata import tf_dataset
 from vicinal.mixing import DATA_FORMATS as DATA_FORMATS  # importable from here, as before the split
 
-__all__ = ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_tensors", "tf_dataset"]
+__all__ = ["MixLayer", "MixedBatches", "SetEpoch", "mix_with_plan", "plan_to_tensors", "tf_dataset"]

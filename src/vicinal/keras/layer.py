@@ -56,7 +56,7 @@ class MixLayer(keras.layers.Layer):
     call this layer on concrete batches (a Python loop or generator, a
     ``PyDataset``). Inside a traced function (``jax.jit``, ``tf.function``, a
     ``tf.data`` map) it raises a TypeError; there, draw the plans yourself and use
-    :func:`mix_with_plan` on :func:`plan_tensors` (see docs/keras.md). Inside a model
+    :func:`mix_with_plan` on :func:`plan_to_tensors` (see docs/keras.md). Inside a model
     it needs the labels as a model input: called on images alone it passes them
     through at inference and raises a ValueError in training, rather than mix the
     images and leave their targets unmixed.
@@ -191,7 +191,7 @@ class MixLayer(keras.layers.Layer):
             raise TypeError(
                 "images is a traced tensor: MixLayer draws each plan on the host for a concrete batch; "
                 "inside a traced function (jax.jit, tf.function, tf.data.Dataset.map) draw plans with "
-                "vicinal.sample_plan and pass plan_tensors(plan) to mix_with_plan"
+                "vicinal.sample_plan and pass plan_to_tensors(plan) to mix_with_plan"
             )
         if labels is None:
             if not training:

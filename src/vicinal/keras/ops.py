@@ -1,6 +1,6 @@
 """The mixing in ``keras.ops``: a :class:`~vicinal.sampling.MixPlan` applied to backend tensors.
 
-:func:`plan_tensors` turns a plan into fixed-shape arrays and :func:`mix_with_plan`
+:func:`plan_to_tensors` turns a plan into fixed-shape arrays and :func:`mix_with_plan`
 mixes a batch by them, so the mixing also runs inside a traced function (``jax.jit``,
 ``tf.function``, a ``tf.data`` map on the TensorFlow backend). The plans themselves are
 drawn on the host by the core (:func:`vicinal.sampling.sample_plan`); the argument
@@ -11,6 +11,7 @@ helpers here are shared by :class:`~vicinal.keras.MixLayer` and
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ __all__ = [
     "mix_tensors",
     "mix_with_plan",
     "plan_tensors",
+    "plan_to_tensors",
     "resolve_data_format",
     "soft_labels",
 ]
@@ -99,7 +101,7 @@ def _check_label_values(name: str, y: Any, num_classes: int | None) -> int:
     if is_traced(y):
         raise TypeError(
             f"{name} is a traced tensor: a MixPlan is drawn on the host for concrete batches; "
-            "inside a traced function pass plan_tensors(plan) to mix_with_plan instead"
+            "inside a traced function pass plan_to_tensors(plan) to mix_with_plan instead"
         )
     try:
         array_namespace(y)
@@ -119,7 +121,7 @@ def _image_size(x: Any, data_format: DataFormat) -> tuple[int, int]:
 # --------------------------------------------------------------------------- plans
 
 
-def plan_tensors(plan: MixPlan) -> dict[str, np.ndarray]:
+def plan_to_tensors(plan: MixPlan) -> dict[str, np.ndarray]:
     """A :class:`~vicinal.sampling.MixPlan` as plain arrays for :func:`mix_with_plan`:
     :func:`vicinal.mixing.plan_arrays`, the one packed format, with Keras' names.
 
@@ -144,6 +146,17 @@ def plan_tensors(plan: MixPlan) -> dict[str, np.ndarray]:
     for key, value in arrays.items():
         out[key] = value.astype(np.int32) if value.dtype == np.int64 else value
     return out
+
+
+def plan_tensors(plan: MixPlan) -> dict[str, np.ndarray]:
+    """Deprecated name of :func:`plan_to_tensors` (one name for the concept, as in
+    :func:`vicinal.mixing.plan_to_tensors`); it will be removed in vicinal 0.4."""
+    warnings.warn(
+        "vicinal.keras.ops.plan_tensors is now plan_to_tensors; the old name goes in vicinal 0.4",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return plan_to_tensors(plan)
 
 
 # --------------------------------------------------------------------------- keras.ops mixing
@@ -354,7 +367,7 @@ def mix_with_plan(
 
     Args:
         plan: a :class:`~vicinal.sampling.MixPlan` drawn for this batch (checked against
-            the inputs: eager only), or :func:`plan_tensors` of one (NumPy arrays or
+            the inputs: eager only), or :func:`plan_to_tensors` of one (NumPy arrays or
             backend tensors; not checked, so it can be traced).
         x: images (B, H, W, C) for ``"channels_last"`` (the Keras default), or
             (B, [C,] H, W) for ``"channels_first"``; any (B, ...) array when the plan
@@ -385,14 +398,14 @@ def mix_with_plan(
             _check_label_values("y", y, num_classes)
             if y_partner is not None:
                 _check_label_values("y_partner", y_partner, num_classes)
-        tensors: Mapping[str, Any] = plan_tensors(plan)
+        tensors: Mapping[str, Any] = plan_to_tensors(plan)
     elif isinstance(plan, Mapping):
         missing = sorted({"weights", "image_weights", "partners"} - set(plan))
         if missing:
-            raise ValueError(f"plan is missing {missing}: pass a MixPlan or plan_tensors(plan)")
+            raise ValueError(f"plan is missing {missing}: pass a MixPlan or plan_to_tensors(plan)")
         tensors = plan
     else:
-        raise TypeError(f"plan must be a MixPlan or plan_tensors(plan), got {type(plan).__name__}")
+        raise TypeError(f"plan must be a MixPlan or plan_to_tensors(plan), got {type(plan).__name__}")
     if y is not None and (x_partner is None) != (y_partner is None):
         raise ValueError("x_partner and y_partner must be given together")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vicinal.keras.ops import mix_tensors, plan_tensors
+from vicinal.keras.ops import mix_tensors, plan_to_tensors
 from vicinal.labels import to_soft
 from vicinal.mixing import place_boxes
 from vicinal.sampling import MixPlan, sample_plan
@@ -83,8 +83,8 @@ class _TfOps:
 
 
 def _packed(plan: MixPlan) -> dict[str, np.ndarray]:
-    """One batch's arrays in a chunk: :func:`plan_tensors`, and the stream's rows."""
-    packed = plan_tensors(plan)
+    """One batch's arrays in a chunk: :func:`plan_to_tensors`, and the stream's rows."""
+    packed = plan_to_tensors(plan)
     # float64, as the plan holds them: cast in the graph to the images' dtype, so
     # float64 images blend exactly as the core blends them (float32: the same).
     packed["image_weights"] = plan.input_weights
@@ -126,7 +126,7 @@ def epoch_arrays(batches: Any, epoch: int, start: int = 0, stop: int | None = No
         ``"size"``: int32 (nb,), the rows of each batch.
         ``"rows"``: int32 (nb, B), the dataset rows of each batch.
         ``"stream_rows"``: int32 (nb, B), the second stream's rows (``pairing="stream"``).
-        With a ``mix``, each batch's plan packed by :func:`vicinal.keras.ops.plan_tensors`
+        With a ``mix``, each batch's plan packed by :func:`vicinal.keras.ops.plan_to_tensors`
         (:func:`vicinal.mixing.plan_arrays` with Keras' names), stacked: ``"weights"``,
         ``"image_weights"`` (float64 here), ``"partners"`` (in-batch rows), and for plans that paste
         ``"boxes"``, ``"masks"``, ``"source_rows"``/``"source_cols"``.
