@@ -7,7 +7,9 @@ plan and the labels* (class ids in, float32 (B, C) targets out):
   one box per batch, flipped partners, mixed in place) on a copy of the input, since
   vicinal leaves its input alone: ``ref MixUp (1 λ, in place)``, ``ref CutMix (1 box)``;
 * vicinal's transforms with per-sample parameters: MixUp, CutMix, FMix, ResizeMix,
-  GridMix, SmoothMix, SaliencyMix, and a choice of MixUp/CutMix/FMix;
+  GridMix, SmoothMix, SaliencyMix, and a choice of MixUp/CutMix/FMix; and the mask
+  methods with one λ per batch (``granularity="batch"``: one mask, or one box size
+  placed per partner), as the reference rows and the official FMix code draw them;
 * ratios: MixUp and CutMix against their reference rows, every mask method against
   the reference CutMix row, and (224² only) uint8 against float32.
 
@@ -86,6 +88,12 @@ def main() -> None:
             "SmoothMix": SmoothMix(**options),
             "SaliencyMix": SaliencyMix(**options),
             "choice MixUp/CutMix/FMix": RandomMethod({"mixup": 1 / 3, "cutmix": 1 / 3, "fmix": 1 / 3}, **options),
+            # One λ and one mask or box per batch, as the reference rows (and the official
+            # FMix and SaliencyMix code) draw them: the like-for-like comparison.
+            "FMix (1 mask)": FMix(granularity="batch", **options),
+            "GridMix (1 mask)": GridMix(granularity="batch", **options),
+            "SmoothMix (1 mask)": SmoothMix(granularity="batch", **options),
+            "SaliencyMix (1 box size)": SaliencyMix(granularity="batch", **options),
         }
         for name, mixer in mixers.items():
             rows[name] = lambda mixer=mixer: mixer(x, y)
