@@ -284,7 +284,7 @@ def test_save_and_load_a_model_containing_the_layer(tmp_path, batch):
     restored = loaded.get_layer("mix")
     assert isinstance(restored, MixLayer)
     assert restored.get_config() == layer.get_config()
-    assert restored.mix_config == layer.mix_config
+    assert restored.config == layer.config
     assert (restored.epoch, restored.step) == (2, 5)
     data = {"images": x, "labels": y.astype("int32")}
     want, got = model(data, training=True), loaded(data, training=True)

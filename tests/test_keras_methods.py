@@ -18,8 +18,8 @@ METHODS = ["cutmix", "fmix", "resizemix", "gridmix", "smoothmix", "saliencymix"]
 
 def test_mixlayer_takes_the_method_parameters_as_keywords() -> None:
     layer = MixLayer(alpha=0.4, num_classes=10, name="mix")
-    assert layer.mix_config == MixConfig(alpha=0.4) and layer.name == "mix"
-    assert MixLayer(method="fmix", mask_alpha=2.0, num_classes=3).mix_config.method == "fmix"
+    assert layer.config == MixConfig(alpha=0.4) and layer.name == "mix"
+    assert MixLayer(method="fmix", mask_alpha=2.0, num_classes=3).config.method == "fmix"
     with pytest.raises(ValueError, match="not both"):
         MixLayer(MixConfig(), alpha=0.4)
 
@@ -95,3 +95,10 @@ def test_plan_tensors_is_the_deprecated_name_of_plan_to_tensors() -> None:
         old = plan_tensors(plan)
     new = plan_to_tensors(plan)
     assert old.keys() == new.keys() and all(np.array_equal(old[k], new[k]) for k in new)
+
+
+def test_mixlayer_config_is_config_and_mix_config_is_deprecated() -> None:
+    layer = MixLayer(alpha=0.4, num_classes=3)
+    assert layer.config == MixConfig(alpha=0.4)
+    with pytest.warns(DeprecationWarning, match="MixLayer.config"):
+        assert layer.mix_config is layer.config

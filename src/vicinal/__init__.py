@@ -74,4 +74,4 @@ __all__ = [
     "sample_plan",
     "soft_target_cross_entropy",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

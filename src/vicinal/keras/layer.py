@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,7 +97,7 @@ class MixLayer(keras.layers.Layer):
                     f"pass either config or MixConfig fields as keywords, not both: got config and {sorted(fields)}"
                 )
             config = fields
-        self.mix_config: MixConfig = as_mix_config("config", config, allow_none=False)  # type: ignore[assignment]
+        self.config: MixConfig = as_mix_config("config", config, allow_none=False)  # type: ignore[assignment]
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, minimum=1)
         self.label_smoothing = check_probability("label_smoothing", label_smoothing)
         self.seed = check_int("seed", seed, minimum=0)
@@ -115,6 +116,12 @@ class MixLayer(keras.layers.Layer):
     def epoch(self) -> int:
         """The epoch of the next plan, an int >= 0 (set by :meth:`set_epoch`)."""
         return self.counter.epoch
+
+    @property
+    def mix_config(self) -> MixConfig:
+        """Deprecated name of :attr:`config` (the config is ``config`` everywhere); goes in vicinal 0.4."""
+        warnings.warn("MixLayer.mix_config is now MixLayer.config", DeprecationWarning, stacklevel=2)
+        return self.config
 
     @property
     def step(self) -> int:
@@ -143,12 +150,10 @@ class MixLayer(keras.layers.Layer):
         """
         batch = batch_size_of("images", images)
         image_size = None
-        if self.mix_config.needs_image_size:
+        if self.config.needs_image_size:
             image_size = spatial_size(images, self.data_format)
         e, s, _ = self.counter.resolve(step, epoch)
-        plan = sample_plan(
-            self.mix_config, batch, seed=self.seed, epoch=e, step=s, rank=self.rank, image_size=image_size
-        )
+        plan = sample_plan(self.config, batch, seed=self.seed, epoch=e, step=s, rank=self.rank, image_size=image_size)
         if not plan.is_placed:  # SaliencyMix: boxes placed from the images
             host = np.asarray(images)
             partner = None if partner_images is None else np.asarray(partner_images)
@@ -246,7 +251,7 @@ class MixLayer(keras.layers.Layer):
         """The layer's arguments, the config as a dict of its fields (for ``.keras`` saving)."""
         config = super().get_config()
         config.update(
-            config=dataclasses.asdict(self.mix_config),
+            config=dataclasses.asdict(self.config),
             num_classes=self.num_classes,
             label_smoothing=self.label_smoothing,
             seed=self.seed,
