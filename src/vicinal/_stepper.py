@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from vicinal._checks import check_int
 
-__all__ = ["StepCounter"]
+__all__ = ["Counted", "StepCounter"]
 
 
 class StepCounter:
@@ -56,3 +56,26 @@ class StepCounter:
         left = self.epoch
         self.set_epoch(left + 1)
         return left
+
+
+class Counted:
+    """The counter's face on a stateful class: :attr:`epoch`, :attr:`step` and
+    :meth:`set_epoch`, read from and written to its :class:`StepCounter` ``counter``
+    (which the class creates in ``__init__``)."""
+
+    counter: StepCounter
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch, an int >= 0 (:meth:`set_epoch`)."""
+        return self.counter.epoch
+
+    @property
+    def step(self) -> int:
+        """The step the next call without ``step=`` uses: calls that succeeded since
+        :meth:`set_epoch`."""
+        return self.counter.step
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to ``epoch`` and restart the step count (call before each epoch)."""
+        self.counter.set_epoch(epoch)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 
 from vicinal._checks import check_choice, check_concentration, check_int, check_probability
-from vicinal._stepper import StepCounter
+from vicinal._stepper import Counted, StepCounter
 from vicinal.labels import batch_size_of, is_torch_tensor, torch_compiling
 from vicinal.mixing import (
     DATA_FORMATS,
@@ -101,7 +101,7 @@ def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
     return sys.modules["torch"].compiler.disable(fn)  # type: ignore[no-any-return]
 
 
-class Mixer:
+class Mixer(Counted):
     """Mixes batches according to a :class:`~vicinal.sampling.MixConfig`.
 
     Args:
@@ -156,17 +156,6 @@ class Mixer:
         self.validate, self.check_finite, self.multi_label = validate, check_finite, multi_label
         self.enabled = True
         self.counter = StepCounter()
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch (:meth:`set_epoch`)."""
-        return self.counter.epoch
-
-    @property
-    def step(self) -> int:
-        """The step the next call without ``step=`` uses: calls that succeeded since
-        :meth:`set_epoch`."""
-        return self.counter.step
 
     @classmethod
     def from_timm(
@@ -243,10 +232,6 @@ class Mixer:
         config_fields = {k: v for k, v in options.items() if k in _CONFIG_KEYS}
         mixer_args = {k: v for k, v in options.items() if k not in _CONFIG_KEYS}
         return {"config": MixConfig(method, **params, **config_fields), **mixer_args}  # type: ignore[arg-type]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move to ``epoch`` and restart the step count (call before each epoch)."""
-        self.counter.set_epoch(epoch)
 
     def plan(
         self,

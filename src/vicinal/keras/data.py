@@ -166,18 +166,23 @@ class MixedBatches(keras.utils.PyDataset):
             x = x.astype(np.float32) * np.float32(self.rescale)
         return x, self.y[idx]
 
+    def _rows(self, index: int, epoch: int | None) -> tuple[int, int, np.ndarray]:
+        """``(epoch, index, dataset rows)`` of batch ``index`` of ``epoch``, checked."""
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
+        index = check_int("index", index, minimum=0)
+        if index >= self.num_batches:
+            raise IndexError(f"index {index} is out of range for {self.num_batches} batches")
+        b = self.batch_size
+        return epoch, index, self.order(epoch)[index * b : (index + 1) * b]
+
     def batch(self, index: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``index`` (in [0, num_batches)) of ``epoch`` (default: the current epoch).
 
         Returns:
             ``(images, targets)``: (B, ...) images and float32 (B, C) targets.
         """
-        epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
-        index = check_int("index", index, minimum=0)
-        if index >= self.num_batches:
-            raise IndexError(f"index {index} is out of range for {self.num_batches} batches")
+        epoch, index, idx = self._rows(index, epoch)
         b = self.batch_size
-        idx = self.order(epoch)[index * b : (index + 1) * b]
         if self.mix is None:
             x, y = self._fetch(idx)
             return x, np.asarray(to_soft(y, self.num_classes, label_smoothing=self.label_smoothing))
@@ -204,12 +209,8 @@ class MixedBatches(keras.utils.PyDataset):
         """
         if self.mix is None:
             raise ValueError("these batches are not mixed (mix=None): they have no plan")
-        epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
-        index = check_int("index", index, minimum=0)
-        if index >= self.num_batches:
-            raise IndexError(f"index {index} is out of range for {self.num_batches} batches")
+        epoch, index, idx = self._rows(index, epoch)
         b = self.batch_size
-        idx = self.order(epoch)[index * b : (index + 1) * b]
         plan, _, _ = indexed_batch_plan(
             self.mix,
             self._fetch,

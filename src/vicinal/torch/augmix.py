@@ -57,7 +57,7 @@ import torch
 
 from vicinal._checks import check_concentration, check_int
 from vicinal._counter import generator
-from vicinal._stepper import StepCounter
+from vicinal._stepper import Counted, StepCounter
 from vicinal.mixing import require_finite
 from vicinal.sampling import sample_beta, sample_dirichlet
 
@@ -340,7 +340,7 @@ def augmix(images: torch.Tensor, plan: AugMixPlan) -> torch.Tensor:
     return out.to(images.dtype)
 
 
-class AugMix:
+class AugMix(Counted):
     """AugMix as a callable batch transform: ``aug(images) -> augmented images``.
 
     Args:
@@ -367,20 +367,6 @@ class AugMix:
         self.seed = check_int("seed", seed, minimum=0)
         self.rank = check_int("rank", rank, minimum=0)
         self.counter = StepCounter()
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch (:meth:`set_epoch`)."""
-        return self.counter.epoch
-
-    @property
-    def step(self) -> int:
-        """The step the next counted call uses."""
-        return self.counter.step
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move to ``epoch`` and restart the step count (call before each epoch)."""
-        self.counter.set_epoch(epoch)
 
     def plan(self, batch_size: int, *, step: int, epoch: int | None = None, view: int = 0) -> AugMixPlan:
         """The plan this transform uses for a batch of ``batch_size`` at ``step``."""

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from vicinal._checks import check_int, check_probability
-from vicinal._stepper import StepCounter
+from vicinal._stepper import Counted, StepCounter
 from vicinal.labels import batch_size_of
 from vicinal.mixing import apply_plan
 from vicinal.sampling import MixConfig, MixPlan, sample_choice, sample_plan
@@ -55,7 +55,7 @@ __all__ = [
 INPUT = "input"
 
 
-class ManifoldMixup:
+class ManifoldMixup(Counted):
     """Mix at a layer chosen per step, inside ``model``'s forward pass.
 
     Args:
@@ -128,20 +128,6 @@ class ManifoldMixup:
         # step's: a model compiled after (or before) this point keeps seeing them.
         self._active: tuple[str, Any] | None = None
         self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self._modules.items()]
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch (:meth:`set_epoch`)."""
-        return self.counter.epoch
-
-    @property
-    def step(self) -> int:
-        """The step the next counted call uses: successful calls since :meth:`set_epoch`."""
-        return self.counter.step
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move to ``epoch`` and restart the step count."""
-        self.counter.set_epoch(epoch)
 
     def choose_layer(self, *, step: int, epoch: int | None = None) -> str:
         """The layer that step ``step`` of ``epoch`` mixes at."""
