@@ -124,13 +124,16 @@ def check_cell(cell: CellSpec) -> Splits:
     return splits
 
 
-def ensure_init(study_dir: Path, cell: CellSpec) -> None:
+def ensure_init(study_dir: Path, cell: CellSpec, splits: Splits | None = None) -> None:
     """Check that ``cell`` fits its data (:func:`check_cell`) and write its initial weights if missing.
 
     ``cell.model`` must be set (see :meth:`CellSpec.for_data`).
+
+    Args:
+        splits: what :func:`check_cell` returned for ``cell``, if it was called already.
     """
     assert cell.model is not None
-    splits = check_cell(cell)
+    splits = check_cell(cell) if splits is None else splits
     path = init_path(study_dir, cell)
     if path.exists():
         return

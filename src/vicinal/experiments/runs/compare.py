@@ -88,7 +88,7 @@ __all__ = [
 
 
 #: What to do with a ``config.json`` that can't be used: without it a resume can't check its options.
-CONFIG_REMEDY = "restore it, or start a new run with another --out"
+CONFIG_REMEDY = "restore it and its .sha256 record from a copy, or start a new run with another --out"
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], *, ignore: Collection[str] = ()) -> list[str]:
@@ -250,8 +250,9 @@ def run_compare(
                 f"Differences (saved -> now): {'; '.join(diffs)}"
             )
     check_fits(cfg, splits)  # before anything is written
-    if dist.is_main:
-        check_free_space(run, space_needed(cfg, splits, run), f"the initial weights and checkpoints of {cfg.arms}")
+    # On every rank, as the checks above: a rank that refused alone would leave the others at the barrier.
+    arms = ", ".join(cfg.arms)
+    check_free_space(run, space_needed(cfg, splits, run), f"the initial weights and checkpoints of the arms {arms}")
     barrier(dist)  # every rank has checked the folder before rank 0 writes into it
     if model_note and dist.is_main:
         print(f"vicinal compare: model {cfg.model}{model_note}; --model chooses another", flush=True)

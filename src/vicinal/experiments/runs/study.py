@@ -181,8 +181,7 @@ def run_study(
     saved = root / "study.json"
     record = spec.record()
     # Everything that can refuse the study is checked before its folder is made.
-    for cell in cells:
-        check_cell(cell)
+    checked = {cell: check_cell(cell) for cell in cells}
     if saved.exists():
         _check_same_study(root, read_study(saved), record)
     check_free_space(root, space_needed(root, cells), f"the initial weights and checkpoints of {len(cells)} cells")
@@ -195,7 +194,7 @@ def run_study(
         atomic_write_json(saved, record, checksum=True)
         remove_stale_temporaries(root / "init")  # initial weights are written under this lock only
         for cell in cells:
-            ensure_init(root, cell)
+            ensure_init(root, cell, checked[cell])
     todo = [c for c in cells if not (cell_dir(root, c) / RESULT).exists()]
     t0 = time.perf_counter()
     threads = threads or default_threads(jobs)

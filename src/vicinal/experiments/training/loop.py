@@ -73,7 +73,7 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
 #: What to do with a checkpoint that can't be used.
-CHECKPOINT_REMEDY = "delete it to retrain this arm from the start, or restore it from a copy"
+CHECKPOINT_REMEDY = "delete it to retrain this arm from the start, or restore it and its .sha256 record from a copy"
 #: What to do with initial weights that can't be used (they are made again from the seed).
 INIT_REMEDY = "delete it to make it again from the seed"
 
