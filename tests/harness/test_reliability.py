@@ -580,6 +580,16 @@ def test_a_full_disk_on_a_real_tmpfs(
     err = _one_line(capsys)
     assert f"no space left on device for {run}: 360 KiB free" in err and "(nothing was written)" in err
     assert not run.exists()
+    # Room for that lower bound, but not for everything a run writes (the records, the
+    # logs, two checkpoints at once): the check passes, a later write fails, nothing patched.
+    found = re.search(r"need at least (\d+) KiB", err)
+    assert found, err
+    roomy = small_disk(int(found.group(1)) + 20)
+    assert _compare(toy_npz, roomy / "run") == 2
+    err = _one_line(capsys)
+    assert err.startswith(f"vicinal: error: no space left on device while writing {roomy / 'run'}"), err
+    assert err.endswith(f"checkpoint.pt; free some space, then resume with --resume --out {roomy / 'run'}"), err
+    assert _temporaries(roomy) == []
     # Without that check, at the second epoch's checkpoint: torch's zip writer is not
     # reached, our own write fails; the documented line, and nothing half-written.
     monkeypatch.setattr(compare_module, "check_free_space", lambda *args: None)

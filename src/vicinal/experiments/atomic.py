@@ -366,9 +366,13 @@ def read_verified(path: Path, *, remedy: str = DEFAULT_REMEDY) -> bytes:
         raise
     record = _record(path)
     if record is not None and _digest(data) not in (record["checksum"], record["previous"]):
+        if len(data) == record["size"]:
+            how = f"bytes were changed: the size is the same, {len(data)} bytes"
+        else:
+            how = f"{len(data)} bytes, {record['size']} when it was written"
         raise UnreadableFileError(
-            f"{path} is truncated or corrupt: its content ({len(data)} bytes) does not match the checksum written "
-            f"with it in {checksum_path(path).name} ({record['size']} bytes then); {remedy}"
+            f"{path} is truncated or corrupt: its content does not match the checksum written with it in "
+            f"{checksum_path(path).name} ({how}); {remedy}"
         )
     return data
 
