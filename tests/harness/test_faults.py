@@ -69,15 +69,22 @@ def test_an_out_folder_that_cannot_be_written_is_refused_first(
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("record", ["matching", "none"])
 def test_a_checkpoint_that_carries_code_is_refused_and_the_code_never_runs(
-    toy_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    toy_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], record: str
 ) -> None:
     run = tmp_path / "run"
     assert _compare(toy_npz, run) == 0
     marker = tmp_path / "code-ran"
     (run / "mixup" / "result.json").unlink()
-    with open(run / "mixup" / "checkpoint.pt", "wb") as f:
-        pickle.dump({"model": _RunsCode(marker)}, f)
+    planted = pickle.dumps({"model": _RunsCode(marker)})
+    # Whoever can plant a file can plant its checksum record too (or delete it): the
+    # checksum catches damage, weights_only=True is what keeps code from running.
+    if record == "matching":
+        atomic.atomic_write_bytes(run / "mixup" / "checkpoint.pt", planted, checksum=True)
+    else:
+        (run / "mixup" / "checkpoint.pt").write_bytes(planted)
+        atomic.checksum_path(run / "mixup" / "checkpoint.pt").unlink()
     capsys.readouterr()
     assert _compare(toy_npz, run, "--resume") == 2
     err = capsys.readouterr().err
@@ -104,7 +111,7 @@ def test_a_malformed_config_names_the_file(toy_npz: Path, tmp_path: Path, capsys
     run.mkdir()
     (run / "config.json").write_text("{not json")
     assert _compare(toy_npz, run, "--resume") == 2
-    assert f"{run / 'config.json'} is not a readable config" in capsys.readouterr().err
+    assert f"{run / 'config.json'} is not valid JSON" in capsys.readouterr().err
 
 
 def test_load_tensors_reads_plain_checkpoints(tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ def test_study_json_is_written_under_the_study_lock(
     held_while_writing: dict[str, bool] = {}
     real = atomic.atomic_write_json
 
-    def probing_write(path: Path, obj: object) -> None:
+    def probing_write(path: Path, obj: object, **options: object) -> None:
         if Path(path).name == "study.json":
             probe = FileLock(out / STUDY_LOCK)
             try:
@@ -210,7 +210,7 @@ def test_study_json_is_written_under_the_study_lock(
             else:
                 probe.release()
                 held_while_writing[str(path)] = False
-        real(path, obj)
+        real(path, obj, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(atomic, "atomic_write_json", probing_write)
     run_study(spec, out, progress=False, shard="0/6")

@@ -8,8 +8,9 @@ Who owns what, from the bottom up (a module imports only from the rows above it)
   and every check and default, once (the command line is generated from these fields).
   Beside it, with no harness imports of their own: :mod:`~vicinal.experiments.models`
   (the model registry), :mod:`~vicinal.experiments.data` (dataset files),
-  :mod:`~vicinal.experiments.atomic` (durable writes), :mod:`~vicinal.experiments.errors`,
-  :mod:`~vicinal.experiments.testing` (the testing seam: fault injection by environment variable).
+  :mod:`~vicinal.experiments.errors`, :mod:`~vicinal.experiments.testing` (the testing seam:
+  fault injection by environment variable); and below spec, using only data's checksums and
+  errors: :mod:`~vicinal.experiments.atomic` (durable writes, checksum records, validated reads).
 * :mod:`~vicinal.experiments.distributed` (torchrun process groups),
   :mod:`~vicinal.experiments.loader` (in-memory batches and their epoch plans),
   :mod:`~vicinal.experiments.splits` (the training/validation/test split of a spec's data),

@@ -3,25 +3,28 @@
 The options of ``compare`` and ``preview``, and the overrides of ``study``, are generated
 from the fields of the specifications (:mod:`vicinal.experiments.spec`): each field's
 :class:`~vicinal.experiments.spec.CliOption` gives its help and flag, and its default
-is the field's default. Bad options or data end with one clear line instead of a
-traceback.
+is the field's default. Bad options or data, damaged run files, a full disk and a
+vanished run folder end with one clear line instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 import time
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import Field
 from pathlib import Path
 from typing import Any
 
 from vicinal.experiments.atomic import DiskFullError, check_writable_folder
 from vicinal.experiments.data import DatasetError
-from vicinal.experiments.errors import RunFailed
+from vicinal.experiments.errors import CellsFailed, RunFailed
 from vicinal.experiments.presets import PRESETS
 from vicinal.experiments.report.plots import write_preview
 from vicinal.experiments.report.report import render_report, study_summary
@@ -139,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--device", default="cpu", help="cpu or cuda[:N], for every cell (default: %(default)s)")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     study.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first cell that fails (its loss diverges, a file of its folder is damaged). By default "
+        "the other cells go on; each failed cell is recorded in its failed.json and in the report, and the "
+        "command exits with status 1 at the end",
+    )
+    study.add_argument(
         "--batch-seeds",
         action="store_true",
         help="train the seeds of each arm together in one process as one batched model (stacked weights; "
@@ -180,21 +190,42 @@ def _cmd_study(args: argparse.Namespace) -> int:
     spec = load_study(args.study, overrides=overrides, seeds=args.seeds)
     out = Path(args.out or f"runs/study-{spec.name}")
     t0 = time.perf_counter()
-    run_study(
-        spec,
-        out,
-        jobs=args.jobs,
-        progress=not args.no_progress,
-        shard=args.shard,
-        threads=args.threads,
-        batch_seeds=args.batch_seeds,
-        device=args.device,
-    )
-    with study_lock(out):  # processes sharing the folder write the report in turn
-        paths = render_report(out)
+    failed: CellsFailed | None = None
+    with _resume_hint("run the same command again to resume (finished cells are kept)"):
+        try:
+            run_study(
+                spec,
+                out,
+                jobs=args.jobs,
+                progress=not args.no_progress,
+                shard=args.shard,
+                threads=args.threads,
+                batch_seeds=args.batch_seeds,
+                device=args.device,
+                fail_fast=args.fail_fast,
+            )
+        except CellsFailed as exc:  # the report of the finished cells first, then the failures' line
+            failed = exc
+        if failed is not None and not failed.finished:
+            raise failed
+        with study_lock(out):  # processes sharing the folder write the report in turn
+            paths = render_report(out)
     print(study_summary(out))
     print(f"study {spec.name}: {len(spec.cells())} cells, {time.perf_counter() - t0:.1f} s; report: {paths['html']}")
+    if failed is not None:
+        raise failed
     return 0
+
+
+@contextlib.contextmanager
+def _resume_hint(hint: str) -> Iterator[None]:
+    """A full disk during a run ends with ``hint``: how to resume once there is space."""
+    try:
+        yield
+    except DiskFullError as exc:
+        if not exc.started:  # refused before the run wrote anything: its message says what to do
+            raise
+        raise DiskFullError(exc.errno or errno.ENOSPC, f"{exc.strerror}; free some space, then {hint}") from exc
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -210,7 +241,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     check_writable_folder(out)
     t0 = time.perf_counter()
-    results = run_compare(cfg, out, resume=args.resume, progress=not args.no_progress)
+    with _resume_hint(f"resume with --resume --out {out}"):
+        results = run_compare(cfg, out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
     print()
@@ -241,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         kind = "data error" if isinstance(exc, DatasetError) else "error"
         message = exc.strerror if isinstance(exc, DiskFullError) else exc
         print(f"vicinal: {kind}: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A write outside the run files' own (a folder, a lock): the same line.
+        print(f"vicinal: error: no space left on device while writing {exc.filename}", file=sys.stderr)
         return 2
     except RunFailed as exc:  # a dead rank or worker: one line saying what to do
         print(f"vicinal: error: {exc}", file=sys.stderr)

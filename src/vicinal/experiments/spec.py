@@ -22,6 +22,7 @@ import itertools
 import json
 import re
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -33,6 +34,8 @@ import torch
 
 from vicinal import MixConfig
 from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.experiments.atomic import check_fields, check_type, read_json
+from vicinal.experiments.errors import FAILED, CellFailure
 from vicinal.experiments.models import available_models
 from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
@@ -48,6 +51,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "ARMS",
+    "CELL_RECORD_EXTRA",
     "JSD_WEIGHT",
     "MAX_SEED",
     "METHOD_DEFAULTS",
@@ -58,6 +62,7 @@ __all__ = [
     "RUN_METHODS",
     "SCHEDULES",
     "STUDY_OVERRIDES",
+    "STUDY_REMEDY",
     "CellSpec",
     "CliOption",
     "CompareConfig",
@@ -72,10 +77,14 @@ __all__ = [
     "check_device",
     "check_mix_layers",
     "check_seed",
+    "check_study_record",
     "cli_options",
     "load_study",
     "model_for_data",
     "parse_study",
+    "read_cell_record",
+    "read_failure",
+    "read_study",
     "resolve_mixing",
 ]
 
@@ -624,53 +633,103 @@ def _grid_suffix(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def parse_study(text: str, *, overrides: dict[str, Any] | None = None, seeds: int | None = None) -> StudySpec:
+def _cell_types() -> dict[str, Any]:
+    """The type of each :class:`CellSpec` field, as a study's TOML may write it."""
+    hints = typing.get_type_hints(CellSpec)
+    hints["mix_layers"] = hints["mix_layers"] | str  # also "input,fc1" (check_mix_layers)
+    return hints
+
+
+def _check_cell_values(values: dict[str, Any], where: str) -> None:
+    """Refuse a value of the wrong type (``batch_size = "64"``) in a study's TOML, naming where it is."""
+    hints = _cell_types()
+    for name, value in values.items():
+        try:
+            check_type(value, hints[name], name)
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
+def parse_study(
+    text: str, *, overrides: dict[str, Any] | None = None, seeds: int | None = None, source: str = "study"
+) -> StudySpec:
     """A :class:`StudySpec` from TOML text; ``overrides`` replace CellSpec fields in every arm.
 
     The TOML holds ``name``, ``description``, ``seeds`` (a count or a list), ``[defaults]``
     (CellSpec fields shared by every arm), ``[[arms]]`` (each with a ``name`` and its own
     fields) and an optional ``[grid]``: every arm with ``grid = true`` is expanded over
     the cartesian product of its values.
+
+    Args:
+        source: names the study in errors (its file, or the preset).
+
+    Raises:
+        ValueError: invalid TOML, an unknown key, a value of the wrong type or out of
+            range; the message names ``source`` and, where there is one, the arm.
     """
-    data = tomllib.loads(text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{source}: not valid TOML: {exc}") from None
     known = {f.name for f in fields(CellSpec)} - {"seed"}
     unknown_top = set(data) - {"name", "description", "seeds", "defaults", "arms", "grid"}
     if unknown_top:
-        raise ValueError(f"study: unknown top-level keys {sorted(unknown_top)}")
+        raise ValueError(f"{source}: unknown top-level keys {sorted(unknown_top)}")
+    tables: dict[str, Any] = {
+        "name": str,
+        "description": str,
+        "seeds": int | list[int],
+        "defaults": dict[str, Any],
+        "arms": list[dict[str, Any]],
+        "grid": dict[str, list[Any]],
+    }
+    for key, hint in tables.items():
+        if key in data:
+            try:
+                check_type(data[key], hint, key)
+            except TypeError as exc:
+                raise ValueError(f"{source}: {exc}") from None
     defaults = data.get("defaults", {})
     bad = set(defaults) - known
     if bad:
-        raise ValueError(f"study [defaults]: unknown keys {sorted(bad)}; expected some of {sorted(known)}")
+        raise ValueError(f"{source} [defaults]: unknown keys {sorted(bad)}; expected some of {sorted(known)}")
+    _check_cell_values(defaults, f"{source} [defaults]")
     raw_seeds = data.get("seeds", 3) if seeds is None else seeds
     seed_list = tuple(range(raw_seeds)) if isinstance(raw_seeds, int) else tuple(int(s) for s in raw_seeds)
     if not seed_list:
-        raise ValueError("study: seeds must name at least one seed")
+        raise ValueError(f"{source}: seeds must name at least one seed")
     for seed in seed_list:
         check_seed("seeds", seed)
     grid = data.get("grid", {})
     bad = set(grid) - known
     if bad:
-        raise ValueError(f"study [grid]: unknown keys {sorted(bad)}")
+        raise ValueError(f"{source} [grid]: unknown keys {sorted(bad)}")
     arms: list[CellSpec] = []
     for entry in data.get("arms", []) or [{}]:
         entry = dict(entry)
         expand = entry.pop("grid", False)
         name = entry.pop("name", None) or entry.get("method", "arm")
+        where = f"{source} arm {name!r}"
         bad = set(entry) - known
         if bad:
-            raise ValueError(f"study arm {name!r}: unknown keys {sorted(bad)}")
+            raise ValueError(f"{where}: unknown keys {sorted(bad)}")
+        _check_cell_values(entry, where)
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if expand and grid else [{}]
         for combo in combos:
             arm_name = name + "".join(f"-{k}{_grid_suffix(v)}" for k, v in combo.items())
             own = {**entry, **combo, "arm": arm_name, **(overrides or {})}
             values = {**defaults, **own}
+            _check_cell_values(combo, f"{where} [grid]")
             # Mixing options from [defaults] that an arm's method doesn't use are dropped;
             # the same option set on the arm itself is an error.
-            arms.append(CellSpec(**values).validate(inherited=frozenset(defaults) - set(own)))
+            try:
+                arms.append(CellSpec(**values).validate(inherited=frozenset(defaults) - set(own)))
+            except TypeError as exc:  # a type the checks above let through
+                raise ValueError(f"{where}: {exc}") from None
     names = [a.arm for a in arms]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
-        raise ValueError(f"study: arm names must be unique, repeated: {sorted(dupes)}")
+        raise ValueError(f"{source}: arm names must be unique, repeated: {sorted(dupes)}")
     return StudySpec(
         name=data.get("name", "study"),
         seeds=seed_list,
@@ -684,9 +743,77 @@ def load_study(preset_or_path: str, *, overrides: dict[str, Any] | None = None, 
     """A preset name (see :data:`~vicinal.experiments.presets.PRESETS`) or the path of a TOML file."""
     if preset_or_path in PRESETS:
         text = resources.files("vicinal.experiments.presets").joinpath(f"{preset_or_path}.toml").read_text()
+        source = f"preset {preset_or_path!r}"
     else:
         path = Path(preset_or_path)
         if not path.is_file():
             raise ValueError(f"study must be one of {list(PRESETS)} or a TOML file, got {preset_or_path!r}")
-        text = path.read_text()
-    return parse_study(text, overrides=overrides, seeds=seeds)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the study file ({exc})") from None
+        source = str(path)
+    return parse_study(text, overrides=overrides, seeds=seeds, source=source)
+
+
+# --------------------------------------------------------------------------- study folder records
+
+#: What to do with a ``study.json`` that can't be used: ``vicinal study`` writes it again.
+STUDY_REMEDY = "delete it and run the study's command again to write it again (finished cells are kept)"
+
+
+@dataclass(frozen=True)
+class _StudyRecord:
+    """The schema of ``study.json`` (:meth:`StudySpec.record`); each arm holds :class:`CellSpec`'s fields."""
+
+    name: str
+    description: str
+    seeds: list[int]
+    arms: list[dict[str, Any]]
+
+
+def check_study_record(data: Any) -> None:
+    """Raise ValueError or TypeError unless ``data`` is ``study.json``'s content."""
+    check_fields(_StudyRecord, data, what="a study's fields")
+    for i, arm in enumerate(data["arms"]):
+        try:
+            check_fields(CellSpec, arm, what="a study arm's fields")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"arm {i + 1}: {exc}") from None
+
+
+def read_study(path: Path) -> dict[str, Any]:
+    """``study.json``, verified and checked (:func:`check_study_record`).
+
+    Raises:
+        UnreadableFileError: damaged or of another schema; names the file.
+    """
+    record: dict[str, Any] = read_json(path, check=check_study_record, remedy=STUDY_REMEDY)
+    return record
+
+
+#: The keys ``cell.json`` holds besides the cell's :class:`CellSpec` fields.
+CELL_RECORD_EXTRA = ("data_source", "split_rule", "batch_seeds")
+
+
+def read_cell_record(path: Path) -> dict[str, Any]:
+    """A cell's ``cell.json`` (what ran, on which data), verified and checked.
+
+    Raises:
+        UnreadableFileError: damaged or of another schema; names the file.
+    """
+    record: dict[str, Any] = read_json(
+        path,
+        check=lambda d: check_fields(CellSpec, d, extra=CELL_RECORD_EXTRA, what="a cell's fields"),
+        remedy="delete it: it is written again when the cell trains",
+    )
+    return record
+
+
+def read_failure(cell_folder: Path) -> CellFailure | None:
+    """The failure record (``failed.json``) of the cell whose folder is ``cell_folder``, or None."""
+    path = Path(cell_folder) / FAILED
+    if not path.exists():
+        return None
+    data = read_json(path, check=lambda d: check_fields(CellFailure, d), remedy="delete it")
+    return CellFailure(**data)

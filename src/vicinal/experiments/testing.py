@@ -9,6 +9,9 @@ ordinary ``on_epoch`` callbacks, which the loop calls once an epoch is recorded
 * :data:`FAULT_ENV` ``="ARM:EPOCH"`` (or ``"EPOCH"``): once that arm (any arm) has
   recorded that epoch, the process kills itself with SIGKILL, exactly like a ``kill -9``
   at that point, with no dependence on the machine's speed.
+* :data:`DELETE_ENV` ``="ARM:EPOCH"`` (or ``"EPOCH"``) with :data:`DELETE_PATH_ENV`
+  ``=FOLDER``: at the same point the process deletes ``FOLDER`` (the run or study
+  folder), as a user's ``rm -rf`` would while the run goes on.
 * :data:`HOLD_ENV` ``="ARM:EPOCH"`` (or ``"EPOCH"``): at the same point the process
   writes ``$VICINAL_TEST_WORKER_DIR/held-<pid>-<arm>`` and waits for a signal, standing
   in for a long training at a known point.
@@ -21,12 +24,15 @@ ordinary ``on_epoch`` callbacks, which the loop calls once an epoch is recorded
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "DELETE_ENV",
+    "DELETE_PATH_ENV",
     "FAULT_ENV",
     "HOLD_ENV",
     "NO_PDEATHSIG_ENV",
@@ -38,6 +44,8 @@ __all__ = [
 ]
 
 FAULT_ENV = "VICINAL_FAULT_KILL_AFTER_EPOCH"
+DELETE_ENV = "VICINAL_FAULT_DELETE_AFTER_EPOCH"
+DELETE_PATH_ENV = "VICINAL_FAULT_DELETE_PATH"
 HOLD_ENV = "VICINAL_HOLD_AFTER_EPOCH"
 WORKER_DIR_ENV = "VICINAL_TEST_WORKER_DIR"
 NO_PDEATHSIG_ENV = "VICINAL_NO_PDEATHSIG"
@@ -60,14 +68,27 @@ def _target_epoch(variable: str, arm: str) -> int | None:
 
 
 def epoch_hooks(arm: str) -> list[EpochHook]:
-    """The ``on_epoch`` callbacks of arm ``arm`` that the environment asks for: holding
-    (:data:`HOLD_ENV`), then killing (:data:`FAULT_ENV`); empty when neither is set.
+    """The ``on_epoch`` callbacks of arm ``arm`` that the environment asks for: deleting
+    a folder (:data:`DELETE_ENV`), holding (:data:`HOLD_ENV`), then killing
+    (:data:`FAULT_ENV`); empty when none is set.
 
     Raises:
-        ValueError: a variable that is not ``"ARM:EPOCH"`` or ``"EPOCH"``, or
-            :data:`HOLD_ENV` without :data:`WORKER_DIR_ENV`.
+        ValueError: a variable that is not ``"ARM:EPOCH"`` or ``"EPOCH"``,
+            :data:`HOLD_ENV` without :data:`WORKER_DIR_ENV`, or :data:`DELETE_ENV`
+            without :data:`DELETE_PATH_ENV`.
     """
     hooks: list[EpochHook] = []
+    delete_epoch = _target_epoch(DELETE_ENV, arm)
+    if delete_epoch is not None:
+        doomed = os.environ.get(DELETE_PATH_ENV)
+        if not doomed:
+            raise ValueError(f"{DELETE_ENV} needs {DELETE_PATH_ENV}: the folder to delete")
+
+        def delete(record: dict[str, float]) -> None:
+            if int(record["epoch"]) == delete_epoch:
+                shutil.rmtree(doomed, ignore_errors=True)
+
+        hooks.append(delete)
     hold_epoch = _target_epoch(HOLD_ENV, arm)
     if hold_epoch is not None:
         folder = os.environ.get(WORKER_DIR_ENV)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import ArrayDataset
+from .dataset import ArrayDataset, unnamed_class_names
 from .errors import DatasetError
 
 __all__ = ["IMAGE_EXTENSIONS", "NPZ_KINDS", "load_image_folder", "load_npz"]
@@ -537,8 +537,10 @@ def load_npz(
             raise DatasetError(f"{p}: one-hot labels have {width} columns but there are {len(names)} class names")
         if n_seen > len(names):
             raise DatasetError(f"{p}: label {n_seen - 1} is out of range for {len(names)} class names")
+    elif width is not None:  # one-hot: the width is the class count (its array was allocated already)
+        names = tuple(str(i) for i in range(width))
     else:
-        names = tuple(str(i) for i in range(width if width is not None else n_seen))
+        names = unnamed_class_names({f"{p}: 'y'": y, **({f"{p}: 'y_test'": y_test} if has_test else {})})
 
     name = p.stem or "npz"
     if has_test:

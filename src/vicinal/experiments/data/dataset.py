@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,7 +10,12 @@ import numpy as np
 
 from .errors import DatasetError
 
-__all__ = ["ArrayDataset", "InputKind"]
+__all__ = ["MAX_UNNAMED_CLASSES", "ArrayDataset", "InputKind", "unnamed_class_names"]
+
+#: The most classes a dataset stored without class names may have (its largest label + 1):
+#: more than any labelled image set in use (ImageNet-21k has 21,841), far less than a
+#: stray value such as 1e9, whose one-hot targets could not be allocated.
+MAX_UNNAMED_CLASSES = 100_000
 
 #: What a dataset's inputs are: see :class:`ArrayDataset`.
 InputKind = Literal["images", "features"]
@@ -35,6 +41,37 @@ def _check_inputs(x: np.ndarray, where: str) -> None:
         raise DatasetError(
             f"{where} must be uint8 images (N, C, H, W) or float32 features (N, F) / (N, T, F), got {x.dtype}"
         )
+
+
+def unnamed_class_names(labels: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+    """``"0".."K-1"`` for class ids without names, K the largest label + 1, checked before
+    anything of size K is made.
+
+    Args:
+        labels: where each array was read (e.g. ``"data.npz: 'y'"``) -> its int64 class ids (>= 0).
+
+    Raises:
+        DatasetError: K is above :data:`MAX_UNNAMED_CLASSES` or above the number of samples
+            (a class count no data can support), naming the array, the label and its index.
+    """
+    samples = sum(len(ids) for ids in labels.values())
+    top, where, index = -1, "", 0
+    for name, ids in labels.items():
+        if ids.size and int(ids.max()) > top:
+            index = int(ids.argmax())
+            top, where = int(ids[index]), name
+    count = top + 1
+    if count > MAX_UNNAMED_CLASSES or count > samples:
+        limit = (
+            f"above the {MAX_UNNAMED_CLASSES:,} a dataset without class names may have"
+            if count > MAX_UNNAMED_CLASSES
+            else f"more than its {samples:,} samples"
+        )
+        raise DatasetError(
+            f"{where} holds label {top} (at index {index}): with no class names that means {count:,} classes, "
+            f"{limit}; labels must be class ids 0..C-1 (store class names if there really are that many classes)"
+        )
+    return tuple(str(i) for i in range(max(count, 1)))
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -42,7 +42,7 @@ from typing import Any, cast
 import numpy as np
 
 from .byod import _check_fraction, _images_to_nchw, _labels_to_ids, _normalise_size, _read_images, _split_dataset
-from .dataset import ArrayDataset
+from .dataset import ArrayDataset, unnamed_class_names
 from .errors import DatasetError
 
 __all__ = ["HF_OPTIONS", "load_hf", "load_hf_name", "parse_hf_name"]
@@ -477,7 +477,7 @@ def load_hf(
                 )
             ids.append(_labels_to_ids(r, len(r), label, s.where, "rows")[0])
         if names is None:
-            names = tuple(str(k) for k in range(max(int(i.max()) if i.size else 0 for i in ids) + 1))
+            names = unnamed_class_names({f"{s.where}: column {label!r}": i for s, i in zip(used, ids)})
         for s, i in zip(used, ids):
             if i.size and int(i.max()) >= len(names):
                 raise DatasetError(

@@ -5,6 +5,11 @@ run folder (``results.json``), and writes ``report.md``, ``report.html`` (figure
 embedded, one self-contained file, rendered from the Jinja2 template
 ``templates/report.html.j2``), ``summary.json`` and ``figures/*.png``.
 
+Every file it reads is verified against its checksum record and checked against its
+schema first (:mod:`vicinal.experiments.atomic`): a damaged, NaN-holding or foreign
+file is refused by name, never reported, and a cell that failed (``failed.json``) is
+listed with its error, never counted as a result.
+
 Tables are built once as structured rows (:class:`Table`) and written both as Markdown
 and as HTML. A value that needs at least two seeds (a standard deviation, an interval,
 a p-value) reads "n/a" with one seed; a metric a run did not record reads "–".
@@ -24,13 +29,23 @@ from typing import Any, TypeAlias
 import jinja2
 import numpy as np
 
-from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json
+from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json, check_fields, read_json
 from vicinal.experiments.corruptions import corruption_errors, mean_corruption_error
+from vicinal.experiments.errors import CellFailure
 from vicinal.experiments.report.plots import corruption_heatmap, pyplot, save_figure, write_preview
 from vicinal.experiments.report.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
-from vicinal.experiments.spec import MIX_OPTIONS, CellSpec, cell_dir
+from vicinal.experiments.spec import (
+    MIX_OPTIONS,
+    CellSpec,
+    CompareConfig,
+    cell_dir,
+    read_cell_record,
+    read_failure,
+    read_study,
+)
 from vicinal.experiments.splits import load_splits
 from vicinal.experiments.training.loop import RESULT
+from vicinal.experiments.training.single import ArmResult, read_result
 
 __all__ = [
     "FGSM_KEY",
@@ -39,6 +54,8 @@ __all__ = [
     "Table",
     "aggregate",
     "comparison_table",
+    "failed_cells",
+    "failures_table",
     "load_results",
     "render_report",
     "results_table",
@@ -87,17 +104,60 @@ METRICS = [
 
 
 def load_results(study_dir: str | os.PathLike) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
-    """A study folder's record (``study.json``) and every finished cell's (spec, result)."""
+    """A study folder's record (``study.json``) and every finished cell's (spec, result).
+
+    Raises:
+        UnreadableFileError: ``study.json`` or a ``result.json`` is damaged, holds NaN or
+            has another schema; names the file.
+    """
     root = Path(study_dir)
-    record = json.loads((root / "study.json").read_text())
+    record = read_study(root / "study.json")
     out = []
     for arm in record["arms"]:
         for seed in record["seeds"]:
             cell = CellSpec(**{**arm, "seed": seed})
             path = cell_dir(root, cell) / RESULT
             if path.exists():
-                out.append((cell, json.loads(path.read_text())))
+                out.append((cell, read_result(path)))
     return record, out
+
+
+def failed_cells(path: str | os.PathLike) -> list[tuple[CellSpec, CellFailure]]:
+    """The cells of a study folder that failed and have no result: (spec, its ``failed.json``)."""
+    root = Path(path)
+    if not (root / "study.json").exists():
+        return []  # a compare run stops at a failure: it has none to list
+    record = read_study(root / "study.json")
+    out = []
+    for arm in record["arms"]:
+        for seed in record["seeds"]:
+            cell = CellSpec(**{**arm, "seed": seed})
+            folder = cell_dir(root, cell)
+            failure = None if (folder / RESULT).exists() else read_failure(folder)
+            if failure is not None:
+                out.append((cell, failure))
+    return out
+
+
+@dataclass(frozen=True)
+class _CompareResults:
+    """The schema of a compare run's ``results.json`` (each arm holds :class:`ArmResult`'s fields)."""
+
+    arms: list[dict[str, Any]]
+    wall_s: float = 0.0
+    parallel: bool = False
+    world_size: int = 1
+    split_rule: str = ""
+    data_source: str = ""
+
+
+def _check_compare_results(data: Any) -> None:
+    check_fields(_CompareResults, data, what="a compare run's results")
+    for i, arm in enumerate(data["arms"]):
+        try:
+            check_fields(ArmResult, arm, what="an arm's result")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"arm {i + 1}: {exc}") from None
 
 
 def _load_any(path: Path) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
@@ -105,8 +165,13 @@ def _load_any(path: Path) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str
     if (path / "study.json").exists():
         return load_results(path)
     if (path / "results.json").exists():
-        cfg = json.loads((path / "config.json").read_text())
-        res = json.loads((path / "results.json").read_text())
+        again = f"run `vicinal compare --resume --out {path}` with the run's options to write it again"
+        cfg = read_json(
+            path / "config.json",
+            check=lambda d: check_fields(CompareConfig, d, what="a compare run's options"),
+            remedy="restore it (the report needs the run's options)",
+        )
+        res = read_json(path / "results.json", check=_check_compare_results, remedy=again)
         cells = []
         for arm in res["arms"]:
             spec = CellSpec(
@@ -293,7 +358,7 @@ def _data_origin(root: Path, cells: list[tuple[CellSpec, dict[str, Any]]]) -> di
     for spec, _ in cells:
         path = cell_dir(root, spec) / "cell.json"
         if path.exists():
-            data = json.loads(path.read_text())
+            data = read_cell_record(path)
             if data.get("data_source"):
                 return {"data_source": data["data_source"], "split_rule": data.get("split_rule")}
     return {}
@@ -638,9 +703,35 @@ def _notes() -> list[str]:
     ]
 
 
-def _meta(agg: dict[str, Any], cells: list[tuple[CellSpec, dict[str, Any]]]) -> str:
+def _meta(agg: dict[str, Any], cells: list[tuple[CellSpec, dict[str, Any]]], failed: int = 0) -> str:
     n_seeds = len({s for seeds in agg["seeds"].values() for s in seeds})
-    return f"{len(agg['arms'])} arms × {n_seeds} seeds, {len(cells)} finished runs"
+    return f"{len(agg['arms'])} arms × {n_seeds} seeds, {len(cells)} finished runs" + (
+        f", {failed} failed (listed below, not counted)" if failed else ""
+    )
+
+
+def failures_table(failed: list[tuple[CellSpec, CellFailure]]) -> Table:
+    """One row per failed cell: its arm, seed and error (what ``failed.json`` says)."""
+    rows: list[list[Cell]] = [[spec.arm, str(spec.seed), f"{f.type}: {f.error}"] for spec, f in failed]
+    return Table(["arm", "seed", "error"], rows, [False, True, False])
+
+
+_FAILED_NOTE = (
+    "These cells stopped with an error and have no result: their seeds are left out of every table above. "
+    "Each cell's failed.json holds its error; running the study again retries them."
+)
+
+
+def _loaded(
+    root: Path,
+) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]], list[tuple[CellSpec, CellFailure]]]:
+    """The record, the finished runs and the failed cells of a folder; refuses a folder with no finished run."""
+    record, cells = _load_any(root)
+    failed = failed_cells(root)
+    if not cells:
+        note = f" ({len(failed)} cells failed: see their failed.json)" if failed else ""
+        raise ValueError(f"{root} has no finished runs to report on{note}")
+    return record, cells, failed
 
 
 def _tables_markdown(results: Table, comparisons: Table) -> list[str]:
@@ -660,12 +751,13 @@ def _tables_markdown(results: Table, comparisons: Table) -> list[str]:
 def study_summary(path: str | os.PathLike) -> str:
     """What ``vicinal study`` prints: the report's title and size, and its results and
     paired-comparison tables, in Markdown (from saved results only, as :func:`render_report`)."""
-    record, cells = _load_any(Path(path))
-    if not cells:
-        raise ValueError(f"{path} has no finished runs to report on")
+    record, cells, failed = _loaded(Path(path))
     agg = aggregate(cells)
-    lines = [f"# vicinal report: {record['name']}", "", _meta(agg, cells), ""]
-    return "\n".join(lines + _tables_markdown(results_table(agg), comparison_table(agg)))
+    lines = [f"# vicinal report: {record['name']}", "", _meta(agg, cells, len(failed)), ""]
+    lines += _tables_markdown(results_table(agg), comparison_table(agg))
+    if failed:
+        lines += ["## Failed cells", "", failures_table(failed).markdown(), ""]
+    return "\n".join(lines)
 
 
 def _data_uri(path: Path) -> str:
@@ -679,9 +771,7 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
         ``{"markdown": ..., "html": ..., <figure title>: <png path>, ...}``.
     """
     root = Path(path)
-    record, cells = _load_any(root)
-    if not cells:
-        raise ValueError(f"{root} has no finished runs to report on")
+    record, cells, failed = _loaded(root)
     agg = aggregate(cells)
     figdir = root / "figures"
     forest = _fig_forest(agg, figdir)
@@ -707,7 +797,7 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     results = results_table(agg)
     comparisons = comparison_table(agg)
     notes = _notes()
-    meta = _meta(agg, cells)
+    meta = _meta(agg, cells, len(failed))
 
     md = [f"# vicinal report: {record['name']}", ""]
     if record.get("description"):
@@ -719,6 +809,8 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
     for note in notes:
         md += [note, ""]
     md += _tables_markdown(results, comparisons)
+    if failed:
+        md += ["## Failed cells", "", _FAILED_NOTE, "", failures_table(failed).markdown(), ""]
     if robust is not None:
         md += ["## Robustness to corruptions", "", _ROBUSTNESS_NOTE, "", robust[0].markdown(), ""]
     settings_line, settings_table = settings({**record, **_data_origin(root, cells)})
@@ -741,6 +833,19 @@ def render_report(path: str | os.PathLike, *, preview: bool = True) -> dict[str,
                 "table": comparisons.context(),
                 "empty": "No arm has a baseline to compare with.",
             },
+            *(
+                []
+                if not failed
+                else [
+                    {
+                        "id": "failed",
+                        "title": "Failed cells",
+                        "table": failures_table(failed).context(),
+                        "empty": "",
+                        "caption": _FAILED_NOTE,
+                    }
+                ]
+            ),
             *(
                 []
                 if robust is None

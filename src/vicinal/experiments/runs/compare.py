@@ -6,9 +6,16 @@ saves one set of initial weights, trains every arm from them, and writes the run
 * ``config.json`` — the resolved configuration;
 * ``init.pt`` — the shared initial weights;
 * ``<arm>/`` — each arm's checkpoint, ``metrics.jsonl`` and ``result.json``;
+* ``results.json`` — every arm's result, for ``vicinal report``;
 * ``preview.png`` — nine mixed training images with their soft labels;
 * ``curves.png`` — accuracy and loss per epoch for every arm;
 * ``summary.md`` — the results table.
+
+Every file that is read back (``config.json``, ``init.pt``, checkpoints, results) has
+its checksum record beside it (``<name>.sha256``) and is verified and validated when it
+is read (:mod:`vicinal.experiments.atomic`). Before anything is written the run is
+refused if its files can't fit on the disk; a resumed run first removes the temporary
+files of dead processes.
 
 Arms can train in parallel processes (one per arm, threads split between them): on a
 small CPU this is the fastest way to use all cores, because one step of the reference
@@ -22,7 +29,6 @@ keeps its data on the device as ``uint8`` and makes its batches there
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Collection
@@ -33,7 +39,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vicinal.experiments.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_tensors
+from vicinal.experiments.atomic import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_fields,
+    check_free_space,
+    load_tensors,
+    read_json,
+    remove_stale_temporaries,
+)
 from vicinal.experiments.distributed import (
     SINGLE,
     DistContext,
@@ -49,18 +64,31 @@ from vicinal.experiments.runs.processes import stop_on_signals, worker_pool
 from vicinal.experiments.spec import CompareConfig, OptimConfig
 from vicinal.experiments.splits import Splits, check_fits, load_any, make_splits, training_batches
 from vicinal.experiments.testing import epoch_hooks
-from vicinal.experiments.training.loop import ProgressFactory
+from vicinal.experiments.training.loop import (
+    CHECKPOINT,
+    INIT_REMEDY,
+    RESULT,
+    ProgressFactory,
+    check_weights,
+    checkpoint_bytes,
+)
 from vicinal.experiments.training.single import ArmResult, train_arm
 
 __all__ = [
+    "CONFIG_REMEDY",
     "config_differences",
     "initial_weights",
     "make_loader",
     "progress_bars",
     "run_compare",
+    "space_needed",
     "summary_table",
     "train_one_arm",
 ]
+
+
+#: What to do with a ``config.json`` that can't be used: without it a resume can't check its options.
+CONFIG_REMEDY = "restore it and its .sha256 record from a copy, or start a new run with another --out"
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], *, ignore: Collection[str] = ()) -> list[str]:
@@ -92,11 +120,29 @@ def initial_weights(cfg: CompareConfig, splits: Splits, run_dir: Path) -> dict[s
     assert cfg.model is not None
     path = run_dir / "init.pt"
     if path.exists():
-        return load_tensors(path)
+        weights: dict[str, torch.Tensor] = load_tensors(path, check=check_weights, remedy=INIT_REMEDY)
+        return weights
     torch.manual_seed(cfg.seed)
     state = build_model(cfg.model, splits.input_shape, splits.num_classes).state_dict()
-    atomic_torch_save(state, path)
+    atomic_torch_save(state, path, checksum=True)
     return state
+
+
+def space_needed(cfg: CompareConfig, splits: Splits, run: Path) -> int:
+    """A lower bound of the bytes the run still writes and keeps: the initial weights if
+    missing, a checkpoint per unfinished arm that has none yet, and the one being replaced."""
+    assert cfg.model is not None
+    with torch.random.fork_rng(devices=[]):  # measured on a throw-away model
+        model = build_model(cfg.model, splits.input_shape, splits.num_classes)
+    checkpoint = checkpoint_bytes(model)
+    unfinished = [arm for arm in cfg.arms if not (run / arm / RESULT).exists()]
+    started = [arm for arm in unfinished if (run / arm / CHECKPOINT).exists()]
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    need = 0 if (run / "init.pt").exists() else weights
+    need += checkpoint * (len(unfinished) - len(started))
+    if started or (unfinished and cfg.epochs > 1):  # an old checkpoint and its replacement, at once
+        need += checkpoint
+    return need
 
 
 def progress_bars(position: int, arm: str) -> ProgressFactory:
@@ -196,10 +242,7 @@ def run_compare(
     model_note = "" if cfg.model is not None else f" (the default for {describe_input(splits.input_shape)})"
     cfg = cfg.for_data(splits.input_shape)
     if resume and cfg_path.exists():
-        try:
-            saved = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--resume: {cfg_path} is not a readable config ({exc}); start a new run") from exc
+        saved = read_json(cfg_path, check=lambda data: check_fields(CompareConfig, data), remedy=CONFIG_REMEDY)
         diffs = config_differences(saved, asdict(cfg), ignore=("parallel", "threads"))
         if diffs:
             raise ValueError(
@@ -207,12 +250,18 @@ def run_compare(
                 f"Differences (saved -> now): {'; '.join(diffs)}"
             )
     check_fits(cfg, splits)  # before anything is written
+    # On every rank, as the checks above: a rank that refused alone would leave the others at the barrier.
+    arms = ", ".join(cfg.arms)
+    check_free_space(run, space_needed(cfg, splits, run), f"the initial weights and checkpoints of the arms {arms}")
     barrier(dist)  # every rank has checked the folder before rank 0 writes into it
     if model_note and dist.is_main:
         print(f"vicinal compare: model {cfg.model}{model_note}; --model chooses another", flush=True)
     if dist.is_main:
+        if resume:  # what a killed run could not clean up (the run has no other writer)
+            for folder in (run, *(run / arm for arm in cfg.arms)):
+                remove_stale_temporaries(folder)
         run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg_path, asdict(cfg))
+        atomic_write_json(cfg_path, asdict(cfg), checksum=True)
         initial_weights(cfg, splits, run)
     barrier(dist)
 
@@ -282,5 +331,6 @@ def run_compare(
             "data_source": splits.source,
             "arms": [asdict(r) for r in results],
         },
+        checksum=True,
     )
     return results

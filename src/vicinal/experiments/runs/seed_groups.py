@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 
-from vicinal.experiments.atomic import load_tensors, read_json
+from vicinal.experiments.atomic import load_tensors, remove_stale_temporaries
 from vicinal.experiments.distributed import launched_by_torchrun
+from vicinal.experiments.errors import CellFailed
 from vicinal.experiments.loader import to_model_input
 from vicinal.experiments.models import build_model
 from vicinal.experiments.runs.cells import (
@@ -28,16 +29,20 @@ from vicinal.experiments.runs.cells import (
     cell_dir,
     cell_loader,
     cell_train_options,
+    clear_failure,
     init_path,
     log_claim,
-    train_claimed_cell,
+    make_cell_dir,
+    record_failure,
+    train_recorded,
     write_cell_record,
 )
 from vicinal.experiments.spec import CellSpec
 from vicinal.experiments.splits import Splits, load_splits
 from vicinal.experiments.testing import epoch_hooks
 from vicinal.experiments.training.batched import BatchSeedsUnsupported, SeedMember, train_stacked, try_batched_step
-from vicinal.experiments.training.loop import CHECKPOINT, RESULT, Checkpoint, ModelRun
+from vicinal.experiments.training.loop import CHECKPOINT, INIT_REMEDY, RESULT, Checkpoint, ModelRun, check_weights
+from vicinal.experiments.training.single import read_result
 
 __all__ = ["check_batch_seeds", "run_seed_group", "seed_groups"]
 
@@ -90,7 +95,10 @@ def _member(root: Path, cell: CellSpec, splits: Splits) -> SeedMember:
     write_cell_record(root, cell, splits, batch_seeds=True)
     checkpoint = Checkpoint.load(out / CHECKPOINT)
     run = ModelRun.resume(f"arm {cell.arm!r} seed {cell.seed}", out, checkpoint, epoch_hooks(cell.arm))
-    state = load_tensors(init_path(root, cell)) if checkpoint is None else checkpoint.model
+    if checkpoint is None:
+        state = load_tensors(init_path(root, cell), check=check_weights, remedy=INIT_REMEDY)
+    else:
+        state = checkpoint.model
     return SeedMember(run, cell_loader(cell, splits), cell.seed, state, checkpoint)
 
 
@@ -113,7 +121,9 @@ def _train_group(root: Path, cells: Sequence[CellSpec], members: Sequence[SeedMe
     )
 
 
-def run_seed_group(study_dir: str, cells: list[CellSpec], threads: int) -> list[tuple[CellSpec, dict[str, Any] | None]]:
+def run_seed_group(
+    study_dir: str, cells: list[CellSpec], threads: int, fail_fast: bool = False
+) -> list[tuple[CellSpec, dict[str, Any] | CellFailed | None]]:
     """Train the unfinished cells of ``cells`` (one arm, several seeds) as one batched model.
 
     Every cell is claimed as :func:`~vicinal.experiments.runs.cells.run_cell` claims it, without
@@ -122,45 +132,78 @@ def run_seed_group(study_dir: str, cells: list[CellSpec], threads: int) -> list[
     are held until the group is finished. Cells resumed from different epochs train in
     sub-groups of the same start epoch; a sub-group of one cell trains alone.
 
+    A failure of one cell (a diverged seed, a damaged checkpoint) is recorded in its
+    ``failed.json``. Without ``fail_fast``, a sub-group that fails is finished cell by
+    cell from the checkpoints it saved, so that the seeds that train well are kept, and
+    each failed cell's :class:`~vicinal.experiments.errors.CellFailed` is returned in
+    its place; with ``fail_fast`` the first failure is raised.
+
     Returns:
-        ``(cell, result record or None)`` for each of ``cells``, in order.
+        ``(cell, result record, CellFailed or None)`` for each of ``cells``, in order.
     """
     torch.set_num_threads(threads)
     root = Path(study_dir)
-    results: dict[CellSpec, dict[str, Any] | None] = {}
+    results: dict[CellSpec, dict[str, Any] | CellFailed | None] = {}
+
+    def alone(cell: CellSpec, **options: Any) -> None:
+        try:
+            results[cell] = train_recorded(root, cell, **options)
+        except CellFailed as exc:
+            if fail_fast:
+                raise
+            results[cell] = exc
+
     with contextlib.ExitStack() as claims:
         todo: list[CellSpec] = []
         for cell in cells:
             out = cell_dir(root, cell)
             if (out / RESULT).exists():
-                results[cell] = read_json(out / RESULT)
+                results[cell] = read_result(out / RESULT)
                 continue
-            out.mkdir(parents=True, exist_ok=True)
+            make_cell_dir(root, cell)
             try:
                 claims.enter_context(FileLock(out / CLAIM_LOCK).acquire(timeout=0))
             except Timeout:
                 results[cell] = None  # another live process trains this cell
                 continue
             if (out / RESULT).exists():  # finished by the process that held it
-                results[cell] = read_json(out / RESULT)
+                results[cell] = read_result(out / RESULT)
                 continue
+            remove_stale_temporaries(out)  # under the claim, no other process writes here
+            clear_failure(out)
             log_claim(out, resumed=(out / CHECKPOINT).exists())
             todo.append(cell)
         if todo:
             splits = load_splits(todo[0])
             by_start: dict[int, list[tuple[CellSpec, SeedMember]]] = {}
             for cell in todo:
-                member = _member(root, cell, splits)
+                try:
+                    member = _member(root, cell, splits)
+                except ValueError as exc:  # e.g. its checkpoint is damaged: this cell fails, not the group
+                    failed = record_failure(root, cell, exc)
+                    if fail_fast:
+                        raise failed from exc
+                    results[cell] = failed
+                    continue
                 by_start.setdefault(member.run.start_epoch, []).append((cell, member))
             for start, group in by_start.items():
                 group_cells = [cell for cell, _ in group]
                 if len(group) == 1:
-                    results[group_cells[0]] = train_claimed_cell(root, group_cells[0])
+                    alone(group_cells[0])
                     continue
                 if start < group_cells[0].epochs:
-                    _train_group(root, group_cells, [member for _, member in group], splits)
+                    try:
+                        _train_group(root, group_cells, [member for _, member in group], splits)
+                    except ValueError:
+                        if fail_fast:
+                            raise
+                        # One seed diverged (or the like): each cell goes on alone from its last
+                        # checkpoint, so only the cells that fail on their own are lost.
+                        for cell in group_cells:
+                            alone(cell, write_record=False)
+                        continue
                 for cell in group_cells:  # the test metrics and result.json, as a cell trained alone ends
-                    results[cell] = train_claimed_cell(root, cell, write_record=False)
+                    alone(cell, write_record=False)
     return [(cell, results[cell]) for cell in cells]
 
 

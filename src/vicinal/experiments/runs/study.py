@@ -29,6 +29,18 @@ sharing a file system: a Slurm job array with ``--shard I/N``, a Kubernetes inde
 job): a process trains a cell only while it holds the cell's OS file lock, so no cell
 is trained twice, and a dead process's lock is released by the OS (see :func:`run_study`).
 
+A cell that fails on its own (its loss diverges, a file of its folder is damaged) is
+recorded in its folder (``failed.json``, never as a result) and the study goes on with
+the other cells; at the end :func:`run_study` raises
+:class:`~vicinal.experiments.errors.CellsFailed`, which names them (the command line
+renders the report of the finished cells, then exits with status 1). With
+``fail_fast=True`` (``--fail-fast``) the first failure stops the study instead. Running
+the study again retries the failed cells.
+
+Everything is checked (the data of every cell, the sizes, the free disk space, an
+existing ``study.json``) before the study folder is created, so a refused study writes
+nothing.
+
 ``run_study(..., batch_seeds=True)`` (``vicinal study --batch-seeds``) trains the cells
 of each arm that differ only by seed together, in one process, as one batched model
 (:mod:`vicinal.experiments.runs.seed_groups`).
@@ -44,19 +56,21 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
 from vicinal._checks import check_int
-from vicinal.experiments.atomic import atomic_write_json, read_json
-from vicinal.experiments.runs.cells import cell_dir, ensure_init, run_cell
+from vicinal.experiments.atomic import atomic_write_json, check_free_space, remove_stale_temporaries
+from vicinal.experiments.errors import CellFailed, CellsFailed
+from vicinal.experiments.runs.cells import cell_dir, check_cell, ensure_init, run_cell, space_needed
 from vicinal.experiments.runs.processes import stop_on_signals, worker_pool
 from vicinal.experiments.runs.seed_groups import check_batch_seeds, run_seed_group, seed_groups
-from vicinal.experiments.spec import CellSpec, StudySpec, check_device
+from vicinal.experiments.spec import CellSpec, StudySpec, check_device, read_study
 from vicinal.experiments.training.loop import RESULT
+from vicinal.experiments.training.single import read_result
 
 __all__ = [
     "STUDY_LOCK",
@@ -68,6 +82,9 @@ __all__ = [
 ]
 
 STUDY_LOCK = "study.lock"
+
+#: What became of a cell: its result, its failure, or None (another process holds it).
+_Outcome: TypeAlias = "dict[str, Any] | CellFailed | None"
 
 
 def study_lock(study_dir: str | os.PathLike) -> FileLock:
@@ -103,6 +120,11 @@ def default_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
 
 
+def _check_same_study(root: Path, old: dict[str, Any], record: dict[str, Any]) -> None:
+    if old["arms"] != record["arms"]:
+        raise ValueError(f"{root} holds a different study; use another --out or the same options")
+
+
 def run_study(
     spec: StudySpec,
     study_dir: str | os.PathLike,
@@ -113,6 +135,7 @@ def run_study(
     threads: int | None = None,
     batch_seeds: bool = False,
     device: str = "cpu",
+    fail_fast: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell of ``spec`` (of its ``shard``) with ``jobs`` worker processes.
 
@@ -134,9 +157,15 @@ def run_study(
             before anything is written) for arms it can't train that way.
         device: where each cell trains (``"cpu"``, ``"cuda"``, ``"cuda:N"``); not part
             of a cell's identity, so a study may be resumed on another device.
+        fail_fast: stop at the first cell that fails (the other workers are stopped)
+            instead of training every other cell first.
 
     Returns:
         The result records of the shard's cells, in ``spec.cells()`` order.
+
+    Raises:
+        CellsFailed: some cells failed (each recorded in its ``failed.json``); the others finished.
+        CellFailed: with ``fail_fast``, the first cell that failed.
     """
     check_int("jobs (--jobs)", jobs, minimum=1)
     if threads is not None:
@@ -149,18 +178,23 @@ def run_study(
     if batch_seeds:
         check_batch_seeds(cells)
     root = Path(study_dir)
-    root.mkdir(parents=True, exist_ok=True)
     saved = root / "study.json"
     record = spec.record()
+    # Everything that can refuse the study is checked before its folder is made.
+    checked = {cell: check_cell(cell) for cell in cells}
+    if saved.exists():
+        _check_same_study(root, read_study(saved), record)
+    check_free_space(root, space_needed(root, cells), f"the initial weights and checkpoints of {len(cells)} cells")
+    root.mkdir(parents=True, exist_ok=True)
     with study_lock(root):
-        if saved.exists():
-            old = read_json(saved)
-            if old["arms"] != record["arms"]:
-                raise ValueError(f"{root} holds a different study; use another --out or the same options")
+        if saved.exists():  # again, under the lock: another process may have written it since
+            old = read_study(saved)
+            _check_same_study(root, old, record)
             record["seeds"] = sorted(set(old["seeds"]) | set(spec.seeds))  # adding seeds extends a study
-        atomic_write_json(saved, record)
+        atomic_write_json(saved, record, checksum=True)
+        remove_stale_temporaries(root / "init")  # initial weights are written under this lock only
         for cell in cells:
-            ensure_init(root, cell)
+            ensure_init(root, cell, checked[cell])
     todo = [c for c in cells if not (cell_dir(root, c) / RESULT).exists()]
     t0 = time.perf_counter()
     threads = threads or default_threads(jobs)
@@ -173,35 +207,51 @@ def run_study(
         units = len({c.arm for c in todo}) if batch_seeds else len(todo)
         pool = stack.enter_context(worker_pool(jobs, hint=hint)) if jobs > 1 and units > 1 else None
 
-        def run(batch: list[CellSpec], wait: bool) -> Iterator[tuple[CellSpec, dict[str, Any] | None]]:
+        def attempt(call: Any, *args: Any) -> _Outcome:
+            """A cell's outcome; with ``fail_fast`` a failure stops the study (the pool stops its workers)."""
+            try:
+                outcome: _Outcome = call(*args)
+            except CellFailed as exc:
+                if fail_fast:
+                    raise
+                return exc
+            return outcome
+
+        def run(batch: list[CellSpec], wait: bool) -> Iterator[tuple[CellSpec, _Outcome]]:
             if batch_seeds and not wait:
                 yield from run_groups(batch)
                 return
             if pool is None:
                 for c in batch:
-                    yield c, run_cell(str(root), c, threads, wait, device)
+                    yield c, attempt(run_cell, str(root), c, threads, wait, device)
                 return
             futures = {pool.submit(run_cell, str(root), c, threads, wait, device): c for c in batch}
             for f in cf.as_completed(futures):
-                yield futures[f], f.result()
+                yield futures[f], attempt(f.result)
 
-        def run_groups(batch: list[CellSpec]) -> Iterator[tuple[CellSpec, dict[str, Any] | None]]:
+        def run_groups(batch: list[CellSpec]) -> Iterator[tuple[CellSpec, _Outcome]]:
             groups = seed_groups(batch)
             if pool is None:
                 for group in groups:
-                    yield from run_seed_group(str(root), group, threads)
+                    yield from run_seed_group(str(root), group, threads, fail_fast)
                 return
-            futures = [pool.submit(run_seed_group, str(root), group, threads) for group in groups]
+            futures = [pool.submit(run_seed_group, str(root), group, threads, fail_fast) for group in groups]
             for f in cf.as_completed(futures):
                 yield from f.result()
 
+        failures: dict[CellSpec, CellFailed] = {}
         held: list[CellSpec] = []  # cells another process trains: waited for once every free cell is done
-        for cell, result in run(todo, False):
-            if result is None:
+        for cell, outcome in run(todo, False):
+            if outcome is None:
                 held.append(cell)
-            elif bar:
+                continue
+            if isinstance(outcome, CellFailed):
+                failures[cell] = outcome
+            if bar:
                 bar.update(1)
-        for _ in run(held, True):
+        for cell, outcome in run(held, True):
+            if isinstance(outcome, CellFailed):
+                failures[cell] = outcome
             if bar:
                 bar.update(1)
     timing = {
@@ -214,6 +264,9 @@ def run_study(
         "shard": f"{index}/{count}",
         "host": socket.gethostname(),
         "wall_s": time.perf_counter() - t0,
+        "failed": len(failures),
     }
     atomic_write_json(root / f"timing-{int(time.time())}-{socket.gethostname()}-{os.getpid()}.json", timing)
-    return [read_json(cell_dir(root, c) / RESULT) for c in cells]
+    if failures:
+        raise CellsFailed([failures[c] for c in cells if c in failures], len(cells) - len(failures), str(root))
+    return [read_result(cell_dir(root, c) / RESULT) for c in cells]

@@ -6,7 +6,8 @@ the seeds of a study arm stacked into one: :class:`~vicinal.experiments.training
 and each model's run folder (:class:`ModelRun`) gets, after every epoch:
 
 * ``checkpoint.pt`` — :class:`Checkpoint`: model, optimizer, epoch, history, elapsed
-  time, schedule and best weights; replaced atomically;
+  time, schedule and best weights; replaced atomically, with its checksum record
+  (``checkpoint.pt.sha256``), and verified and validated when it is loaded;
 * ``metrics.jsonl`` — one JSON record per finished epoch (:func:`append_metrics`;
   rebuilt from the checkpoint on resume by :func:`restart_metrics`, so it never holds an
   epoch the checkpoint does not).
@@ -31,7 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vicinal.experiments.atomic import atomic_torch_save, atomic_write_bytes, load_tensors
+from vicinal.experiments.atomic import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    check_fields,
+    check_type,
+    load_tensors,
+    write_errors,
+)
 from vicinal.experiments.distributed import SINGLE, DistContext, all_reduce_sum, shard_positions
 from vicinal.experiments.loader import to_model_input
 from vicinal.experiments.spec import OptimConfig
@@ -39,7 +47,9 @@ from vicinal.experiments.testing import EpochHook
 
 __all__ = [
     "CHECKPOINT",
+    "CHECKPOINT_REMEDY",
     "DEVICE_EVAL_BATCH",
+    "INIT_REMEDY",
     "METRICS",
     "RESULT",
     "Checkpoint",
@@ -49,6 +59,8 @@ __all__ = [
     "ProgressFactory",
     "Trainer",
     "append_metrics",
+    "check_weights",
+    "checkpoint_bytes",
     "epoch_seed",
     "evaluate",
     "fit",
@@ -60,6 +72,10 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
+#: What to do with a checkpoint that can't be used.
+CHECKPOINT_REMEDY = "delete it to retrain this arm from the start, or restore it and its .sha256 record from a copy"
+#: What to do with initial weights that can't be used (they are made again from the seed).
+INIT_REMEDY = "delete it to make it again from the seed"
 
 #: ``progress(epoch, steps)`` returns an object with ``update(n)``, ``set_postfix(**values)``
 #: and ``close()`` (a tqdm bar).
@@ -120,11 +136,12 @@ class Checkpoint:
     epoch: int
     history: list[dict[str, float]]
     elapsed: float
-    scheduler: dict[str, Any] | None
-    best_model: dict[str, torch.Tensor] | None
+    # Defaults: checkpoints of earlier versions may lack these keys.
+    scheduler: dict[str, Any] | None = None
+    best_model: dict[str, torch.Tensor] | None = None
 
     def save(self, path: Path) -> None:
-        """Write the checkpoint to ``path`` atomically."""
+        """Write the checkpoint to ``path`` atomically, with its checksum record."""
         state = {
             "model": self.model,
             "optimizer": self.optimizer,
@@ -134,14 +151,30 @@ class Checkpoint:
             "scheduler": self.scheduler,
             "best_model": self.best_model,
         }
-        atomic_torch_save(state, path)
+        atomic_torch_save(state, path, checksum=True)
+
+    @staticmethod
+    def check(state: Any) -> None:
+        """Raise ValueError or TypeError unless ``state`` is a checkpoint's content: the
+        fields of :class:`Checkpoint` with their types, one history record per finished epoch."""
+        check_fields(Checkpoint, state, what="a checkpoint's fields")
+        if state["epoch"] < 0 or len(state["history"]) != state["epoch"] + 1:
+            raise ValueError(
+                f"is inconsistent: epoch {state['epoch']} with {len(state['history'])} history records "
+                "(one per finished epoch expected)"
+            )
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint | None:
-        """The checkpoint at ``path``, or None if there is none (data only: see :func:`load_tensors`)."""
+        """The checkpoint at ``path``, or None if there is none.
+
+        Data only (see :func:`~vicinal.experiments.atomic.load_tensors`), verified against
+        its checksum record and checked by :meth:`check`, so a damaged checkpoint is
+        refused by name instead of resuming from wrong weights.
+        """
         if not path.exists():
             return None
-        state = load_tensors(path)
+        state = load_tensors(path, check=cls.check, remedy=CHECKPOINT_REMEDY)
         return cls(
             model=state["model"],
             optimizer=state["optimizer"],
@@ -151,6 +184,21 @@ class Checkpoint:
             scheduler=state.get("scheduler"),
             best_model=state.get("best_model"),
         )
+
+
+def check_weights(state: Any) -> None:
+    """Raise TypeError unless ``state`` is a state dict: the content of an initial-weights file."""
+    check_type(state, dict[str, torch.Tensor], "the weights")
+
+
+def checkpoint_bytes(model: nn.Module, *, keep_best: bool = False) -> int:
+    """A lower bound of the size of ``model``'s checkpoint: its weights, Adam's two
+    moments of each parameter, and with ``keep_best`` the best epoch's weights (for
+    :func:`~vicinal.experiments.atomic.check_free_space`)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    weights = params + buffers
+    return weights + 2 * params + (weights if keep_best else 0)
 
 
 def restart_metrics(out: Path, history: list[dict[str, float]]) -> None:
@@ -163,7 +211,7 @@ def restart_metrics(out: Path, history: list[dict[str, float]]) -> None:
 
 def append_metrics(out: Path, record: dict[str, float]) -> None:
     """Append one epoch's record to ``out/metrics.jsonl`` (after its checkpoint is written)."""
-    with open(out / METRICS, "a") as f:
+    with write_errors(out / METRICS), open(out / METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vicinal import MixConfig
 from vicinal._checks import check_choice
-from vicinal.experiments.atomic import atomic_write_json, read_json
+from vicinal.experiments.atomic import atomic_write_json, check_fields, read_json
 from vicinal.experiments.distributed import SINGLE, DistContext, barrier
 from vicinal.experiments.loader import InMemoryLoader
 from vicinal.experiments.metrics import evaluate_all
@@ -43,7 +43,10 @@ from vicinal.experiments.training.loop import (
 from vicinal.torch.losses import jensen_shannon_consistency, soft_target_cross_entropy
 from vicinal.torch.manifold import ManifoldMixup
 
-__all__ = ["ArmResult", "SingleModel", "train_arm"]
+__all__ = ["RESULT_REMEDY", "ArmResult", "SingleModel", "read_result", "train_arm"]
+
+#: What to do with a ``result.json`` that can't be used (the checkpoint of the last epoch is kept).
+RESULT_REMEDY = "delete it and resume: the arm's test is redone from its last checkpoint"
 
 
 @dataclass
@@ -67,6 +70,16 @@ class ArmResult:
     wall_s: float
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, Any] | None = None
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A finished arm's ``result.json``, verified and checked against :class:`ArmResult`'s fields.
+
+    Raises:
+        UnreadableFileError: damaged, of another schema, or holding NaN; names the file.
+    """
+    result: dict[str, Any] = read_json(path, check=lambda data: check_fields(ArmResult, data), remedy=RESULT_REMEDY)
+    return result
 
 
 class SingleModel:
@@ -192,7 +205,7 @@ def train_arm(
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     if resume and (out / RESULT).exists():
-        return ArmResult(**read_json(out / RESULT))
+        return ArmResult(**read_result(out / RESULT))
 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -255,6 +268,6 @@ def train_arm(
         metrics=metrics,
     )
     if dist.is_main:
-        atomic_write_json(out / RESULT, asdict(result))
+        atomic_write_json(out / RESULT, asdict(result), checksum=True)
     barrier(dist)  # no rank moves on (e.g. to the next arm) before the result is on disk
     return result
