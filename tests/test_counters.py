@@ -15,6 +15,8 @@ from vicinal.torch.collate import MixCollate, StepBatchSampler
 pytest.importorskip("kornia")
 from vicinal.torch.augmix import AugMix
 from vicinal.torch.manifold import ManifoldMixup
+from vicinal.torch.mit import MixupInferenceTraining
+from vicinal.torch.regmixup import RegMixup
 
 
 def _augmix():
@@ -39,6 +41,22 @@ def _mixer():
     return mixer, good, bad
 
 
+def _regmixup():
+    reg = RegMixup(MixUp(alpha=1.0, num_classes=3, seed=0))
+    model = nn.Linear(2, 3)
+    good = lambda: reg(model, torch.rand(4, 2), torch.tensor([0, 1, 2, 0]))
+    bad = lambda: reg(model, torch.rand(4, 2), torch.tensor([0, 1, 7, 0]))
+    return reg, good, bad
+
+
+def _mit():
+    mit = MixupInferenceTraining(num_classes=3, seed=0)
+    model = nn.Linear(2, 3)
+    good = lambda: mit(model, torch.rand(4, 2), torch.tensor([0, 1, 2, 0]))
+    bad = lambda: mit(model, torch.rand(4, 2), torch.tensor([0, 1, 7, 0]))
+    return mit, good, bad
+
+
 def _collate():
     collate = MixCollate(MixUp(alpha=1.0, num_classes=3, seed=0))
     good = lambda: collate([(torch.rand(2), 0), (torch.rand(2), 1)])
@@ -47,7 +65,7 @@ def _collate():
 
 
 @pytest.mark.filterwarnings("ignore:MixCollate got untagged samples")
-@pytest.mark.parametrize("make", [_augmix, _manifold, _mixer, _collate], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("make", [_augmix, _manifold, _mixer, _regmixup, _mit, _collate], ids=lambda f: f.__name__[1:])
 def test_counter_advances_on_success_only(make):
     obj, good, bad = make()
     assert isinstance(obj.counter, StepCounter)

@@ -38,6 +38,7 @@ PURPOSES: dict[str, int] = {
     "order": 1,  # an epoch's data order (epoch_order); the rank word holds the stream number
     "choice": 2,  # a per-step choice (Manifold Mixup's layer)
     "augmix": 0,  # AugMix chains: word 3 as for plans, word 1 tagged (see below)
+    "mit": 3,  # mixup inference in training: a step's (λ1, λ2) draws (vicinal.torch.mit)
 }
 """Word 3's upper half for each purpose."""
 

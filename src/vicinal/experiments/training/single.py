@@ -183,7 +183,8 @@ def train_arm(
         track_test: also record test loss/accuracy after every epoch (``test_acc`` in
             the history: the mixup paper's "best" test accuracy is its maximum).
         full_metrics: at the end, compute :func:`vicinal.experiments.metrics.evaluate_all` on the test
-            set for the last epoch's weights and for the best validation epoch's weights.
+            set for the last epoch's weights and for the best validation epoch's weights,
+            with the temperature fitted on ``val`` and the ECE after scaling.
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass
             (see docs/results.md for which CPUs it pays on).
         manifold: ``(config, layers)``: Manifold Mixup, mixing the plain batches of
@@ -248,13 +249,13 @@ def train_arm(
     best = max(history, key=lambda h: h["val_acc"]) if history else {"val_acc": math.nan, "epoch": -1}
     metrics = None
     if full_metrics:
-        metrics = {"last": evaluate_all(model, *test, channels_last=channels_last)}
+        metrics = {"last": evaluate_all(model, *test, channels_last=channels_last, val=val)}
         if extra_metrics is not None:
             metrics["last"].update(extra_metrics(model))
         if run.best_state is not None:
             last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(run.best_state)
-            metrics["best"] = evaluate_all(model, *test, channels_last=channels_last)
+            metrics["best"] = evaluate_all(model, *test, channels_last=channels_last, val=val)
             metrics["best"]["epoch"] = int(best["epoch"])
             model.load_state_dict(last_state)
     result = ArmResult(
