@@ -33,7 +33,7 @@ from vicinal._checks import check_choice, check_int, check_probability
 from vicinal.experiments.data import InputKind
 from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
 from vicinal.experiments.models import check_model_input
-from vicinal.experiments.spec import MIX_POLICIES, check_class_ids, check_seed
+from vicinal.experiments.spec import MIX_POLICIES, StepLoss, check_class_ids, check_seed
 from vicinal.labels import soft_unchecked, to_soft
 from vicinal.mixing import pack_arrays, place_boxes, plan_arrays
 from vicinal.torch.augmix import AugMix, AugMixConfig
@@ -158,6 +158,9 @@ class InMemoryLoader:
             equal parts; every sample is seen once per epoch (a few twice when ``W``
             does not divide N).
         policy: cross-rank mixing, see :mod:`vicinal.experiments.distributed`.
+        step_loss: RegMixup or MIT: the batches stay plain and the training step mixes
+            them (the trainers read it here and build it with the loader's seed); not with
+            ``mix``, ``jsd`` or ``policy="global"`` (the step sees its rank's batch only).
 
     Iterating ``loader.epoch(e)`` yields ``(x, targets)``: float32 (B, C, H, W) in
     [0, 1] (images) or float32 (B, F) / (B, T, F) (features, as stored, mixed), and
@@ -187,6 +190,7 @@ class InMemoryLoader:
         policy: str = "independent",
         augmix: AugMixConfig | None = None,
         jsd: bool = False,
+        step_loss: StepLoss | None = None,
     ) -> None:
         self.dist = dist
         self.policy = check_choice("policy", policy, MIX_POLICIES)
@@ -218,6 +222,17 @@ class InMemoryLoader:
             # Per rank unless every rank must see the same batches (shared / global plans).
             self.augmix = AugMix(augmix, seed=seed, rank=dist.rank if policy == "independent" else 0)
         self.jsd = jsd
+        if step_loss is not None:
+            if not isinstance(step_loss, StepLoss):
+                raise TypeError(f"step_loss must be a StepLoss or None, got {type(step_loss).__name__}")
+            if mix is not None or jsd:
+                raise ValueError(f"step_loss ({step_loss.method}) mixes plain batches: pass mix=None and jsd=False")
+            if self.policy == "global":
+                raise ValueError(
+                    f"method={step_loss.method!r} mixes inside each rank's step, not over the global batch: "
+                    "use mix policy 'independent' or 'shared'"
+                )
+        self.step_loss = step_loss
         self.label_smoothing = label_smoothing
         self._eps = check_probability("label_smoothing", label_smoothing)
         self.shuffle = shuffle

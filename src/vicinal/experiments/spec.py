@@ -40,6 +40,9 @@ from vicinal.experiments.models import available_models
 from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
 from vicinal.torch.augmix import AugMixConfig
+from vicinal.torch.mit import MIT_ALPHA, MIT_MARGIN, MixupInferenceTraining
+from vicinal.torch.regmixup import REGMIXUP_ALPHA, RegMixup
+from vicinal.transforms import Mixer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -61,6 +64,7 @@ __all__ = [
     "PRECISIONS",
     "RUN_METHODS",
     "SCHEDULES",
+    "STEP_LOSS_METHODS",
     "STUDY_OVERRIDES",
     "STUDY_REMEDY",
     "CellSpec",
@@ -71,6 +75,7 @@ __all__ = [
     "Precision",
     "RunSpec",
     "Schedule",
+    "StepLoss",
     "StudySpec",
     "cell_dir",
     "check_class_ids",
@@ -100,9 +105,20 @@ MIX_POLICIES: tuple[str, ...] = get_args(MixPolicy)
 #: the hidden states at one of ``mix_layers`` per step: vicinal.torch.manifold.ManifoldMixup).
 #: "augmix" is AugMix per image without mixing between images (AugMix on top of a mixing
 #: method: the ``augmix`` option).
+#: "regmixup" and "mit" mix the plain batches inside the training step (:class:`StepLoss`).
 #: (The library's ``"choice"`` over several methods is not a harness method: its
 #: ``choices`` have no command-line form yet.)
-RUN_METHODS: tuple[str, ...] = ("none", *(m for m in METHODS if m != "choice"), "manifold", "augmix")
+RUN_METHODS: tuple[str, ...] = (
+    "none",
+    *(m for m in METHODS if m != "choice"),
+    "manifold",
+    "augmix",
+    "regmixup",
+    "mit",
+)
+#: Methods whose training step mixes the plain batches itself: RegMixup (the clean batch and
+#: a mixed copy) and mixup inference in training (two mixes of the same pairs).
+STEP_LOSS_METHODS: tuple[str, ...] = ("regmixup", "mit")
 #: The weight of the Jensen-Shannon consistency loss with ``jsd`` (the AugMix paper's).
 JSD_WEIGHT = 12.0
 #: The arms of ``vicinal compare``: the mixed one and the plain one.
@@ -127,6 +143,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # Verma et al. (2019) train Manifold Mixup with alpha = 2; the layers are the model's.
     "manifold": {"alpha": 2.0, "granularity": "elem", "pairing": "permute", "mix_layers": None},
     "augmix": {},
+    # The official RegMixup commands: one lambda ~ Beta(20, 20) per batch (CIFAR-10; 10 for
+    # CIFAR-100), partners a random permutation; eta weighs the mixed term.
+    "regmixup": {"alpha": REGMIXUP_ALPHA["cifar10"], "granularity": "batch", "pairing": "permute", "eta": 1.0},
+    # The official MIT-L: one (lambda1, lambda2) per batch, alpha of its README's demos, its default margin.
+    "mit": {"alpha": MIT_ALPHA, "granularity": "batch", "pairing": "permute", "mit_margin": MIT_MARGIN},
 }
 #: Every option that some method uses; ``None`` in a config means "the method's default"
 #: before resolution and "not used" after.
@@ -139,7 +160,11 @@ MIX_OPTIONS: tuple[str, ...] = (
     "granularity",
     "pairing",
     "mix_layers",
+    "eta",
+    "mit_margin",
 )
+#: The options of :data:`MIX_OPTIONS` that are not :class:`MixConfig` fields.
+_STEP_OPTIONS = frozenset({"mix_layers", "eta", "mit_margin"})
 assert {k for d in METHOD_DEFAULTS.values() for k in d} == set(MIX_OPTIONS)
 assert set(PAIRINGS) >= {"stream", "permute"} and "elem" in GRANULARITIES
 
@@ -313,6 +338,52 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class StepLoss:
+    """RegMixup or mixup inference in training: the loader yields plain batches and the
+    training step mixes them (:class:`~vicinal.torch.regmixup.RegMixup`,
+    :class:`~vicinal.torch.mit.MixupInferenceTraining`). Validated on construction.
+
+    Attributes:
+        method: ``"regmixup"`` or ``"mit"``.
+        config: the step's MixUp (alpha, granularity, in-batch pairing).
+        eta: RegMixup's weight of the mixed term.
+        margin: MIT's least λ1 − λ2.
+    """
+
+    method: str
+    config: MixConfig
+    eta: float | None = None
+    margin: float | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, STEP_LOSS_METHODS)
+        if self.config.pairing == "stream":
+            raise ValueError(
+                f"method={self.method!r} mixes within the batch: pairing must be 'roll', 'flip', 'permute' or "
+                "'derange', got 'stream' (a study's [defaults] pairing is inherited: set pairing on the arm)"
+            )
+        try:
+            self.build(seed=0, rank=0, num_classes=None)  # the library's checks of eta, margin and config
+        except ValueError as exc:
+            raise ValueError(f"method={self.method!r}: {exc}") from None
+
+    def build(self, *, seed: int, rank: int, num_classes: int | None) -> RegMixup | MixupInferenceTraining:
+        """The library piece of one run: plans of ``(seed, epoch, step, rank)``.
+
+        Its labels are the loader's soft targets (already smoothed and checked), so it
+        smooths nothing and reads no label back to the host. RegMixup runs the clean and
+        the mixed halves as one forward pass of 2B (the official code's).
+        """
+        if self.method == "regmixup":
+            mixer = Mixer(self.config, num_classes=num_classes, seed=seed, rank=rank, validate=False)
+            return RegMixup(mixer, eta=1.0 if self.eta is None else self.eta)
+        margin = MIT_MARGIN if self.margin is None else self.margin
+        return MixupInferenceTraining(
+            self.config, margin=margin, num_classes=num_classes, seed=seed, rank=rank, validate=False
+        )
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """What a comparison run and a study cell share: data, model, length, mixing.
 
@@ -348,7 +419,9 @@ class RunSpec:
         "mixup: convex combination; cutmix: paste a box; switch: cutmix with probability "
         "--switch-prob else mixup; kway: Dirichlet mix of --k samples; fmix, resizemix, gridmix, smoothmix, "
         "saliencymix: the mask family (docs/methods.md); manifold: mixup of the hidden "
-        "states at one of --mix-layers per step; augmix: AugMix per image, no mixing (default: %(default)s)",
+        "states at one of --mix-layers per step; augmix: AugMix per image, no mixing; regmixup: CE on the clean "
+        "batch + --eta x CE on a mixed copy; mit: mixup inference in training, two mixes per step and the raw "
+        "samples' logits recovered (--mit-margin) (default: %(default)s)",
         "mixing",
         choices=tuple(m for m in RUN_METHODS if m != "none"),
     )
@@ -372,7 +445,7 @@ class RunSpec:
     k: int | None = _option(None, f"samples per mix under --method kway ({_method_defaults('k')})", "mixing")
     granularity: str | None = _option(
         None,
-        "one lambda per batch, per sample (elem, the reference) or per pair (default: elem)",
+        "one lambda per batch, per sample (elem, the reference) or per pair (default: elem; regmixup, mit: batch)",
         "mixing",
         choices=GRANULARITIES,
     )
@@ -389,6 +462,18 @@ class RunSpec:
         "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small",
         "mixing",
         parse=lambda text: tuple(text.split(",")),
+    )
+    eta: float | None = _option(
+        None,
+        f"under --method regmixup: the weight of the mixed term, CE(clean) + eta * CE(mixed) "
+        f"({_method_defaults('eta')})",
+        "mixing",
+    )
+    mit_margin: float | None = _option(
+        None,
+        "under --method mit: the least lambda1 - lambda2 of its two mixes, in (0, 1) "
+        f"({_method_defaults('mit_margin')})",
+        "mixing",
     )
     augmix: bool = _option(
         False, "AugMix each image before mixing (--method augmix: AugMix alone, no mixing between images)", "mixing"
@@ -433,6 +518,7 @@ class RunSpec:
         if self.model is not None:
             check_choice("model", self.model, available_models())
         self.check_augmentation()
+        self.step_loss()  # RegMixup's eta, MIT's margin and pairing
 
     def mixing(self) -> MixConfig | None:
         """The :class:`MixConfig` of the resolved spec (validated); None for ``method="none"``.
@@ -441,8 +527,9 @@ class RunSpec:
         spec = self.resolved()
         if spec.method in ("none", "augmix"):
             return None
-        params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method] if name != "mix_layers"}
-        return MixConfig("mixup" if spec.method == "manifold" else spec.method, **params)  # type: ignore[arg-type]
+        params = {name: getattr(spec, name) for name in METHOD_DEFAULTS[spec.method] if name not in _STEP_OPTIONS}
+        method = "mixup" if spec.method in ("manifold", *STEP_LOSS_METHODS) else spec.method
+        return MixConfig(method, **params)  # type: ignore[arg-type]
 
     def augmix_config(self) -> AugMixConfig | None:
         """AugMix per image (``method="augmix"``, or ``augmix`` on top of a mixing method)."""
@@ -454,14 +541,26 @@ class RunSpec:
         """AugMix needs kornia; JSD needs AugMix and no mixing of the inputs."""
         if self.augmix_config() is not None and importlib.util.find_spec("kornia") is None:
             raise ValueError("AugMix needs kornia: pip install 'vicinal[augmix]'")
-        if self.jsd and (self.augmix_config() is None or self.loader_mixing() is not None):
+        if self.jsd and (
+            self.augmix_config() is None or self.loader_mixing() is not None or self.method in STEP_LOSS_METHODS
+        ):
             raise ValueError(
                 "jsd needs AugMix without input mixing (method='augmix'): its views are clean, AugMix 1 and AugMix 2"
             )
 
     def loader_mixing(self) -> MixConfig | None:
-        """What the data loader mixes: nothing for "none" and "manifold" (mixed in the model)."""
-        return None if self.method == "manifold" else self.mixing()
+        """What the data loader mixes: nothing for "none", "manifold" (mixed in the model),
+        "regmixup" and "mit" (mixed in the step)."""
+        return None if self.method in ("manifold", *STEP_LOSS_METHODS) else self.mixing()
+
+    def step_loss(self) -> StepLoss | None:
+        """RegMixup or MIT (validated), whose training step mixes the plain batches; else None."""
+        if self.method not in STEP_LOSS_METHODS:
+            return None
+        spec = self.resolved()
+        config = spec.mixing()
+        assert config is not None
+        return StepLoss(spec.method, config, eta=spec.eta, margin=spec.mit_margin)
 
     def manifold(self) -> tuple[MixConfig, tuple[str, ...]] | None:
         """``(config, layers)`` for ``method="manifold"``, else None."""

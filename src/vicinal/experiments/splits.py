@@ -209,7 +209,8 @@ def training_batches(
     policy: str = "independent",
 ) -> InMemoryLoader:
     """The training batches of ``spec`` on ``splits.train``: its seed's order and plans, its
-    mixing and AugMix (with ``mixed``; plain batches otherwise), its label smoothing.
+    mixing and AugMix (with ``mixed``; plain batches otherwise), its label smoothing; for
+    RegMixup and MIT plain batches carrying the step's :class:`~vicinal.experiments.spec.StepLoss`.
 
     Args:
         labels: the training labels to use instead of ``splits.train``'s (e.g. noisy ones).
@@ -227,6 +228,7 @@ def training_batches(
         mix=spec.loader_mixing() if mixed else None,
         augmix=spec.augmix_config() if mixed else None,
         jsd=spec.jsd and mixed,
+        step_loss=spec.step_loss() if mixed else None,
         label_smoothing=spec.label_smoothing,
         channels_last=spec.channels_last if channels_last is None else channels_last,
         device=device,

@@ -17,7 +17,11 @@ keeps everything that makes it that seed's run:
   masks are *equal*, bit for bit, to those of one-by-one training;
 * its Adam state: one fused Adam over the stacked weights is elementwise, so it is
   each seed's own Adam (the step count and the learning-rate schedule are shared: the
-  cells of one arm have the same number of steps).
+  cells of one arm have the same number of steps);
+* for RegMixup and MIT arms, its own library piece (built from its loader as a cell
+  alone builds it): its mixing, λ draws, solve and loss, with the forward passes of a
+  step (RegMixup: one of 2B; MIT: two of B) stacked over the seeds in the plain order,
+  so the dropout masks are drawn as alone.
 
 The forward pass is :func:`torch.func.functional_call` under :func:`torch.func.vmap`,
 except for the reference CNN, which runs as grouped convolutions and batched matrix
@@ -64,6 +68,8 @@ from vicinal.experiments.training.loop import (
     restart_metrics,
 )
 from vicinal.torch.losses import soft_target_cross_entropy
+from vicinal.torch.mit import MixupInferenceTraining
+from vicinal.torch.regmixup import RegMixup
 
 __all__ = [
     "GROUPED_FORWARDS",
@@ -396,6 +402,12 @@ class StackedSeeds:
         self.steps = len(loaders[0])
         self.device = next(module.parameters()).device
         self.generators: list[torch.Generator] = []
+        # RegMixup / MIT: each seed's own, from its loader as a cell trained alone builds it.
+        self.step_losses: list[RegMixup | MixupInferenceTraining] = [
+            loader.step_loss.build(seed=loader.seed, rank=0, num_classes=loader.num_classes)
+            for loader in loaders
+            if loader.step_loss is not None
+        ]
 
     def start_epoch(self, epoch: int) -> Iterable[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
         self.generators = [torch.Generator().manual_seed(epoch_seed(seed, epoch)) for seed in self.seeds]
@@ -406,8 +418,38 @@ class StackedSeeds:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xs = [b[0] for b in batch]
         targets = torch.stack([b[1] for b in batch])
+        if self.step_losses:
+            return self._step_loss(step, epoch, xs, [b[1] for b in batch])
         logits = self.batch(xs, self.batch.noises(xs[0], self.generators))
         return vmap(soft_target_cross_entropy)(logits, targets), logits, targets
+
+    def _forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(S, N, classes): one stacked forward, each seed's dropout drawn as its plain model
+        would draw it next (so a step of two forwards draws as the plain step does)."""
+        return self.batch(xs, self.batch.noises(xs[0], self.generators))
+
+    def _step_loss(
+        self, step: int, epoch: int, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RegMixup or MIT per seed, its forward passes stacked; the library's mixing, solve and loss."""
+        objectives = self.step_losses
+        if isinstance(objectives[0], RegMixup):
+            regs = [o for o in objectives if isinstance(o, RegMixup)]
+            halves = [o.mix(x, y, step=step, epoch=epoch) for o, x, y in zip(regs, xs, ys)]
+            b = int(xs[0].shape[0])
+            both = self._forward([torch.cat([h.x, h.x_mixed]) for h in halves])  # one 2B pass, as alone
+            losses = [
+                o.loss_of(both[s, :b], both[s, b:], h.targets, h.targets_mixed)
+                for s, (o, h) in enumerate(zip(regs, halves))
+            ]
+            return torch.stack(losses), both[:, :b], torch.stack([h.targets for h in halves])
+        mits = [o for o in objectives if isinstance(o, MixupInferenceTraining)]
+        mixes = [o.mix(x, y, step=step, epoch=epoch) for o, x, y in zip(mits, xs, ys)]
+        out1 = self._forward([m.x1 for m in mixes])
+        out2 = self._forward([m.x2 for m in mixes])
+        recovered = [o.recover(out1[s], out2[s], m) for s, (o, m) in enumerate(zip(mits, mixes))]
+        losses = [o.loss_of(a, p, m.targets, m.targets_partner) for o, (a, p), m in zip(mits, recovered, mixes)]
+        return torch.stack(losses), torch.stack([a for a, _ in recovered]), torch.stack([m.targets for m in mixes])
 
     def model_of(self, index: int) -> nn.Module:
         self.module.load_state_dict(self.batch.state_dict(index))

@@ -42,6 +42,8 @@ from vicinal.experiments.training.loop import (
 )
 from vicinal.torch.losses import jensen_shannon_consistency, soft_target_cross_entropy
 from vicinal.torch.manifold import ManifoldMixup
+from vicinal.torch.mit import MixupInferenceTraining
+from vicinal.torch.regmixup import RegMixup
 
 __all__ = ["RESULT_REMEDY", "ArmResult", "SingleModel", "read_result", "train_arm"]
 
@@ -94,6 +96,10 @@ class SingleModel:
         manifold: Manifold Mixup of ``net`` (the batches are then plain), or None.
         jsd_weight: > 0 with a loader that yields (3B, ...) AugMix views for B targets.
         rank: this process's rank (its own dropout masks).
+
+    A loader carrying RegMixup or MIT (``loader.step_loss``) has its plain batches mixed
+    inside the step, with plans of ``(loader.seed, epoch, step, rank)`` (rank 0 unless the
+    loader's policy is "independent", as for the loader's own plans).
     """
 
     loss_shape: tuple[int, ...] = ()
@@ -111,6 +117,10 @@ class SingleModel:
         rank: int = 0,
     ) -> None:
         self.model, self.net, self.loader, self.optimizer = model, net, loader, optimizer
+        self.step_loss: RegMixup | MixupInferenceTraining | None = None
+        if loader.step_loss is not None:
+            step_rank = rank if loader.policy == "independent" else 0
+            self.step_loss = loader.step_loss.build(seed=loader.seed, rank=step_rank, num_classes=loader.num_classes)
         self.device = next(model.parameters()).device
         self.steps = len(loader)
         self.autocast = precision == "bf16"
@@ -125,6 +135,10 @@ class SingleModel:
         self, step: int, epoch: int, batch: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, target = batch
+        if self.step_loss is not None:  # RegMixup or MIT: the step mixes and runs the model itself
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = self.step_loss(self.net, x, target, step=step, epoch=epoch)
+            return out.loss, out.logits, out.targets  # the clean (MIT: recovered) logits
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             if self.manifold is not None:
                 logits, target = self.manifold(x, target, step=step, epoch=epoch)
@@ -171,7 +185,8 @@ def train_arm(
     """Train ``model`` (already holding the initial weights) for ``epochs`` epochs.
 
     Args:
-        loader: the training batches (mixed or plain).
+        loader: the training batches (mixed or plain; plain ones carrying RegMixup or MIT,
+            ``loader.step_loss``, are mixed by the step: :class:`SingleModel`).
         val, test: uint8 images (N, C, H, W) or float features, and int64 labels (N,).
         out_dir: the arm's folder (created).
         optim: Adam and its schedule (default: :class:`OptimConfig`'s defaults).
