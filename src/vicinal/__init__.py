@@ -7,7 +7,8 @@ and labels by it, on NumPy arrays or on torch tensors (on their device, with
 autograd). The transforms (:class:`MixUp`, :class:`CutMix`, ...) wrap both.
 
 The core needs only NumPy. The torch-only names (:class:`MixCollate`,
-:func:`mixing_loader`, the losses) import PyTorch when first used.
+:func:`mixing_loader`, the losses, :class:`RegMixup` and :class:`MixupInferenceTraining`)
+import PyTorch when first used.
 
 >>> import numpy as np, vicinal
 >>> x, y = np.ones((4, 3), np.float32), np.array([0, 1, 2, 0])
@@ -29,6 +30,8 @@ from vicinal.transforms import CutMix, KWayMix, Mixer, MixOptions, MixUp, MixUpO
 if TYPE_CHECKING:
     from vicinal.torch.collate import MixCollate, mixing_loader
     from vicinal.torch.losses import SoftTargetCrossEntropy, mixed_loss, soft_target_cross_entropy
+    from vicinal.torch.mit import MixupInferenceTraining
+    from vicinal.torch.regmixup import RegMixup
 
 # Torch-only names, imported on first use so that `import vicinal` needs no PyTorch.
 _LAZY = {
@@ -37,6 +40,8 @@ _LAZY = {
     "SoftTargetCrossEntropy": "vicinal.torch.losses",
     "mixed_loss": "vicinal.torch.losses",
     "soft_target_cross_entropy": "vicinal.torch.losses",
+    "RegMixup": "vicinal.torch.regmixup",
+    "MixupInferenceTraining": "vicinal.torch.mit",
 }
 
 
@@ -61,7 +66,9 @@ __all__ = [
     "MixUpOrCutMix",
     "MixedTargets",
     "Mixer",
+    "MixupInferenceTraining",
     "PlanTensors",
+    "RegMixup",
     "SoftTargetCrossEntropy",
     "apply_plan",
     "cutmix",

@@ -62,7 +62,8 @@ def test_the_step_is_the_library_piece_at_the_loaders_seed_epoch_and_step(method
     trainer = SingleModel(model, model, loader, make_optimizer(model.parameters(), OptimConfig()))
     batches = list(trainer.start_epoch(1))
     assert batches[0][1].shape == (8, 3)  # plain batches, one-hot targets
-    assert torch.equal(batches[0][1], torch.nn.functional.one_hot(loader.labels[torch.from_numpy(loader.order(1)[:8].copy())], 3).float())
+    first_rows = torch.from_numpy(loader.order(1)[:8].copy())
+    assert torch.equal(batches[0][1], torch.nn.functional.one_hot(loader.labels[first_rows], 3).float())
     for step in (0, 3):
         loss, logits, targets = trainer.loss(step, 1, batches[step])
         want = piece(model, *batches[step], step=step, epoch=1)

@@ -8,7 +8,10 @@ handed tensors; the modules of this package need PyTorch to import at all:
   inside ``DataLoader`` workers;
 * :mod:`vicinal.torch.losses`: soft-target cross-entropy and :func:`mixed_loss`;
 * :mod:`vicinal.torch.manifold`: Manifold Mixup on hidden layers of a module;
-* :mod:`vicinal.torch.augmix`: AugMix chains (kornia's image ops).
+* :mod:`vicinal.torch.augmix`: AugMix chains (kornia's image ops);
+* :mod:`vicinal.torch.regmixup`: RegMixup, CE on the clean batch plus η·CE on a mixed copy;
+* :mod:`vicinal.torch.mit`: mixup inference in training, the raw samples' logits
+  recovered from two mixes of the same pairs.
 
 The package's own name shadows nothing: inside vicinal, ``import torch`` is absolute and
 always means PyTorch.
