@@ -68,7 +68,7 @@ import torch
 
 from vicinal._checks import check_int, check_probability, check_real_range
 from vicinal._counter import generator
-from vicinal._stepper import StepCounter
+from vicinal._stepper import Counted, StepCounter
 from vicinal.labels import batch_size_of, check_labels, is_torch_tensor, soft_unchecked
 from vicinal.mixing import apply_plan
 from vicinal.sampling import MixConfig, MixPlan, sample_beta, sample_plan
@@ -137,7 +137,7 @@ def _candidates(rng: np.random.Generator, a: float, b: float, k: int) -> tuple[n
 
 def _acceptance_rate(a: float, b: float, margin: float) -> float:
     """The fraction of candidate pairs with λ₁ − λ₂ >= margin, estimated from a fixed stream
-    (seed 0, epoch 0, the last step and rank the counter allows: no training draw uses it)."""
+    (seed 0, epoch 0, step 0 and the last rank the counter allows: no training draw uses it)."""
     rng = generator(0, "mit", epoch=0, step=0, rank=(1 << 32) - 1)
     l1, l2 = _candidates(rng, a, b, _RATE_DRAWS)
     return float(np.mean(l1 - l2 >= margin))
@@ -282,7 +282,7 @@ class MITOutput:
     lam2: torch.Tensor
 
 
-class MixupInferenceTraining:
+class MixupInferenceTraining(Counted):
     """MIT's loss (the logit-level variant) for any model and training loop.
 
     Args:
@@ -346,20 +346,6 @@ class MixupInferenceTraining:
             raise TypeError(f"validate must be a bool, got {type(validate).__name__}")
         self.validate = validate
         self.counter = StepCounter()
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch (:meth:`set_epoch`)."""
-        return self.counter.epoch
-
-    @property
-    def step(self) -> int:
-        """The step the next counted call uses: successful calls since :meth:`set_epoch`."""
-        return self.counter.step
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move to ``epoch`` and restart the step count."""
-        self.counter.set_epoch(epoch)
 
     def plans(self, batch_size: int, *, step: int, epoch: int | None = None) -> tuple[MixPlan, MixPlan]:
         """The plans of the two mixes of step ``step``: the config's partners, weights (λ₁, 1−λ₁) and (λ₂, 1−λ₂)."""

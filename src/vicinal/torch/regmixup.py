@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from vicinal._checks import check_int, check_probability, check_real_range
-from vicinal._stepper import StepCounter
+from vicinal._stepper import Counted, StepCounter
 from vicinal.labels import batch_size_of, check_labels, is_torch_tensor, soft_unchecked
 from vicinal.mixing import DataFormat
 from vicinal.sampling import MixConfig
@@ -106,7 +106,7 @@ class RegMixupOutput:
     targets_mixed: torch.Tensor
 
 
-class RegMixup:
+class RegMixup(Counted):
     """RegMixup's loss for any model and training loop.
 
     Args:
@@ -165,29 +165,11 @@ class RegMixup:
         if mixer.multi_label:
             raise ValueError("RegMixup's cross-entropy needs class distributions; the Mixer has multi_label=True")
         self.mixer = mixer
+        self.counter: StepCounter = mixer.counter  # one count: the mixer's (epoch, step, set_epoch)
         self.eta = check_real_range("eta", eta, low=0.0, high=None)
         if not isinstance(concat, bool):
             raise TypeError(f"concat must be a bool, got {type(concat).__name__}")
         self.concat = concat
-
-    @property
-    def counter(self) -> StepCounter:
-        """The step counter: the mixer's own."""
-        return self.mixer.counter
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch (the mixer's)."""
-        return self.mixer.epoch
-
-    @property
-    def step(self) -> int:
-        """The step the next counted call uses (the mixer's count)."""
-        return self.mixer.step
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move to ``epoch`` and restart the step count."""
-        self.mixer.set_epoch(epoch)
 
     def mix(self, x: torch.Tensor, y: Any, *, step: int, epoch: int | None = None) -> RegMixupBatch:
         """The clean and the mixed halves of step ``step`` (nothing is counted).
