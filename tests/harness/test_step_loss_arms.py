@@ -14,6 +14,7 @@ from torch import nn
 from vicinal import MixConfig
 from vicinal.experiments.cli import main
 from vicinal.experiments.loader import InMemoryLoader
+from vicinal.experiments.report.report import render_report
 from vicinal.experiments.runs.study import run_study
 from vicinal.experiments.spec import CellSpec, CompareConfig, OptimConfig, StepLoss, parse_study
 from vicinal.experiments.training.loop import make_optimizer
@@ -86,6 +87,8 @@ def test_study_cells_record_the_temperature_and_the_ece_after_scaling(toy_npz: P
             assert 0 <= m["ece"] <= 1
     cell = json.loads((tmp_path / "s" / "cells" / "regmixup" / "seed0" / "cell.json").read_text())
     assert (cell["method"], cell["alpha"], cell["eta"], cell["granularity"]) == ("regmixup", 10.0, 1.0, "batch")
+    report = render_report(tmp_path / "s", preview=False)["markdown"].read_text()
+    assert "ECE after temperature scaling" in report and "temperature T" in report
 
 
 def test_batch_seeds_trains_them_as_one_by_one(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def _metric(result: dict[str, Any], name: str) -> float:
         return float(max(accs)) if accs else math.nan
     if name == "acc_val_selected":
         return float((m.get("best") or {}).get("accuracy", math.nan))
-    if name in ("nll", "brier", "ece"):
+    if name in ("nll", "brier", "ece", "ece_ts", "temperature"):
         return float(last.get(name, math.nan))
     if name.startswith("fgsm"):
         return float((last.get("fgsm") or {}).get(name[4:], math.nan))
@@ -97,6 +97,8 @@ METRICS = [
     ("nll", "NLL", 1.0),
     ("brier", "Brier", 1.0),
     ("ece", "ECE (15 bins)", 100.0),
+    ("ece_ts", "ECE after temperature scaling", 100.0),
+    ("temperature", "temperature T (validation NLL)", 1.0),
     ("fgsm0.01", "FGSM acc ε=0.01", 100.0),
     ("fgsm0.03", "FGSM acc ε=0.03", 100.0),
     ("fgsm0.1", "FGSM acc ε=0.1", 100.0),
@@ -328,7 +330,7 @@ def aggregate(cells: list[tuple[CellSpec, dict[str, Any]]]) -> dict[str, Any]:
             if not common:
                 continue
             comp: dict[str, Any] = {"arm": arm, "baseline": base, "seeds": common}
-            for key in ("acc_last", "acc_best_epoch", "ece", "fgsm" + FGSM_KEY, "corruption_error"):
+            for key in ("acc_last", "acc_best_epoch", "ece", "ece_ts", "fgsm" + FGSM_KEY, "corruption_error"):
                 a = [_metric(by_arm[arm][s], key) for s in common]
                 b = [_metric(by_arm[base][s], key) for s in common]
                 if any(math.isnan(v) for v in a + b):
@@ -396,6 +398,7 @@ def comparison_table(agg: dict[str, Any]) -> Table:
         "wins",
         "Δ best-epoch acc",
         "Δ ECE (points)",
+        "Δ ECE after temp. scaling (points)",
         "Δ FGSM acc ε=" + FGSM_KEY,
         "Δ mean corruption error (points) [95% CI]",
         "its paired t p",
@@ -417,12 +420,13 @@ def comparison_table(agg: dict[str, Any]) -> Table:
                 f"{acc['wins']}/{acc['n']}",
                 _fmt_diff(comp.get("acc_best_epoch")),
                 _fmt_diff(comp.get("ece")),
+                _fmt_diff(comp.get("ece_ts")),
                 _fmt_diff(comp.get("fgsm" + FGSM_KEY)),
                 _fmt_diff(comp.get("corruption_error")),
                 _fmt_p(comp["corruption_error"].get("t_p")) if comp.get("corruption_error") else MISSING,
             ]
         )
-    return Table(columns, rows, [False, False] + [True] * 10).drop_empty(first=7)
+    return Table(columns, rows, [False, False] + [True] * 11).drop_empty(first=7)
 
 
 # --------------------------------------------------------------------------- figures
@@ -435,6 +439,7 @@ def _save(fig: Any, path: Path) -> Path:
 FOREST_PANELS = [
     ("acc_last", "test accuracy, last epoch", "higher is better"),
     ("ece", "ECE (15 bins)", "lower is better"),
+    ("ece_ts", "ECE after temperature scaling", "lower is better"),
     ("fgsm" + FGSM_KEY, f"FGSM accuracy, ε={FGSM_KEY}", "higher is better"),
     ("corruption_error", "mean corruption error", "lower is better"),
 ]
