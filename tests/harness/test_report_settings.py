@@ -64,3 +64,40 @@ def test_an_arm_can_be_compared_with_several_baselines(tmp_path: Path) -> None:
     assert summary["comparisons"]["manifold vs mixup"]["acc_last"]["mean"] == pytest.approx(0.01)
     md = (root / "report.md").read_text()
     assert "| manifold | mixup |" in md and "| manifold | none |" in md
+
+
+def test_settings_show_each_arms_method_with_its_own_parameters_only(tmp_path: Path) -> None:
+    """A robustness-style study: AugMix as a method is not 'augmix=False' common to every
+    arm, and a flag that is off is no setting of the arms without it."""
+    pytest.importorskip("kornia")
+    preset = (
+        "[defaults]\ndataset='toy'\npairing='stream'\n"
+        "[[arms]]\nname='none'\nmethod='none'\n"
+        "[[arms]]\nname='mixup'\nmethod='mixup'\nalpha=1.0\nbaseline='none'\n"
+        "[[arms]]\nname='augmix-jsd'\nmethod='augmix'\njsd=true\nbaseline='none'\n"
+    )
+    spec = parse_study(preset, seeds=2)
+    root = tmp_path / "study"
+    root.mkdir()
+    record = {"name": "r", "description": "", "seeds": [0, 1], "arms": [asdict(a) for a in spec.arms]}
+    (root / "study.json").write_text(json.dumps(record))
+    for arm in spec.arms:
+        for seed in range(2):
+            d = cell_dir(root, replace(arm, seed=seed))
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps(fake_result(0.8 + 0.001 * seed)))
+    md = render_report(root, preview=False)["markdown"].read_text()
+    settings = md[md.index("## Settings that ran") :]
+    common = next(line for line in settings.splitlines() if line.startswith("Common to every arm"))
+    assert "augmix=" not in common and "jsd=" not in common
+    header = next(line for line in settings.splitlines() if line.startswith("| arm"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = {
+        cells[0]: dict(zip(columns, cells))
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in settings.splitlines())
+        if cells and cells[0] in ("none", "mixup", "augmix-jsd")
+    }
+    assert rows["augmix-jsd"]["method"] == "augmix" and rows["augmix-jsd"]["jsd"] == "True"
+    assert rows["none"]["jsd"] == "–" and rows["mixup"]["jsd"] == "–"
+    assert "augmix" not in columns  # no arm has AugMix on top of its method
+    assert rows["mixup"]["alpha"] == "1.0" and rows["none"]["alpha"] == "–"

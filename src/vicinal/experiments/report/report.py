@@ -35,6 +35,7 @@ from vicinal.experiments.errors import CellFailure
 from vicinal.experiments.report.plots import corruption_heatmap, pyplot, save_figure, write_preview
 from vicinal.experiments.report.stats import EXACT_MAX_PATTERNS, MONTE_CARLO_RESAMPLES, paired_test, summarize
 from vicinal.experiments.spec import (
+    METHOD_DEFAULTS,
     MIX_OPTIONS,
     CellSpec,
     CompareConfig,
@@ -366,10 +367,30 @@ def _data_origin(root: Path, cells: list[tuple[CellSpec, dict[str, Any]]]) -> di
     return {}
 
 
+# Flags that add something on top of an arm's method: an arm has them only when they are
+# on (a False flag is not a setting of that arm), and AugMix as the method is not AugMix
+# on top of itself.
+_ON_TOP_FLAGS = ("augmix", "jsd")
+
+
+def _own_settings(arm: dict[str, Any]) -> dict[str, Any]:
+    """An arm's settings as it ran them: its method with that method's parameters only."""
+    own = dict(arm)
+    method = own.get("method")
+    for key in MIX_OPTIONS:  # options of other methods (resolution leaves them None)
+        if key in own and key not in METHOD_DEFAULTS.get(str(method), {}):
+            own[key] = None
+    for flag in _ON_TOP_FLAGS:
+        if own.get(flag) is False or (flag == "augmix" and method == "augmix"):
+            own[flag] = None
+    return own
+
+
 def settings(record: dict[str, Any]) -> tuple[str, Table]:
     """What actually ran (overrides included): the settings common to every arm as one
-    line, and a table of the settings that differ between arms."""
-    arms = record["arms"]
+    line, and a table of the settings that differ between arms; each arm shows its
+    method's own parameters only (:func:`_own_settings`)."""
+    arms = [_own_settings(a) for a in record["arms"]]
     names = [k for k in arms[0] if k not in ("arm", "seed")] if arms else []
     varying = [k for k in names if len({json.dumps(a.get(k)) for a in arms}) > 1]
     common = [k for k in names if k not in varying and arms[0].get(k) is not None]
