@@ -90,7 +90,7 @@ def test_presets_parse() -> None:
 def test_shipped_presets() -> None:
     assert set(PRESETS) == {
         "reference", "alpha", "methods", "noise", "long", "lowdata", "lowdata-noise", "lowdata-manifold",
-        "modalities-tabular", "modalities-sequence", "robustness",
+        "modalities-tabular", "modalities-sequence", "robustness", "family",
     }  # fmt: skip
 
 
@@ -282,3 +282,16 @@ def test_robustness_preset_measures_corruptions_on_the_lowdata_recipe() -> None:
     assert set(arms) == {"none", "mixup", "cutmix", "augmix-jsd", "augmix-mixup"} and len(spec.seeds) == 5
     assert all(a.corruptions and a.train_limit == 10_000 and a.epochs == 30 for a in spec.arms)
     assert arms["augmix-jsd"].jsd and arms["augmix-mixup"].augmix and arms["augmix-mixup"].method == "mixup"
+
+
+def test_the_family_preset_holds_the_static_family_on_the_robustness_recipe() -> None:
+    family = load_study("family")
+    arms = {a.arm: a for a in family.arms}
+    assert len(family.seeds) == 5 and {a.train_limit for a in family.arms} == {10_000}
+    assert {a.method for a in family.arms} == {
+        "none", "mixup", "cutmix", "fmix", "resizemix", "gridmix", "smoothmix", "saliencymix", "switch",
+        "regmixup", "mit",
+    }  # fmt: skip
+    assert all(a.corruptions for a in family.arms)
+    assert arms["mixup"].alpha == 1.0 and arms["regmixup"].alpha == 20.0 and arms["mit"].mit_margin == 0.5
+    assert arms["fmix"].baseline == "none,mixup"
