@@ -226,9 +226,9 @@ def _paste_weight_of(plan: MixPlan, like: Any, dtype: str = "float32") -> Any:
 
 def _pasted_of(plan: MixPlan, mask: Any) -> Any:
     """The pasted partner masks ``P`` (:func:`vicinal.mixing.pasted_sources`), a new
-    array in ``mask``'s library and device. CPU tensors outside autograd go through
-    NumPy (a view each way), whose gathers and ResizeMix resampling are faster here."""
-    if is_torch_tensor(mask) and mask.device.type == "cpu" and not mask.requires_grad:
+    array in ``mask``'s library and device. Class ids in CPU tensors go through NumPy (a
+    view each way), whose gathers and ResizeMix resampling are faster here."""
+    if is_torch_tensor(mask) and mask.device.type == "cpu" and _is_int_mask(mask):
         return _torch().from_numpy(np.asarray(pasted_sources(plan, mask.numpy())))
     return pasted_sources(plan, mask)
 
@@ -465,7 +465,8 @@ def _host_box_labels(box_labels: Any, offsets: np.ndarray) -> np.ndarray:
 
 
 def _area(b: np.ndarray) -> np.ndarray:
-    return np.asarray(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+    size = np.maximum(b[:, 2:] - b[:, :2], 0.0)  # (np.maximum: np.clip's Python wrapper costs more here)
+    return np.asarray(size[:, 0] * size[:, 1])
 
 
 def _clip(b: np.ndarray, rect: np.ndarray) -> np.ndarray:
@@ -508,7 +509,7 @@ def _box_sums(weight: np.ndarray, which: np.ndarray, b: np.ndarray) -> np.ndarra
 # Modes of a (row, source) pair: how that source's boxes reach the row. The box pastes
 # are the range [_OWN_RECT, _PARTNER_RESIZED], the mask pastes [_OWN_MASK, _PARTNER_MASK].
 _BLEND, _OWN_RECT, _PARTNER_RECT, _PARTNER_RESIZED, _OWN_MASK, _PARTNER_MASK = range(6)
-# A mask-weighted share this close to 0 is 0 (float rounding of the summed-area reads).
+# A mask-weighted share this close to 0 is 0 (float rounding of the box sums).
 _SHARE_EPS = 1e-9
 
 
