@@ -582,28 +582,30 @@ def _mix_boxes(
     rect_modes = (mode >= _OWN_RECT) & (mode <= _PARTNER_RESIZED)
     if rect_modes.any():
         assert plan.boxes is not None
-        top, left, bottom, right = plan.boxes[i[rect_modes]].T.astype(np.float64)
-        box = geometry[rect_modes]
-        sub_mode = mode[rect_modes]
+        # All pairs of a CutMix batch are box pastes: then whole arrays, not masked copies.
+        sel = slice(None) if rect_modes.all() else np.flatnonzero(rect_modes)
+        rect = plan.boxes[i[sel]][:, [1, 0, 3, 2]].astype(np.float64)  # (top, left, bottom, right) -> xyxy
+        box = geometry[sel]
+        sub_mode = mode[sel]
         resized = sub_mode == _PARTNER_RESIZED  # the whole partner scaled into R (then clipped as below)
-        shown = np.ones(box.shape[0], dtype=bool)
+        shown = None
         if resized.any():
             assert plan.source_rows is not None and plan.source_cols is not None
-            bh, bw = bottom[resized] - top[resized], right[resized] - left[resized]
+            size = rect[resized, 2:] - rect[resized, :2]  # (bw, bh)
             source = box[resized]
-            scale = np.stack([bw / w, bh / h, bw / w, bh / h], axis=1)
-            origin = np.stack([left[resized], top[resized], left[resized], top[resized]], axis=1)
-            box[resized] = source * scale + origin
-            shown[resized] = _shown(plan, i[rect_modes][resized], source, hw)
+            box = box.copy()  # (geometry[sel] is a view when sel is a slice)
+            box[resized] = source * np.tile(size / (w, h), 2) + np.tile(rect[resized, :2], 2)
+            shown = np.ones(box.shape[0], dtype=bool)
+            shown[resized] = _shown(plan, i[sel][resized], source, hw)
         # One intersection with the pasted box R for both sources: the sample's own box
         # keeps its geometry and its visible fraction 1 - area(b ∩ R) / area(b); the
         # partner's is clipped to R and keeps area(b ∩ R) / area(b).
-        clipped = _clip(box, np.stack([left, top, right, bottom], axis=1))
+        clipped = _clip(box, rect)
         inside = _area(clipped) / _area(box)
         own = sub_mode == _OWN_RECT
-        weight[rect_modes] = np.where(own, 1.0 - inside, inside)
-        keep[rect_modes] = own | (shown & (inside > 0))
-        geometry[rect_modes] = np.where(own[:, None], box, clipped)
+        weight[sel] = np.where(own, 1.0 - inside, inside)
+        keep[sel] = own | (inside > 0) if shown is None else own | (shown & (inside > 0))
+        geometry[sel] = np.where(own[:, None], box, clipped)
     masked = mode >= _OWN_MASK
     if masked.any():  # the mean of the source's mask weight over the box; geometry kept
         assert plan.masks is not None
