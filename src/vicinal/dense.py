@@ -11,7 +11,10 @@ a tuple in that order, and returns a dict with the same keys mixed by the plan.
   one-hot masks mixed by ``apply_plan`` (``Σ_j w_j·onehot(m_j)`` on blended rows,
   ``onehot(own)·(1 - m) + onehot(P)·m`` on pasted rows, with the very ``m`` and ``P``
   of the image, ResizeMix's nearest-neighbour maps included), or on request the
-  class-id mask itself (binary pastes) or the pair of masks with a per-pixel weight.
+  class-id mask itself (binary pastes: the reference's select ``where(m, P, own)`` on
+  :func:`vicinal.mixing.paste_weights` and :func:`~vicinal.mixing.pasted_sources`) or
+  the pair of masks with a per-pixel weight.
+* :func:`collate_dense` batches dense samples for a DataLoader (boxes stay lists).
 * Boxes follow the geometry of the paste: on blended rows the union of the sources'
   boxes, each with its source's weight; on box pastes the sample's own boxes weighted
   by their visible fraction and the partner's clipped to (ResizeMix: scaled into) the
