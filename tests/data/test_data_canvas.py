@@ -72,6 +72,9 @@ def test_items_and_classes_are_drawn_uniformly() -> None:
 
 def test_same_seed_same_bytes_other_seed_other_canvases() -> None:
     a, b = _small(), _small()
+    # C-order strides, as an archive read back has: torch then takes batches as NCHW, not
+    # channels-last (which convolves by other kernels, with other rounding).
+    assert a.train.images.strides == (256, 256, 16, 1) and a.train.batch([0, 3])["image"].strides == (256, 256, 16, 1)
     other = _small(CanvasConfig(**{**SMALL.as_dict(), "seed": 1}))
     for field in ("images", "masks", "boxes", "box_labels", "offsets"):
         np.testing.assert_array_equal(getattr(a.train, field), getattr(b.train, field))

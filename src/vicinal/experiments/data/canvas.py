@@ -269,7 +269,10 @@ def make_canvases(
             box_labels.append(int(y[k]) + 1)
         offsets[i + 1] = len(boxes)
     return CanvasSplit(
-        images=images[:, None],
+        # reshape, not images[:, None]: a stride-0 channel axis makes the batches' copies
+        # look channels-last to torch, which then convolves them by other kernels (other
+        # rounding) than the same arrays read back from the cache
+        images=images.reshape(n, 1, side, side),
         masks=masks,
         boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
         box_labels=np.asarray(box_labels, np.int64),
