@@ -3,11 +3,11 @@
 Generates a small synthetic detection/segmentation batch (64×64 canvases with a few
 rectangles, discs and triangles of three classes on a noisy background, their class-id
 masks and tight boxes), mixes it with each method through one plan per batch
-(:func:`vicinal.dense.mix_dense`), and draws one PNG per method: the sample, its
-partner, the partner's pixel weight m of the plan (white: from the partner), the mixed
-image with the kept boxes (solid: the sample's own, dashed: the partner's, labelled with
-their weight) and the mixed soft mask (each pixel's colour is its class weights times
-the class colours).
+(:func:`vicinal.dense.mix_dense`), and draws one PNG per method: before mixing the
+sample and its partner (image with its boxes, class-id mask), the partner's pixel weight
+m of the plan (white: from the partner), and after mixing the image and the soft mask
+(each pixel's colour is its class weights times the class colours), both with the kept
+boxes (solid: the sample's own, dashed: the partner's, labelled with their weight).
 
     python examples/dense_targets.py --out docs/dense
 """
@@ -124,6 +124,11 @@ def _draw_boxes(ax, boxes, labels, weights=None, sources=None) -> None:  # type:
             ax.text(x1 + 0.5, y1 + 0.5, f"{weights[n]:.2f}", color="white", fontsize=6, va="top", clip_on=True)
 
 
+def _mask_colour(mask: np.ndarray) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) colours."""
+    return CLASS_COLOURS[mask]
+
+
 def draw(method: str, batch: dict[str, object], samples: int, seed: int, out_dir: Path) -> Path:
     import matplotlib
 
@@ -134,34 +139,46 @@ def draw(method: str, batch: dict[str, object], samples: int, seed: int, out_dir
     plan = mixer.plan(batch["image"], step=0)
     mixed = mix_dense(plan, batch, num_classes=len(CLASSES), mask_boxes="mask_weighted")
     m = paste_weight(plan, (SIDE, SIDE))
-    fig, axes = plt.subplots(samples, 5, figsize=(10, 2.1 * samples), squeeze=False)
-    titles = ("sample", "partner", "partner's pixel weight m", "mixed image, kept boxes", "mixed soft mask")
+    fig, axes = plt.subplots(samples, 7, figsize=(14, 2.2 * samples), squeeze=False)
+    titles = (
+        "sample, its boxes",
+        "sample's mask",
+        "partner, its boxes",
+        "partner's mask",
+        "m, the partner's weight (white: 1)",
+        "mixed image, kept boxes",
+        "mixed soft mask, kept boxes",
+    )
+    images, masks = batch["image"], batch["mask"]
     for row in range(samples):
         p = int(plan.partners[row, 0])
-        images = batch["image"]
+        kept = (mixed["boxes"][row], mixed["box_labels"][row], mixed["box_weights"][row], mixed["box_sources"][row])
+        own = (batch["boxes"][row], batch["box_labels"][row], None, None)
+        partner = (batch["boxes"][p], batch["box_labels"][p], None, None)
         panels = (
-            (images[row].transpose(1, 2, 0), batch["boxes"][row], batch["box_labels"][row], None, None),
-            (images[p].transpose(1, 2, 0), batch["boxes"][p], batch["box_labels"][p], None, None),
-            (np.repeat(m[row][:, :, None], 3, axis=2), [], [], None, None),
-            (
-                mixed["image"][row].transpose(1, 2, 0),
-                mixed["boxes"][row],
-                mixed["box_labels"][row],
-                mixed["box_weights"][row],
-                mixed["box_sources"][row],
-            ),
-            (_soft_colour(mixed["mask"][row]), [], [], None, None),
+            (images[row].transpose(1, 2, 0), own),
+            (_mask_colour(masks[row]), own),
+            (images[p].transpose(1, 2, 0), partner),
+            (_mask_colour(masks[p]), partner),
+            (np.repeat(m[row][:, :, None], 3, axis=2), None),
+            (mixed["image"][row].transpose(1, 2, 0), kept),
+            (_soft_colour(mixed["mask"][row]), kept),
         )
-        for col, (picture, boxes, labels, weights, sources) in enumerate(panels):
+        for col, (picture, boxes) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(picture.clip(0, 1), interpolation="nearest")
-            _draw_boxes(ax, boxes, labels, weights, sources)
+            if boxes is not None:
+                _draw_boxes(ax, *boxes)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
-        axes[row, 0].set_ylabel(f"λ = {plan.weights[row, 0]:.2f}", fontsize=8)
-    fig.suptitle(f"{method}: solid boxes the sample's own, dashed the partner's; numbers: box weights", fontsize=9)
+        axes[row, 0].set_ylabel(f"label weight λ = {plan.weights[row, 0]:.2f}", fontsize=8)
+    fig.suptitle(
+        f"{method}: one plan mixes image, mask and boxes. Solid boxes: the sample's own; dashed: the partner's; "
+        "numbers: the kept boxes' weights",
+        fontsize=9,
+    )
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{method}.png"

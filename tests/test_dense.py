@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vicinal import MixConfig, sample_plan
-from vicinal.dense import mix_dense
+from vicinal.dense import collate_dense, mix_dense
 from vicinal.mixing import MixedTargets, apply_plan, place_boxes
 from vicinal.transforms import CutMix, SaliencyMix
 
@@ -306,6 +306,63 @@ def test_mask_weighted_shares_of_fractional_boxes() -> None:
                 np.testing.assert_array_equal(out["boxes"][i][sel], bx[share > 0])
 
 
+# --------------------------------------------------------------------------- every method
+
+EVERY_METHOD = {
+    "mixup": MixConfig("mixup", alpha=1.0, pairing="permute"),
+    "cutmix": MixConfig("cutmix", pairing="permute"),
+    "switch": MixConfig("switch", alpha=1.0, pairing="permute"),
+    "kway": MixConfig("kway", k=3, alpha=1.0, pairing="permute"),
+    "fmix": MixConfig("fmix", pairing="permute"),
+    "resizemix": MixConfig("resizemix", pairing="permute"),
+    "gridmix": MixConfig("gridmix", pairing="permute"),
+    "smoothmix": MixConfig("smoothmix", pairing="permute"),
+    "saliencymix": MixConfig("saliencymix", pairing="permute"),
+    "choice": MixConfig("choice", choices={"mixup": 0.3, "cutmix": 0.3, "fmix": 0.4}, pairing="permute"),
+}
+
+
+def test_every_method_is_tested_here() -> None:
+    from vicinal.sampling import METHODS
+
+    assert set(EVERY_METHOD) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_METHOD))
+def test_every_method_agrees_with_its_rendering(name: str) -> None:
+    """For every method, with one plan: the soft mask's expected class is the mixed
+    rendering of the class ids (image channel 1) pixel for pixel, and each source's boxes
+    are kept exactly when that source shows in them, with a weight equal to the mean over
+    the (original) box of the source's pixel weight in the row, rendered here from the
+    plan; ResizeMix's scaled partner boxes are tested on their own above."""
+    batch = _batch(12, seed=19)
+    plan = place_boxes(sample_plan(EVERY_METHOD[name], 12, seed=8, image_size=(H, W)), batch["image"])
+    out = mix_dense(plan, batch, num_classes=C, mask_boxes="mask_weighted")
+    expected_class = (out["mask"] * np.arange(C)[None, :, None, None]).sum(axis=1)
+    np.testing.assert_allclose(expected_class, out["image"][:, 1], atol=1e-4)
+    m = _partner_weight(plan)
+    iw = plan.input_weights
+    for i in range(12):
+        rows = [i, *plan.partners[i].tolist()]
+        share: dict[int, np.ndarray] = {}  # source row -> its weight per pixel in row i
+        for j, r in enumerate(rows):
+            share[r] = share.get(r, 0.0) + iw[i, j] * (1 - m[i]) + (m[i] if j == 1 else 0.0)
+        resized = plan.source_rows is not None and bool((plan.source_rows[i] != np.arange(H)).any())
+        for r, weight_map in share.items():
+            if resized and r != i:
+                continue
+            j = rows.index(r)  # (a repeated source is reported under its first column)
+            sel = out["box_sources"][i] == j
+            kept, weights, labels = out["boxes"][i][sel], out["box_weights"][i][sel], out["box_labels"][i][sel]
+            means = np.array([weight_map[_pix(b)].mean() for b in batch["boxes"][r]])
+            shown = means > 1e-9
+            assert len(kept) == shown.sum(), (name, i, r)
+            np.testing.assert_allclose(weights, means[shown], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(labels, batch["box_labels"][r][shown])
+            for box, original in zip(kept, batch["boxes"][r][shown]):  # clipped boxes lie inside their original
+                assert (box[:2] >= original[:2]).all() and (box[2:] <= original[2:]).all()
+
+
 # --------------------------------------------------------------------------- blends
 
 
@@ -573,11 +630,7 @@ def test_uint8_masks_and_a_dataloader_with_ragged_boxes() -> None:
                 "id": i,
             }
 
-    def collate(samples: list[dict[str, object]]) -> dict[str, object]:
-        stacked = {k: torch.stack([s[k] for s in samples]) for k in ("image", "mask")}
-        return {**stacked, **{k: [s[k] for s in samples] for k in ("boxes", "box_labels", "id")}}
-
-    loader = torch.utils.data.DataLoader(Dense(), batch_size=5, shuffle=False, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(Dense(), batch_size=5, shuffle=False, collate_fn=collate_dense)
     mixer = CutMix(seed=0)
     for step, batch in enumerate(loader):
         plan = mixer.plan(batch["image"], step=step)
@@ -587,6 +640,37 @@ def test_uint8_masks_and_a_dataloader_with_ragged_boxes() -> None:
         assert [len(b) for b in out["boxes"]] == [len(w) for w in out["box_weights"]]
         soft = mix_dense(plan, batch, num_classes=C)["mask"]
         np.testing.assert_array_equal(soft.argmax(dim=1).numpy(), out["mask"].numpy())
+
+
+def test_collate_dense_stacks_what_has_one_shape_and_lists_the_rest() -> None:
+    data = _batch(4, seed=20)
+    samples = [
+        {"image": data["image"][i], "mask": data["mask"][i], "boxes": data["boxes"][i], "labels": i % 3, "id": f"s{i}"}
+        for i in range(4)
+    ]
+    batch = collate_dense(samples)
+    np.testing.assert_array_equal(batch["image"], data["image"])
+    np.testing.assert_array_equal(batch["mask"], data["mask"])
+    assert batch["labels"].tolist() == [0, 1, 2, 0] and batch["id"] == ["s0", "s1", "s2", "s3"]
+    assert all(a is b for a, b in zip(batch["boxes"], data["boxes"]))  # boxes as they are
+    tensors = collate_dense(samples, as_torch=True)
+    assert isinstance(tensors["image"], torch.Tensor) and isinstance(tensors["boxes"][1], torch.Tensor)
+    np.testing.assert_array_equal(tensors["mask"].numpy(), data["mask"])
+    as_tuples = collate_dense([(data["image"][i], data["mask"][i], data["boxes"][i]) for i in range(4)])
+    assert set(as_tuples) == {"image", "mask", "boxes"}
+    plan = sample_plan(MixConfig("cutmix"), 4, seed=2, image_size=(H, W))
+    np.testing.assert_array_equal(
+        mix_dense(plan, as_tuples, num_classes=C)["mask"],
+        mix_dense(plan, batch, num_classes=C, label_classes=3)["mask"],
+    )
+    with pytest.raises(ValueError, match=r"samples\[1\] has keys"):
+        collate_dense([samples[0], {k: v for k, v in samples[1].items() if k != "id"}])
+    with pytest.raises(ValueError, match=r"samples\[\*\]\['mask'\] must have one shape .*'\(8, 24\)'"):
+        collate_dense([samples[0], {**samples[1], "mask": data["mask"][1][:8]}])
+    with pytest.raises(ValueError, match="'image'\\] is required"):
+        collate_dense([{"mask": data["mask"][0]}])
+    with pytest.raises(ValueError, match="non-empty list"):
+        collate_dense([])
 
 
 # --------------------------------------------------------------------------- the picture page

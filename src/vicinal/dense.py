@@ -11,7 +11,10 @@ a tuple in that order, and returns a dict with the same keys mixed by the plan.
   one-hot masks mixed by ``apply_plan`` (``Σ_j w_j·onehot(m_j)`` on blended rows,
   ``onehot(own)·(1 - m) + onehot(P)·m`` on pasted rows, with the very ``m`` and ``P``
   of the image, ResizeMix's nearest-neighbour maps included), or on request the
-  class-id mask itself (binary pastes) or the pair of masks with a per-pixel weight.
+  class-id mask itself (binary pastes: the reference's select ``where(m, P, own)`` on
+  :func:`vicinal.mixing.paste_weights` and :func:`~vicinal.mixing.pasted_sources`) or
+  the pair of masks with a per-pixel weight.
+* :func:`collate_dense` batches dense samples for a DataLoader (boxes stay lists).
 * Boxes follow the geometry of the paste: on blended rows the union of the sources'
   boxes, each with its source's weight; on box pastes the sample's own boxes weighted
   by their visible fraction and the partner's clipped to (ResizeMix: scaled into) the
@@ -48,7 +51,6 @@ from vicinal.labels import is_torch_tensor
 from vicinal.mixing import (
     DATA_FORMATS,
     DataFormat,
-    KernelPolicy,
     MixedTargets,
     apply_plan,
     check_plan_inputs,
@@ -67,6 +69,7 @@ __all__ = [
     "BoxFormat",
     "MaskBoxRule",
     "Segmentation",
+    "collate_dense",
     "mix_dense",
 ]
 
@@ -80,6 +83,8 @@ MASK_BOX_RULES: tuple[str, ...] = get_args(MaskBoxRule)
 DENSE_KEYS: tuple[str, ...] = ("image", "mask", "boxes", "box_labels", "labels")
 """The keys :func:`mix_dense` reads, in the order of its tuple form."""
 _OUTPUT_KEYS = ("box_weights", "box_sources")
+_STACKED_KEYS = ("image", "mask", "labels")  # one array per sample, of one shape
+_LISTED_KEYS = ("boxes", "box_labels")  # one array per sample, of its own length
 
 
 def _torch() -> Any:
@@ -154,12 +159,22 @@ def _is_float_mask(mask: Any) -> bool:
 
 def _check_ids(mask: Any, num_classes: int | None, ignore_index: int | None) -> None:
     """Class ids in ``[0, num_classes)`` (``>= 0`` without it), or ``ignore_index``."""
+    # One min/max pass settles the common case (every id a class); only a batch with
+    # other values (ignore_index, or bad ids) pays for the elementwise test below.
+    if is_torch_tensor(mask):
+        lo, hi = _torch().aminmax(mask)
+        ok = lo >= 0 if num_classes is None else (lo >= 0) & (hi < num_classes)
+    else:
+        a = np.asarray(mask)
+        ok = a.min() >= 0 and (num_classes is None or a.max() < num_classes)
+    if bool(ok):  # one host read for a tensor on an accelerator
+        return
     bad = mask < 0
     if num_classes is not None:
         bad = bad | (mask >= num_classes)
     if ignore_index is not None:
         bad = bad & (mask != ignore_index)
-    if bool(bad.any()):  # one host read for a tensor on an accelerator
+    if bool(bad.any()):
         values = mask[bad]
         lo, hi = int(values.min()), int(values.max())
         allowed = f"[0, num_classes={num_classes})" if num_classes is not None else ">= 0"
@@ -194,16 +209,31 @@ def _renormalise(num: Any) -> Any:
     return num / np.where(den_np > 0, den_np, np.float32(1.0))
 
 
-def _zeros_like_pixels(like: Any, b: int, hw: tuple[int, int]) -> Any:
-    """float32 (B, H, W) zeros in ``like``'s library: the paste weight of a plan that
-    pastes nothing (MixUp, k-way)."""
+def _paste_weight_of(plan: MixPlan, like: Any, dtype: str = "float32") -> Any:
+    """(B, H, W): the plan's partner pixel weight ``m``
+    (:func:`vicinal.mixing.paste_weights`; 0 everywhere for plans that paste nothing,
+    MixUp and k-way), in ``like``'s library and device, in ``dtype`` (a NumPy and torch
+    dtype name)."""
+    b = plan.batch_size
     if is_torch_tensor(like):
-        return _torch().zeros((b, *hw), dtype=_torch().float32, device=like.device)
-    return np.zeros((b, *hw), dtype=np.float32)
+        torch = _torch()
+        if plan.image_size is None:
+            return torch.zeros((b, *like.shape[-2:]), dtype=getattr(torch, dtype), device=like.device)
+        if like.device.type == "cpu":  # rendered and cast in NumPy: cheaper here than small torch ops
+            return torch.from_numpy(paste_weights(plan).astype(dtype, copy=False))
+        return paste_weights(plan, like).to(getattr(torch, dtype))
+    if plan.image_size is None:
+        return np.zeros((b, *np.shape(like)[-2:]), dtype=dtype)
+    return paste_weights(plan).astype(dtype, copy=False)
 
 
-# Masks are small per sample: the batched mask kernel beats per-sample region copies.
-_MASK_POLICY = KernelPolicy(region_copy_min_bytes=1 << 62)
+def _pasted_of(plan: MixPlan, mask: Any) -> Any:
+    """The pasted partner masks ``P`` (:func:`vicinal.mixing.pasted_sources`), a new
+    array in ``mask``'s library and device. Class ids in CPU tensors go through NumPy (a
+    view each way), whose gathers and ResizeMix resampling are faster here."""
+    if is_torch_tensor(mask) and mask.device.type == "cpu" and _is_int_mask(mask):
+        return _torch().from_numpy(np.asarray(pasted_sources(plan, mask.numpy())))
+    return pasted_sources(plan, mask)
 
 
 def _non_binary_rows(plan: MixPlan) -> list[int]:
@@ -217,15 +247,22 @@ def _non_binary_rows(plan: MixPlan) -> list[int]:
 
 
 def _mix_ids_hard(plan: MixPlan, mask: Any) -> Any:
-    """A class-id mask mixed by ``apply_plan`` (binary pastes: a select, so the ids are
-    exact); torch ids other than uint8 travel as float32 (exact below 2**24)."""
-    if is_torch_tensor(mask):
-        torch = _torch()
-        if mask.dtype == torch.uint8:
-            return apply_plan(plan, mask, policy=_MASK_POLICY)[0]
-        mixed = apply_plan(plan, mask.to(torch.float32), policy=_MASK_POLICY)[0]
-        return mixed.round().to(mask.dtype)
-    return apply_plan(plan, np.asarray(mask))[0]
+    """A class-id mask mixed by a plan whose every row is binary (no blend, no soft
+    mask): the reference's select ``where(m, P, own)`` with the image's very ``m`` and
+    ``P`` (:func:`vicinal.mixing.paste_weights`, :func:`~vicinal.mixing.pasted_sources`),
+    in the mask's own dtype, so the ids are exact."""
+    if plan.image_size is None:  # nothing pasted, nothing blended: every row is its own
+        return mask.clone() if is_torch_tensor(mask) else np.array(mask, copy=True)
+    pasted = _pasted_of(plan, mask)
+    if not is_torch_tensor(mask):
+        return np.where(_paste_weight_of(plan, mask, "bool"), pasted, np.asarray(mask))
+    torch = _torch()
+    if mask.dtype == torch.uint8:
+        # own + (P - own)·m, exact in uint8's modular arithmetic for m in {0, 1} (the
+        # rows are binary), and several times faster than torch.where's select on the
+        # CPU (vectorised, no branch per pixel); written into the gathered copy.
+        return pasted.sub_(mask).mul_(_paste_weight_of(plan, mask, "uint8")).add_(mask)
+    return torch.where(_paste_weight_of(plan, mask, "bool"), pasted, mask, out=pasted)
 
 
 def _mix_mask(
@@ -272,17 +309,21 @@ def _mix_mask(
     if segmentation == "pair":
         if plan.num_sources != 2:
             raise ValueError("segmentation='pair' needs a two-source plan (not method='kway')")
-        y_b = pasted_sources(plan, mask)
-        m = paste_weights(plan, mask) if plan.image_size is not None else _zeros_like_pixels(mask, plan.batch_size, hw)
+        y_b = _pasted_of(plan, mask)
+        # lam = w_0·(1 - m): λ on blended rows, 1 - m on pasted rows (whose w_0 is 1).
         w0 = plan.input_weights[:, 0].astype(np.float32)[:, None, None]
         if is_torch_tensor(mask):
             torch = _torch()
-            lam = torch.as_tensor(w0, device=mask.device) * (1 - m)
+            w0_t = torch.from_numpy(w0).to(mask.device)
+            if plan.image_size is None:  # nothing pasted: λ per row
+                lam = w0_t.expand(b, h, w).contiguous()
+            else:
+                lam = _paste_weight_of(plan, mask).neg_().add_(1.0).mul_(w0_t)
             if ids and ignore_index is not None:
                 va, vb = mask != ignore_index, y_b != ignore_index
                 lam = torch.where(va & ~vb, 1.0, torch.where(~va & vb, 0.0, lam))
         else:
-            lam = w0 * (1 - m)
+            lam = np.broadcast_to(w0, (b, h, w)).copy() if plan.image_size is None else w0 * (1 - paste_weights(plan))
             if ids and ignore_index is not None:
                 va_np, vb_np = np.asarray(mask) != ignore_index, y_b != ignore_index
                 lam = np.where(va_np & ~vb_np, 1.0, np.where(~va_np & vb_np, 0.0, lam)).astype(np.float32)
@@ -344,6 +385,9 @@ def _flat(entries: Any, key: str, b: int, per_row: str) -> tuple[np.ndarray, np.
             f" of length {len(entries)}" if isinstance(entries, (list, tuple)) else ""
         )
         raise ValueError(f"batch[{key!r}] must be a list of B={b} arrays {per_row} (one per image), got {got}")
+    fast = _flat_fast(entries, key)
+    if fast is not None:
+        return fast
     rows = [e if is_torch_tensor(e) else np.asarray(e) for e in entries]
     if key == "boxes":  # an empty list or array is an image without boxes
         rows = [r.reshape(0, 4) if r.ndim == 1 and r.shape[0] == 0 else r for r in rows]
@@ -359,14 +403,47 @@ def _flat(entries: Any, key: str, b: int, per_row: str) -> tuple[np.ndarray, np.
     return np.concatenate([_host(r) for r in rows]), offsets
 
 
+def _flat_fast(entries: Sequence[Any], key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_flat` for the common batch, all torch tensors or all NumPy arrays of one
+    real dtype, without per-row checks: one concatenation, whose shape tells whether
+    every row was well formed (a row of another shape makes it fail, or gives a shape
+    other than (N, 4) / (N,)). None: take the checking path (its messages name the row)."""
+    first = entries[0]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(first, torch.Tensor):
+        kind: Any = torch.Tensor
+    elif isinstance(first, np.ndarray):
+        kind = np.ndarray
+    else:
+        return None
+    dtype = first.dtype
+    try:  # one pass over the rows (per-row Python is most of this function's cost)
+        lengths = [e.shape[0] if isinstance(e, kind) and e.dtype == dtype else -1 for e in entries]
+    except IndexError:  # a 0-d row
+        return None
+    if -1 in lengths or not _real_kind(first):
+        return None
+    try:
+        flat = np.concatenate(entries) if kind is np.ndarray else _torch().cat(list(entries))
+    except (RuntimeError, ValueError):
+        return None
+    # (torch.cat skips 1-D empty tensors, an image without boxes: the lengths still add up.)
+    if (flat.ndim, flat.shape[1:]) != ((2, (4,)) if key == "boxes" else (1, ())) or sum(lengths) != flat.shape[0]:
+        return None
+    offsets = np.zeros(len(entries) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return _host(flat), offsets
+
+
 def _host_boxes(boxes: Any, b: int, hw: tuple[int, int], fmt: str) -> tuple[np.ndarray, np.ndarray]:
     """All the batch's boxes as one float64 (N, 4) xyxy host array, checked, and the
     rows' offsets (B + 1,)."""
     h, w = hw
     flat, offsets = _flat(boxes, "boxes", b, f"(Ni, 4) of {fmt} pixel boxes")
     xyxy = _to_xyxy(flat.astype(np.float64), fmt)
-    x1, y1, x2, y2 = xyxy.T
-    bad = ~(np.isfinite(xyxy).all(axis=1) & (x1 >= 0) & (y1 >= 0) & (x2 > x1) & (y2 > y1) & (x2 <= w) & (y2 <= h))
+    lo, hi = xyxy[:, :2], xyxy[:, 2:]
+    # (NaN fails every comparison, so only finite boxes pass; inf fails hi <= (W, H).)
+    bad = ~((lo >= 0) & (hi > lo) & (hi <= (w, h))).all(axis=1)
     if bad.any():
         n = int(np.flatnonzero(bad)[0])
         i = int(np.searchsorted(offsets, n, side="right") - 1)
@@ -391,7 +468,8 @@ def _host_box_labels(box_labels: Any, offsets: np.ndarray) -> np.ndarray:
 
 
 def _area(b: np.ndarray) -> np.ndarray:
-    return np.asarray(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+    size = np.maximum(b[:, 2:] - b[:, :2], 0.0)  # (np.maximum: np.clip's Python wrapper costs more here)
+    return np.asarray(size[:, 0] * size[:, 1])
 
 
 def _clip(b: np.ndarray, rect: np.ndarray) -> np.ndarray:
@@ -402,34 +480,39 @@ def _clip(b: np.ndarray, rect: np.ndarray) -> np.ndarray:
 
 
 def _box_sums(weight: np.ndarray, which: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n,): the integral of the pixel weights ``weight[which[k]]`` ((M, H, W); pixel
-    (y, x) covers [x, x+1) × [y, y+1)) over box ``b[k]`` (xyxy inside the image), by
-    bilinear reads of the summed-area tables (exact for piecewise-constant pixels)."""
+    """float64 (n,): the integral of the pixel weights ``weight[which[k]]`` ((M, H, W);
+    pixel (y, x) covers [x, x+1) × [y, y+1)) over box ``b[k]`` (xyxy inside the image):
+    the box's overlap with each pixel row ``oy`` (H,) and column ``ox`` (W,) give it as
+    ``oy · weight · ox`` (exact for fractional boxes), one matrix product per mask for
+    all its boxes."""
     m, h, w = weight.shape
-    # Binary masks sum in int32 (exact, and a few times faster than float64 cumsums).
-    acc = np.int32 if weight.dtype == np.bool_ else np.float64
-    inner = weight.astype(acc)
-    np.cumsum(inner, axis=1, out=inner)
-    np.cumsum(inner, axis=2, out=inner)
-    sat = np.zeros((m, h + 1, w + 1))
-    sat[:, 1:, 1:] = inner
+    n = b.shape[0]
+    ys, xs = np.arange(h), np.arange(w)
+    if bool((b == np.floor(b)).all()):  # whole-pixel boxes: the overlaps are indicators
+        oy = ((ys >= b[:, 1:2]) & (ys < b[:, 3:4])).astype(np.float32)  # (n, H)
+        ox = ((xs >= b[:, 0:1]) & (xs < b[:, 2:3])).astype(np.float32)  # (n, W)
+    else:
+        oy = np.maximum(np.minimum(b[:, 3:4], ys + 1) - np.maximum(b[:, 1:2], ys), 0)
+        ox = np.maximum(np.minimum(b[:, 2:3], xs + 1) - np.maximum(b[:, 0:1], xs), 0)
+    # Binary masks and whole-pixel boxes: every product and sum is a small integer, exact
+    # in float32 (twice as fast as float64); otherwise float64, whose rounding stays far
+    # below the share threshold _SHARE_EPS.
+    dtype = np.float32 if weight.dtype == np.bool_ and oy.dtype == np.float32 else np.float64
+    # The k-th box of a mask is column ``slot[k]`` of that mask's right-hand side.
+    order = np.argsort(which, kind="stable")
+    counts = np.bincount(which, minlength=m)
+    slot = np.empty(n, dtype=np.int64)
+    slot[order] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    rhs = np.zeros((m, int(counts.max()), w), dtype=dtype)
+    rhs[which, slot] = ox
+    rows = np.matmul(weight.astype(dtype), rhs.transpose(0, 2, 1))  # (M, H, K): per box, its column sums
+    return np.asarray(np.einsum("nh,nh->n", oy.astype(dtype, copy=False), rows[which, :, slot]), dtype=np.float64)
 
-    def at(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        a = np.minimum(np.floor(x), w - 1).astype(np.int64)
-        c = np.minimum(np.floor(y), h - 1).astype(np.int64)
-        fx, fy = x - a, y - c
-        return np.asarray(
-            (1 - fy) * ((1 - fx) * sat[which, c, a] + fx * sat[which, c, a + 1])
-            + fy * ((1 - fx) * sat[which, c + 1, a] + fx * sat[which, c + 1, a + 1])
-        )
 
-    x1, y1, x2, y2 = b.T
-    return np.asarray(at(x2, y2) - at(x1, y2) - at(x2, y1) + at(x1, y1))
-
-
-# Modes of a (row, source) pair: how that source's boxes reach the row.
+# Modes of a (row, source) pair: how that source's boxes reach the row. The box pastes
+# are the range [_OWN_RECT, _PARTNER_RESIZED], the mask pastes [_OWN_MASK, _PARTNER_MASK].
 _BLEND, _OWN_RECT, _PARTNER_RECT, _PARTNER_RESIZED, _OWN_MASK, _PARTNER_MASK = range(6)
-# A mask-weighted share this close to 0 is 0 (float rounding of the summed-area reads).
+# A mask-weighted share this close to 0 is 0 (float rounding of the box sums).
 _SHARE_EPS = 1e-9
 
 
@@ -499,31 +582,37 @@ def _mix_boxes(
     geometry, weight, i, mode = flat[index], weight_of[pair], i_of[pair], mode_of[pair]
     keep = np.ones(index.shape[0], dtype=bool)
 
-    if plan.boxes is not None and (mode != _BLEND).any():
-        top, left, bottom, right = plan.boxes[i].T.astype(np.float64)
-        rect = np.stack([left, top, right, bottom], axis=1)
-        sel = mode == _OWN_RECT  # visible fraction 1 - area(b ∩ R) / area(b); geometry kept
-        weight[sel] = 1.0 - _area(_clip(geometry[sel], rect[sel])) / _area(geometry[sel])
-        sel = mode == _PARTNER_RESIZED  # the whole partner scaled into R (then clipped as below)
-        if sel.any():
+    rect_modes = (mode >= _OWN_RECT) & (mode <= _PARTNER_RESIZED)
+    if rect_modes.any():
+        assert plan.boxes is not None
+        # All pairs of a CutMix batch are box pastes: then whole arrays, not masked copies.
+        sel = slice(None) if rect_modes.all() else np.flatnonzero(rect_modes)
+        rect = plan.boxes[i[sel]][:, [1, 0, 3, 2]].astype(np.float64)  # (top, left, bottom, right) -> xyxy
+        box = geometry[sel]
+        sub_mode = mode[sel]
+        resized = sub_mode == _PARTNER_RESIZED  # the whole partner scaled into R (then clipped as below)
+        shown = None
+        if resized.any():
             assert plan.source_rows is not None and plan.source_cols is not None
-            bh, bw = bottom[sel] - top[sel], right[sel] - left[sel]
-            source = geometry[sel]
-            scale = np.stack([bw / w, bh / h, bw / w, bh / h], axis=1)
-            origin = np.stack([left[sel], top[sel], left[sel], top[sel]], axis=1)
-            geometry[sel] = source * scale + origin
-            keep[sel] = _shown(plan, i[sel], source, hw)
-        sel = (mode == _PARTNER_RECT) | (mode == _PARTNER_RESIZED)  # clipped to R; kept fraction
-        clipped = _clip(geometry[sel], rect[sel])
-        kept_area = _area(clipped)
-        weight[sel] = kept_area / _area(geometry[sel])
-        keep[sel] &= kept_area > 0
-        geometry[sel] = clipped
-    masked = (mode == _OWN_MASK) | (mode == _PARTNER_MASK)
+            size = rect[resized, 2:] - rect[resized, :2]  # (bw, bh)
+            source = box[resized]
+            box = box.copy()  # (geometry[sel] is a view when sel is a slice)
+            box[resized] = source * np.tile(size / (w, h), 2) + np.tile(rect[resized, :2], 2)
+            shown = np.ones(box.shape[0], dtype=bool)
+            shown[resized] = _shown(plan, i[sel][resized], source, hw)
+        # One intersection with the pasted box R for both sources: the sample's own box
+        # keeps its geometry and its visible fraction 1 - area(b ∩ R) / area(b); the
+        # partner's is clipped to R and keeps area(b ∩ R) / area(b).
+        clipped = _clip(box, rect)
+        inside = _area(clipped) / _area(box)
+        own = sub_mode == _OWN_RECT
+        weight[sel] = np.where(own, 1.0 - inside, inside)
+        keep[sel] = own | (inside > 0) if shown is None else own | (shown & (inside > 0))
+        geometry[sel] = np.where(own[:, None], box, clipped)
+    masked = mode >= _OWN_MASK
     if masked.any():  # the mean of the source's mask weight over the box; geometry kept
         assert plan.masks is not None
-        mask_rows, which = np.unique(i[masked], return_inverse=True)
-        share = _box_sums(plan.masks[mask_rows], which, geometry[masked]) / _area(geometry[masked])
+        share = _box_sums(plan.masks, i[masked], geometry[masked]) / _area(geometry[masked])
         share = np.where(mode[masked] == _OWN_MASK, 1.0 - share, share)
         weight[masked] = np.where(share < _SHARE_EPS, 0.0, np.minimum(share, 1.0))
     pasted = mode != _BLEND
@@ -547,43 +636,136 @@ def _shown(plan: MixPlan, rows: np.ndarray, source: np.ndarray, hw: tuple[int, i
     plan's nearest-neighbour maps) a source pixel that box ``source[k]`` overlaps."""
     assert plan.boxes is not None and plan.source_rows is not None and plan.source_cols is not None
     h, w = hw
-    box = plan.boxes[rows]
+    # Which source pixels a row reads depends on the row only: counted once per plan row.
+    uniq, which = np.unique(rows, return_inverse=True)
+    box = plan.boxes[uniq]
     shown = np.ones(rows.shape[0], dtype=bool)
     for maps, size, (lo, hi), (a, c) in (
-        (plan.source_rows[rows], h, (box[:, 0], box[:, 2]), (1, 3)),
-        (plan.source_cols[rows], w, (box[:, 1], box[:, 3]), (0, 2)),
+        (plan.source_rows[uniq], h, (box[:, 0], box[:, 2]), (1, 3)),
+        (plan.source_cols[uniq], w, (box[:, 1], box[:, 3]), (0, 2)),
     ):
         ar = np.arange(size)
         inside = (ar >= lo[:, None]) & (ar < hi[:, None])  # output pixels in the pasted box
-        read = np.zeros((rows.shape[0], size + 1), dtype=np.int64)
-        n, pos = np.nonzero(inside)
-        read[n, maps[n, pos] + 1] = 1  # source pixels read at least once
+        read = np.zeros((uniq.shape[0], size + 1), dtype=np.int64)
+        u, pos = np.nonzero(inside)
+        read[u, maps[u, pos] + 1] = 1  # source pixels read at least once
         count = np.cumsum(read, axis=1)  # count[:, r]: read source pixels below r
         first = np.floor(source[:, a]).astype(np.int64)  # source pixels the box overlaps
         last = np.ceil(source[:, c]).astype(np.int64)
-        n = np.arange(rows.shape[0])
-        shown &= count[n, last] > count[n, first]
+        shown &= count[which, last] > count[which, first]
     return shown
 
 
-def _split(flat: np.ndarray, sizes: list[int], ref: Any, dtype: Any) -> list[Any]:
+def _split(flat: np.ndarray, sizes: list[int], ref: Any, dtype: str | None) -> list[Any]:
     """``flat`` cut into the rows' pieces, as the type of ``ref`` (torch: on its device),
-    in ``dtype`` (a NumPy dtype name; None: ``flat``'s own)."""
+    in ``dtype`` (a dtype name, e.g. ``"float32"``; None: ``ref``'s own for a tensor,
+    ``flat``'s for NumPy)."""
     if is_torch_tensor(ref):
         torch = _torch()
-        tdtype = ref.dtype if dtype is None else getattr(torch, str(np.dtype(dtype)))
-        return list(torch.as_tensor(flat, device=ref.device).to(tdtype).split(sizes))
+        t = torch.from_numpy(np.ascontiguousarray(flat))  # a view of the host array
+        # (.to returns the tensor itself when it already is on that device in that dtype)
+        t = t.to(device=ref.device, dtype=ref.dtype if dtype is None else getattr(torch, dtype))
+        return list(torch.split_with_sizes(t, sizes))
     if dtype is not None:
-        flat = flat.astype(dtype)
+        flat = flat.astype(dtype, copy=False)
     return np.split(flat, np.cumsum(sizes)[:-1])
 
 
-def _box_dtype(ref: Any) -> Any:
+def _box_dtype(ref: Any) -> str:
     """The output dtype of boxes given as ``ref``: its own if floating, else float32."""
     if is_torch_tensor(ref):
         return str(ref.dtype).removeprefix("torch.") if ref.is_floating_point() else "float32"
-    kind = _host(ref).dtype
-    return kind if kind.kind == "f" else np.float32
+    kind = np.asarray(ref).dtype
+    return kind.name if kind.kind == "f" else "float32"
+
+
+# --------------------------------------------------------------------------- collate
+
+
+def _stack(values: list[Any], key: str, as_torch: bool) -> Any:
+    """``values`` stacked along a new first axis: torch tensors by ``torch.stack``,
+    anything else (NumPy arrays, numbers) by ``np.stack`` (then as a tensor with
+    ``as_torch``)."""
+    torch = sys.modules.get("torch")
+    tensors = torch is not None and isinstance(values[0], torch.Tensor)
+    try:
+        if tensors:
+            return torch.stack(values)  # type: ignore[union-attr]
+        stacked = np.stack([np.asarray(v) for v in values])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        shapes = sorted({str(_shape(v)) for v in values})
+        raise ValueError(
+            f"samples[*][{key!r}] must have one shape (and type) to stack into a batch, got shapes {shapes} ({exc})"
+        ) from exc
+    return _torch().from_numpy(stacked) if as_torch else stacked
+
+
+def collate_dense(samples: Sequence[Mapping[str, Any] | Sequence[Any]], *, as_torch: bool = False) -> dict[str, Any]:
+    """A DataLoader ``collate_fn`` for dense samples: the batch :func:`mix_dense` takes.
+
+    PyTorch's default collate cannot batch boxes (their number differs per image);
+    this one stacks what has one shape per sample and lists the rest:
+
+    * ``image`` (C, H, W), ``mask`` (H, W) or (K, H, W), ``labels`` (a class id or a
+      (C,) row): stacked into (B, ...) arrays, torch tensors by ``torch.stack``, NumPy
+      arrays and numbers by ``np.stack`` (as torch tensors with ``as_torch``, e.g.
+      ``functools.partial(collate_dense, as_torch=True)``);
+    * ``boxes`` (Ni, 4) and ``box_labels`` (Ni,): lists of the B samples' arrays, as
+      they are (boxes of a NumPy sample become tensors with ``as_torch``);
+    * any other key: the list of the samples' values.
+
+    Args:
+        samples: dicts with the keys of :data:`DENSE_KEYS` (``image`` required) and any
+            others, or tuples ``(image, mask, boxes, box_labels, labels)`` (a prefix).
+            Every sample must have the same keys.
+        as_torch: turn NumPy arrays into torch tensors (``torch.from_numpy``: no copy).
+
+    Returns:
+        A dict with the samples' keys.
+
+    >>> import numpy as np
+    >>> samples = [
+    ...     {"image": np.zeros((3, 8, 8), np.float32), "mask": np.zeros((8, 8), np.uint8),
+    ...      "boxes": np.zeros((n, 4), np.float32), "box_labels": np.ones(n, np.int64), "id": n}
+    ...     for n in (2, 0, 1)
+    ... ]
+    >>> batch = collate_dense(samples)
+    >>> batch["image"].shape, batch["mask"].shape, [len(b) for b in batch["boxes"]], batch["id"]
+    ((3, 3, 8, 8), (3, 8, 8), [2, 0, 1], [2, 0, 1])
+    """
+    if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)) or not samples:
+        raise ValueError(f"samples must be a non-empty list of dense samples, got {type(samples).__name__}")
+    if not isinstance(as_torch, bool):
+        raise TypeError(f"as_torch must be a bool, got {type(as_torch).__name__}")
+    if as_torch and "torch" not in sys.modules:
+        raise ValueError("as_torch=True makes torch tensors: import torch first")
+    dicts = []
+    for n, sample in enumerate(samples):
+        if isinstance(sample, Mapping):
+            dicts.append(sample)
+        elif isinstance(sample, (tuple, list)) and 1 <= len(sample) <= len(DENSE_KEYS):
+            dicts.append({k: v for k, v in zip(DENSE_KEYS, sample) if v is not None})
+        else:
+            raise ValueError(
+                f"samples[{n}] must be a dict with keys {list(DENSE_KEYS)} or a tuple "
+                f"(image[, mask[, boxes[, box_labels[, labels]]]]), got {type(sample).__name__}"
+            )
+    keys = list(dicts[0])
+    for n, d in enumerate(dicts):
+        if set(d) != set(keys):
+            raise ValueError(f"samples[{n}] has keys {sorted(d)}, but samples[0] has {sorted(keys)}: they must match")
+    if "image" not in keys:
+        raise ValueError("samples[*]['image'] is required: one image (C, H, W) per sample")
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [d[key] for d in dicts]
+        if key in _STACKED_KEYS:
+            out[key] = _stack(values, key, as_torch)
+        elif key in _LISTED_KEYS and as_torch:
+            out[key] = [v if is_torch_tensor(v) else _torch().from_numpy(np.asarray(v)) for v in values]
+        else:
+            out[key] = values
+    return out
 
 
 # --------------------------------------------------------------------------- public
