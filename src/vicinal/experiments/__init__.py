@@ -6,11 +6,12 @@ Who owns what, from the bottom up (a module imports only from the rows above it)
   :class:`~vicinal.experiments.spec.CompareConfig`, :class:`~vicinal.experiments.spec.CellSpec`,
   :class:`~vicinal.experiments.spec.StudySpec` and their TOML form, the option vocabulary,
   and every check and default, once (the command line is generated from these fields).
-  Beside it, with no harness imports of their own: :mod:`~vicinal.experiments.models`
+  Beside it, with no harness imports of their own but atomic's: :mod:`~vicinal.experiments.models`
   (the model registry), :mod:`~vicinal.experiments.data` (dataset files),
   :mod:`~vicinal.experiments.errors`, :mod:`~vicinal.experiments.testing` (the testing seam:
-  fault injection by environment variable); and below spec, using only data's checksums and
-  errors: :mod:`~vicinal.experiments.atomic` (durable writes, checksum records, validated reads).
+  fault injection by environment variable); and below spec and data, using only errors:
+  :mod:`~vicinal.experiments.atomic` (durable writes, checksum records, validated reads;
+  the data package writes its caches through it).
 * :mod:`~vicinal.experiments.distributed` (torchrun process groups),
   :mod:`~vicinal.experiments.loader` (in-memory batches and their epoch plans),
   :mod:`~vicinal.experiments.splits` (the training/validation/test split of a spec's data),

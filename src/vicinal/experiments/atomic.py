@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import io
 import json
 import math
@@ -46,7 +47,6 @@ from typing import IO, Any
 
 import torch
 
-from vicinal.experiments.data.checksums import digest_bytes
 from vicinal.experiments.errors import RunFailed
 
 __all__ = [
@@ -197,7 +197,9 @@ def checksum_path(path: Path) -> Path:
 
 
 def _digest(data: bytes) -> str:
-    return f"{_ALGORITHM}:{digest_bytes(data, _ALGORITHM)}"
+    # The "<algorithm>:<hex>" form of the data package's checksums; hashlib directly, as
+    # the data package writes its caches through this module (it sits below data).
+    return f"{_ALGORITHM}:{hashlib.new(_ALGORITHM, data).hexdigest()}"
 
 
 def _record(path: Path) -> dict[str, Any] | None:
