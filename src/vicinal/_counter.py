@@ -38,6 +38,7 @@ PURPOSES: dict[str, int] = {
     "order": 1,  # an epoch's data order (epoch_order); the rank word holds the stream number
     "choice": 2,  # a per-step choice (Manifold Mixup's layer)
     "augmix": 0,  # AugMix chains: word 3 as for plans, word 1 tagged (see below)
+    "crop": 3,  # the harness's random crops and flips of a batch (vicinal.experiments.augment)
 }
 """Word 3's upper half for each purpose."""
 
