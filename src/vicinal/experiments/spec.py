@@ -491,7 +491,8 @@ class RunSpec:
     mix_layers: tuple[str, ...] | None = _option(
         None,
         "under --method manifold: comma-separated module names of the model (and/or 'input'), one chosen "
-        "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small",
+        "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small, input,layer1,layer2 for "
+        "preact-resnet18 (the error without it lists every model's suggestion)",
         "mixing",
         parse=lambda text: tuple(text.split(",")),
     )
