@@ -39,6 +39,7 @@ PURPOSES: dict[str, int] = {
     "choice": 2,  # a per-step choice (Manifold Mixup's layer)
     "augmix": 0,  # AugMix chains: word 3 as for plans, word 1 tagged (see below)
     "mit": 3,  # mixup inference in training: a step's (λ1, λ2) draws (vicinal.torch.mit)
+    "crop": 4,  # the harness's random crops and flips of a batch (vicinal.experiments.augment)
 }
 """Word 3's upper half for each purpose."""
 

@@ -91,6 +91,8 @@ def test_shipped_presets() -> None:
     assert set(PRESETS) == {
         "reference", "alpha", "methods", "noise", "long", "lowdata", "lowdata-noise", "lowdata-manifold",
         "modalities-tabular", "modalities-sequence", "robustness", "family",
+        "cifar10-mixup-paper", "cifar100-mixup-paper", "cifar10-quick",
+        "medmnist-pathmnist", "medmnist-dermamnist", "medmnist-bloodmnist", "medmnist-organamnist",
     }  # fmt: skip
 
 

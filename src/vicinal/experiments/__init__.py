@@ -7,7 +7,9 @@ Who owns what, from the bottom up (a module imports only from the rows above it)
   :class:`~vicinal.experiments.spec.StudySpec` and their TOML form, the option vocabulary,
   and every check and default, once (the command line is generated from these fields).
   Beside it, with no harness imports of their own but atomic's: :mod:`~vicinal.experiments.models`
-  (the model registry), :mod:`~vicinal.experiments.data` (dataset files),
+  (the model registry, your own ``package.module:factory``),
+  :mod:`~vicinal.experiments.augment` (random crop and flip, per-channel normalisation),
+  :mod:`~vicinal.experiments.data` (dataset files),
   :mod:`~vicinal.experiments.errors`, :mod:`~vicinal.experiments.testing` (the testing seam:
   fault injection by environment variable); and below spec and data, using only errors:
   :mod:`~vicinal.experiments.atomic` (durable writes, checksum records, validated reads;

@@ -45,7 +45,12 @@ PREVIEW_OPTIONS: tuple[str, ...] = tuple(
     if option.group in ("data", "mixing") or f.name in ("seed", "batch_size")
 )
 
-_GROUP_TITLES = {"data": "data", "mixing": "mixing (the mixed arm)", "run": "run"}
+_GROUP_TITLES = {
+    "data": "data",
+    "mixing": "mixing (the mixed arm)",
+    "optim": "optimizer and learning-rate schedule (every arm)",
+    "run": "run",
+}
 
 
 def _value_type(f: Field[Any], cls: type[Any]) -> Any:

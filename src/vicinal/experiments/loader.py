@@ -9,6 +9,15 @@ see :func:`input_kind`. The order of each epoch is
 reproducible on its own: resuming at epoch ``e`` replays exactly what an uninterrupted
 run would have seen. No per-sample Python runs on this path.
 
+The CIFAR recipe's baseline augmentation (``crop``: random crop with zero padding and
+horizontal flip, :mod:`vicinal.experiments.augment`) applies to every batch, mixed or
+plain, before mixing and AugMix: its draws are a pure function of ``(seed, epoch, step,
+rank)`` too, drawn with the epoch's plans and moved with them, and applied on the
+device by one gather on the ``uint8`` rows. With ``normalize`` the loader measures the
+per-channel statistics of its images (:attr:`InMemoryLoader.normalization`); the model
+applies them (:meth:`vicinal.experiments.augment.ChannelStats.attach`), so that
+training and evaluation see the same normalisation.
+
 On any device the batches come from an :class:`EpochPlan`: the NumPy draws of a whole
 epoch (every step's dataset rows and mixing plan) are made on the host, packed into one
 buffer and moved to the loader's device in a single (pinned, non-blocking) copy; each
@@ -30,6 +39,7 @@ import torch
 
 from vicinal import MixConfig, MixPlan, PlanTensors, apply_plan, epoch_order, sample_plan
 from vicinal._checks import check_choice, check_int, check_probability
+from vicinal.experiments.augment import ChannelStats, CropFlip, crop_flip
 from vicinal.experiments.data import InputKind
 from vicinal.experiments.distributed import SINGLE, DistContext, shard_positions
 from vicinal.experiments.models import check_model_input
@@ -43,6 +53,7 @@ __all__ = [
     "EpochPlan",
     "InMemoryLoader",
     "StepTensors",
+    "check_augment_fits",
     "check_data_fits",
     "check_mixing_fits",
     "input_kind",
@@ -108,8 +119,28 @@ def check_mixing_fits(mix: MixConfig | None, x: np.ndarray | torch.Tensor) -> No
     )
 
 
-def check_data_fits(x: np.ndarray | torch.Tensor, *, model: str | None, mix: MixConfig | None) -> None:
-    """Refuse a model or a mixing that can't take the data ``x`` (the training split).
+def check_augment_fits(x: np.ndarray | torch.Tensor, *, crop: CropFlip | None, normalize: bool) -> None:
+    """Refuse random crops, flips or per-channel normalisation of data ``x`` that is not images.
+
+    Raises:
+        ValueError: naming the options and the data's per-sample shape.
+    """
+    if (crop is not None or normalize) and input_kind(x) != "images":
+        raise ValueError(
+            "random crops, flips and per-channel normalisation apply to images; this dataset holds features of "
+            f"shape {tuple(x.shape[1:])}: drop --crop-padding, --flip and --normalize"
+        )
+
+
+def check_data_fits(
+    x: np.ndarray | torch.Tensor,
+    *,
+    model: str | None,
+    mix: MixConfig | None,
+    crop: CropFlip | None = None,
+    normalize: bool = False,
+) -> None:
+    """Refuse a model, a mixing or an augmentation that can't take the data ``x`` (the training split).
 
     Cheap and free of side effects (the model is built on the ``meta`` device; no
     random numbers are drawn), so a run can call it before it writes anything.
@@ -119,15 +150,18 @@ def check_data_fits(x: np.ndarray | torch.Tensor, *, model: str | None, mix: Mix
         model: a registered model name (see
             :func:`vicinal.experiments.models.check_model_input`), or None to skip.
         mix: the mixing of the data loader, or None.
+        crop, normalize: the loader's crop and flip, and its normalisation.
 
     Raises:
         ValueError: the data is neither images nor features; the model needs other
-            inputs (e.g. ``reference-cnn`` on tabular rows); CutMix on features.
+            inputs (e.g. ``reference-cnn`` on tabular rows); CutMix, crops, flips or
+            normalisation on features.
     """
     input_kind(x, name="x")
     if model is not None:
         check_model_input(model, tuple(int(d) for d in x.shape[1:]))
     check_mixing_fits(mix, x)
+    check_augment_fits(x, crop=crop, normalize=normalize)
 
 
 class InMemoryLoader:
@@ -161,6 +195,12 @@ class InMemoryLoader:
         step_loss: RegMixup or MIT: the batches stay plain and the training step mixes
             them (the trainers read it here and build it with the loader's seed); not with
             ``mix``, ``jsd`` or ``policy="global"`` (the step sees its rank's batch only).
+        crop: random crop and/or flip of every image of every batch (before mixing and
+            AugMix), or None. Its draws follow the AugMix rule across ranks: each rank
+            its own with ``policy="independent"``, the same on every rank otherwise.
+        normalize: measure the per-channel mean and std of ``images``
+            (:attr:`normalization`) for the model to normalise its input with; the
+            batches themselves stay in [0, 1].
 
     Iterating ``loader.epoch(e)`` yields ``(x, targets)``: float32 (B, C, H, W) in
     [0, 1] (images) or float32 (B, F) / (B, T, F) (features, as stored, mixed), and
@@ -191,6 +231,8 @@ class InMemoryLoader:
         augmix: AugMixConfig | None = None,
         jsd: bool = False,
         step_loss: StepLoss | None = None,
+        crop: CropFlip | None = None,
+        normalize: bool = False,
     ) -> None:
         self.dist = dist
         self.policy = check_choice("policy", policy, MIX_POLICIES)
@@ -233,6 +275,12 @@ class InMemoryLoader:
                     "use mix policy 'independent' or 'shared'"
                 )
         self.step_loss = step_loss
+        check_augment_fits(self.images, crop=crop, normalize=normalize)
+        if crop is not None and not isinstance(crop, CropFlip):
+            raise TypeError(f"crop must be a CropFlip or None, got {type(crop).__name__}")
+        self.crop = crop
+        #: The per-channel statistics of the images with ``normalize``, else None.
+        self.normalization: ChannelStats | None = ChannelStats.of(self.images) if normalize else None
         self.label_smoothing = label_smoothing
         self._eps = check_probability("label_smoothing", label_smoothing)
         self.shuffle = shuffle
@@ -270,8 +318,16 @@ class InMemoryLoader:
         check_int("epoch", epoch, minimum=0)
         return _pack_epoch(epoch, list(self._host_steps(epoch)), self.device)
 
-    def _host_steps(self, epoch: int) -> Iterator[tuple[np.ndarray, MixPlan | None, slice | None]]:
-        """``(rows, plan, keep)`` of each step, drawn on the host as the per-step recipe draws them."""
+    def crop_draws(self, epoch: int, step: int, n: int) -> np.ndarray | None:
+        """The crop and flip draws of a step that gathers ``n`` rows: int64 (2n, 3), the
+        rows' then their stream partners' (:meth:`CropFlip.sample`); None without ``crop``."""
+        if self.crop is None:
+            return None
+        rank = self.dist.rank if self.policy == "independent" else 0
+        return self.crop.sample(2 * n, seed=self.seed, epoch=epoch, step=step, rank=rank)
+
+    def _host_steps(self, epoch: int) -> Iterator[tuple[np.ndarray, MixPlan | None, slice | None, np.ndarray | None]]:
+        """``(rows, plan, keep, crops)`` of each step, drawn on the host as the per-step recipe draws them."""
         order = self.order(epoch)
         bg = self.batch_size * self.dist.world_size
         mix = self.mix
@@ -283,7 +339,8 @@ class InMemoryLoader:
             local = shard_positions(len(global_idx), self.dist)
             offset = step * bg
             if mix is None:
-                yield global_idx[local], None, None
+                rows = global_idx[local]
+                yield rows, None, None, self.crop_draws(epoch, step, len(rows))
                 continue
             keep = None
             if self.policy == "global":  # one plan for the global batch; this rank keeps its rows
@@ -292,6 +349,7 @@ class InMemoryLoader:
                 rows, rank = global_idx[local], 0
             else:
                 rows, rank, offset = global_idx[local], self.dist.rank, offset + local.start
+            crops = self.crop_draws(epoch, step, len(rows))
             plan = sample_plan(
                 mix,
                 len(rows),
@@ -304,13 +362,29 @@ class InMemoryLoader:
                 stream_offset=offset,
             )
             if not plan.is_placed:  # SaliencyMix: boxes centred on the partners' saliency, from the images
-                partner = None if plan.stream_indices is None else self._host_images(plan.stream_indices)
-                plan = place_boxes(plan, self._host_images(rows), x_partner=partner)
-            yield rows, plan, keep
+                n = len(rows)
+                partner = None
+                if plan.stream_indices is not None:
+                    partner = self._host_images(plan.stream_indices, None if crops is None else crops[n:])
+                plan = place_boxes(
+                    plan, self._host_images(rows, None if crops is None else crops[:n]), x_partner=partner
+                )
+            yield rows, plan, keep, crops
 
-    def _host_images(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` of the images as a host array (one device read on an accelerator)."""
-        return self.images.index_select(0, torch.from_numpy(np.asarray(rows)).to(self.images.device)).cpu().numpy()
+    def _host_images(self, rows: np.ndarray, crops: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` of the images, cropped and flipped by ``crops`` (as the batch will be),
+        as a host array (one device read on an accelerator)."""
+        # A copy: epoch orders are read-only arrays, which torch.from_numpy warns about.
+        x = self.images.index_select(0, torch.from_numpy(np.array(rows, dtype=np.int64)).to(self.images.device))
+        if crops is not None:
+            x = self._cropped(x, torch.from_numpy(crops[: len(rows)]).to(x.device))
+        return x.cpu().numpy()
+
+    def _cropped(self, x: torch.Tensor, crops: torch.Tensor | None) -> torch.Tensor:
+        """``x`` cropped and flipped by the draws ``crops`` (B, 3) (unchanged without them)."""
+        if crops is None or self.crop is None:
+            return x
+        return crop_flip(x, crops, self.crop.padding)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of epoch ``epoch``, from its :meth:`epoch_plan`; no host reads."""
@@ -318,29 +392,36 @@ class InMemoryLoader:
         for step, st in enumerate(plan.steps):
             yield self._batch(st, epoch, step)
 
-    def _take(self, rows: torch.Tensor, epoch: int, step: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``rows`` as model input (AugMix ``view`` applied when the loader has it) and their labels."""
-        x = self.images.index_select(0, rows)
+    def _take(
+        self, rows: torch.Tensor, epoch: int, step: int, view: int, crops: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``rows`` as model input (cropped by ``crops``, then AugMix ``view`` applied when
+        the loader has it) and their labels."""
+        x = self._cropped(self.images.index_select(0, rows), crops)
         if self.augmix is not None:
             x = self.augmix(x, step=step, epoch=epoch, view=view)
         return to_model_input(x, channels_last=self.channels_last), self.labels.index_select(0, rows)
 
     def _batch(self, st: StepTensors, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         c, eps = self.num_classes, self._eps
+        n = int(st.rows.shape[0])
+        crops = partner_crops = None
+        if st.crops is not None:
+            crops, partner_crops = st.crops[:n], st.crops[n:]
         if self.jsd:  # (3B, ...): clean, AugMix view 0 and AugMix view 1 of the same rows
             assert self.augmix is not None
-            clean = self.images.index_select(0, st.rows)
+            clean = self._cropped(self.images.index_select(0, st.rows), crops)
             views = self.augmix.views(clean, step=step, epoch=epoch, views=(0, 1))
             x = to_model_input(torch.cat([clean, *views]), channels_last=self.channels_last)
             return x, soft_unchecked(self.labels.index_select(0, st.rows), c, eps)
         # The partner batch of pairing="stream" is AugMix view 2: augmented independently.
-        x, y = self._take(st.rows, epoch, step, view=0)
+        x, y = self._take(st.rows, epoch, step, view=0, crops=crops)
         if st.plan is None:  # plain, or an identity plan: x·1 + x'·0 = x and y·1 + y'·0 = y
             targets = soft_unchecked(y, c, eps)
         else:
             x_partner = y_partner = None
             if st.stream_rows is not None:
-                x_partner, y_partner = self._take(st.stream_rows, epoch, step, view=2)
+                x_partner, y_partner = self._take(st.stream_rows, epoch, step, view=2, crops=partner_crops)
             # validate=False: the labels were checked once, at construction; no host read.
             x, targets = apply_plan(
                 st.plan,
@@ -395,13 +476,20 @@ class InMemoryLoader:
 
     def _fetcher(self, epoch: int, step: int) -> Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
         """Dataset rows as :meth:`_take` returns them; the first fetch of a step is
-        AugMix view 0, a second one (the partner batch of ``pairing="stream"``) view 2."""
-        calls = [0]
+        AugMix view 0 with the step's first crop draws, a second one (the partner batch
+        of ``pairing="stream"``) view 2 with the next ones."""
+        calls: list[int] = []
 
         def fetch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            view = 0 if calls[0] == 0 else 2
-            calls[0] += 1
-            return self._take(self._index(idx), epoch, step, view)
+            n = len(idx)
+            if not calls:
+                calls.append(n)  # the step's batch size: its crop draws are (2n, 3)
+                view, first = 0, 0
+            else:
+                view, first = 2, calls[0]
+            draws = self.crop_draws(epoch, step, calls[0])
+            crops = None if draws is None else self._index(draws[first : first + n])
+            return self._take(self._index(idx), epoch, step, view, crops)
 
         return fetch
 
@@ -409,7 +497,10 @@ class InMemoryLoader:
         """(3B, ...) images: clean, AugMix view 0 and AugMix view 1 of the same rows."""
         assert self.augmix is not None
         index = self._index(idx)
-        clean = self.images.index_select(0, index)
+        draws = self.crop_draws(epoch, step, len(idx))
+        clean = self._cropped(
+            self.images.index_select(0, index), None if draws is None else self._index(draws[: len(idx)])
+        )
         views = self.augmix.views(clean, step=step, epoch=epoch, views=(0, 1))
         x = to_model_input(torch.cat([clean, *views]), channels_last=self.channels_last)
         return x, self.labels[index]
@@ -444,12 +535,15 @@ class StepTensors:
         plan: the step's mixing plan, or None when nothing is mixed (plain batches, or
             an identity plan: every row keeps its own input and label).
         keep: the rows of the mixed batch this rank keeps (``policy="global"``), else None.
+        crops: int64 (2B, 3): the crop and flip draws of the rows, then of the stream
+            partners (:meth:`InMemoryLoader.crop_draws`), else None.
     """
 
     rows: torch.Tensor
     stream_rows: torch.Tensor | None
     plan: PlanTensors | None
     keep: slice | None
+    crops: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -475,9 +569,11 @@ class EpochPlan:
 
 
 def _pack_epoch(
-    epoch: int, host_steps: list[tuple[np.ndarray, MixPlan | None, slice | None]], device: torch.device
+    epoch: int,
+    host_steps: list[tuple[np.ndarray, MixPlan | None, slice | None, np.ndarray | None]],
+    device: torch.device,
 ) -> EpochPlan:
-    """One :class:`EpochPlan` from the host draws ``(rows, plan, keep)`` of each step.
+    """One :class:`EpochPlan` from the host draws ``(rows, plan, keep, crops)`` of each step.
 
     Each step's plan goes through the library's one packed format
     (:func:`vicinal.mixing.plan_arrays`), as :func:`vicinal.apply_plan` would make it
@@ -486,8 +582,10 @@ def _pack_epoch(
     """
     arrays: dict[str, np.ndarray] = {}
     kept: list[tuple[MixPlan | None, list[str]]] = []
-    for step, (rows, plan, _) in enumerate(host_steps):
+    for step, (rows, plan, _, crops) in enumerate(host_steps):
         arrays[f"{step}/rows"] = np.asarray(rows, dtype=np.int64)
+        if crops is not None:
+            arrays[f"{step}/crops"] = crops
         if plan is not None and plan.is_identity:
             plan = None
         keys: list[str] = []
@@ -507,7 +605,7 @@ def _pack_epoch(
     packed = pack_arrays(arrays, device)
     t = packed.tensors
     steps = []
-    for step, ((_, _, keep), (plan, keys)) in enumerate(zip(host_steps, kept)):
+    for step, ((_, _, keep, _), (plan, keys)) in enumerate(zip(host_steps, kept)):
         tensors = None
         if plan is not None:
             part = {key: t[f"{step}/{key}"] for key in keys if f"{step}/{key}" in t}
@@ -523,5 +621,5 @@ def _pack_epoch(
                 source_rows=part.get("source_rows"),
                 source_cols=part.get("source_cols"),
             )
-        steps.append(StepTensors(t[f"{step}/rows"], t.get(f"{step}/stream"), tensors, keep))
+        steps.append(StepTensors(t[f"{step}/rows"], t.get(f"{step}/stream"), tensors, keep, t.get(f"{step}/crops")))
     return EpochPlan(epoch=epoch, steps=tuple(steps), buffer=packed.buffer, host=packed.host)

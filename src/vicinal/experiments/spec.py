@@ -4,12 +4,15 @@
   (which mixing options each method uses, with their defaults) and
   :func:`resolve_mixing`, which applies them; the resolved values are what a run records
   in ``config.json`` / ``cell.json``.
+* The training recipe's vocabulary: :data:`OPTIM_DEFAULTS` and :data:`SCHEDULE_DEFAULTS`
+  (which optimizer and schedule options each choice uses, with their defaults), applied
+  by :func:`resolve_optim` as the mixing options are by :func:`resolve_mixing`.
 * The checks shared by every entry point: :func:`check_seed`, :func:`check_device`,
   :func:`check_class_ids`, :func:`check_mix_layers`.
 * The specifications: :class:`RunSpec` (what a comparison run and a study cell share),
   :class:`CompareConfig` (``vicinal compare``), :class:`CellSpec` (one cell of a study),
   :class:`StudySpec` (a grid of arms × seeds, parsed from TOML by :func:`parse_study`),
-  :class:`OptimConfig` (Adam and its schedule).
+  :class:`OptimConfig` (the optimizer and its learning-rate schedule).
 * The command line is generated from these dataclasses: every field a user can set
   carries a :class:`CliOption` (its help text and flag) in its metadata, and its
   default is the field's default (:func:`cli_options`).
@@ -33,10 +36,11 @@ import numpy as np
 import torch
 
 from vicinal import MixConfig
-from vicinal._checks import check_choice, check_int, check_probability
+from vicinal._checks import check_choice, check_int, check_probability, check_real_range
 from vicinal.experiments.atomic import check_fields, check_type, read_json
+from vicinal.experiments.augment import CropFlip
 from vicinal.experiments.errors import FAILED, CellFailure
-from vicinal.experiments.models import available_models
+from vicinal.experiments.models import available_models, check_model_name, model_for_data, model_mix_layers
 from vicinal.experiments.presets import PRESETS
 from vicinal.sampling import GRANULARITIES, METHODS, PAIRINGS
 from vicinal.torch.augmix import AugMixConfig
@@ -60,10 +64,13 @@ __all__ = [
     "METHOD_DEFAULTS",
     "MIX_OPTIONS",
     "MIX_POLICIES",
-    "MODEL_FOR_DATA",
+    "OPTIMIZERS",
+    "OPTIM_DEFAULTS",
+    "OPTIM_OPTIONS",
     "PRECISIONS",
     "RUN_METHODS",
     "SCHEDULES",
+    "SCHEDULE_DEFAULTS",
     "STEP_LOSS_METHODS",
     "STUDY_OVERRIDES",
     "STUDY_REMEDY",
@@ -72,34 +79,41 @@ __all__ = [
     "CompareConfig",
     "MixPolicy",
     "OptimConfig",
+    "OptimizerName",
     "Precision",
     "RunSpec",
     "Schedule",
     "StepLoss",
     "StudySpec",
+    "autocast_dtype",
     "cell_dir",
     "check_class_ids",
     "check_device",
+    "check_lr_milestones",
     "check_mix_layers",
     "check_seed",
     "check_study_record",
     "cli_options",
     "load_study",
-    "model_for_data",
     "parse_study",
     "read_cell_record",
     "read_failure",
     "read_study",
     "resolve_mixing",
+    "resolve_optim",
 ]
 
 # --------------------------------------------------------------------------- vocabulary
 
-Precision = Literal["fp32", "bf16"]
-Schedule = Literal["constant", "cosine"]
+#: ``auto``: bfloat16 autocast on a CUDA device that supports it, float32 elsewhere (on a
+#: CPU bf16 pays only with AMX: see docs/results.md).
+Precision = Literal["fp32", "bf16", "auto"]
+Schedule = Literal["constant", "cosine", "step"]
+OptimizerName = Literal["adam", "sgd"]
 MixPolicy = Literal["independent", "shared", "global"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 MIX_POLICIES: tuple[str, ...] = get_args(MixPolicy)
 #: Harness methods: the library's, plus "none" (plain batches) and "manifold" (MixUp of
 #: the hidden states at one of ``mix_layers`` per step: vicinal.torch.manifold.ManifoldMixup).
@@ -168,24 +182,40 @@ _STEP_OPTIONS = frozenset({"mix_layers", "eta", "mit_margin"})
 assert {k for d in METHOD_DEFAULTS.values() for k in d} == set(MIX_OPTIONS)
 assert set(PAIRINGS) >= {"stream", "permute"} and "elem" in GRANULARITIES
 
-#: The model a run trains when none is named, by the number of dims of one sample:
-#: tabular rows (F,), sequences (T, F), images (C, H, W).
-MODEL_FOR_DATA: dict[int, str] = {1: "mlp", 2: "gru", 3: "reference-cnn"}
+#: The optimizer options each optimizer uses, with the harness's defaults: Adam as Keras
+#: configures it (the keras.io reference), SGD as the CIFAR tables train (momentum 0.9).
+OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adam": {"lr": 1e-3},
+    "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": False},
+}
+#: The options each learning-rate schedule uses (``None``: required).
+SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "constant": {},
+    "cosine": {},
+    "step": {"lr_milestones": None, "lr_factor": 0.1},
+}
+#: Every option that some optimizer or schedule uses (``None``: as for :data:`MIX_OPTIONS`).
+OPTIM_OPTIONS: tuple[str, ...] = ("lr", "momentum", "nesterov", "lr_milestones", "lr_factor")
+assert {k for d in (*OPTIM_DEFAULTS.values(), *SCHEDULE_DEFAULTS.values()) for k in d} == set(OPTIM_OPTIONS)
 
 
-def model_for_data(input_shape: tuple[int, ...]) -> str:
-    """The default model for samples of ``input_shape``: see :data:`MODEL_FOR_DATA`.
-
-    Raises:
-        ValueError: a sample shape of another number of dims.
-    """
-    try:
-        return MODEL_FOR_DATA[len(input_shape)]
-    except KeyError:
-        raise ValueError(
-            f"no default model for samples of shape {tuple(input_shape)}: expected (F,), (T, F) or (C, H, W); "
-            "name one with --model"
-        ) from None
+def _resolve_used(
+    owner: str, used: dict[str, Any], names: tuple[str, ...], values: dict[str, Any], inherited: frozenset[str]
+) -> dict[str, Any]:
+    """``names`` resolved for a choice that uses ``used`` (option -> default): the given
+    value, else the default; ``None`` for an option it doesn't use, which may be given
+    only when inherited (it is dropped then)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        value = values.get(name)
+        if name in used:
+            out[name] = used[name] if value is None else value
+        elif value is not None and name not in inherited:
+            uses = ", ".join(sorted(used)) or "none of these options"
+            raise ValueError(f"{name}={value!r} is not used by {owner} (it uses {uses})")
+        else:
+            out[name] = None
+    return out
 
 
 def resolve_mixing(method: str, values: dict[str, Any], *, inherited: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -205,20 +235,55 @@ def resolve_mixing(method: str, values: dict[str, Any], *, inherited: frozenset[
             ``method="cutmix"``, whose area is drawn with ``cutmix_alpha``).
     """
     check_choice("method", method, RUN_METHODS)
-    used = METHOD_DEFAULTS[method]
-    out: dict[str, Any] = {}
-    for name in MIX_OPTIONS:
-        value = values.get(name)
-        if name in used:
-            out[name] = used[name] if value is None else value
-            if name == "mix_layers":
-                out[name] = check_mix_layers(value)
-        elif value is not None and name not in inherited:
-            uses = ", ".join(sorted(used)) or "no mixing options"
-            raise ValueError(f"{name}={value!r} is not used by method={method!r} (it uses {uses})")
-        else:
-            out[name] = None
+    out = _resolve_used(f"method={method!r}", METHOD_DEFAULTS[method], MIX_OPTIONS, values, inherited)
+    if "mix_layers" in METHOD_DEFAULTS[method]:
+        out["mix_layers"] = check_mix_layers(out["mix_layers"])
     return out
+
+
+def resolve_optim(
+    optimizer: str, schedule: str, values: dict[str, Any], *, inherited: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The optimizer and schedule options of ``optimizer`` and ``schedule``: given values,
+    else their defaults (:data:`OPTIM_DEFAULTS`, :data:`SCHEDULE_DEFAULTS`).
+
+    Args:
+        values: option -> value (``None``: not given), for the keys of :data:`OPTIM_OPTIONS`.
+        inherited: see :func:`resolve_mixing`.
+
+    Returns:
+        All of :data:`OPTIM_OPTIONS`, ``None`` where the choice doesn't use an option.
+
+    Raises:
+        ValueError: an unknown optimizer or schedule, an option the choice doesn't use
+            (``momentum`` with Adam), or ``schedule="step"`` without ``lr_milestones``.
+    """
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("schedule", schedule, SCHEDULES)
+    out = _resolve_used(
+        f"optimizer={optimizer!r}", OPTIM_DEFAULTS[optimizer], ("lr", "momentum", "nesterov"), values, inherited
+    )
+    out |= _resolve_used(
+        f"schedule={schedule!r}", SCHEDULE_DEFAULTS[schedule], ("lr_milestones", "lr_factor"), values, inherited
+    )
+    if schedule == "step" and out["lr_milestones"] is None:
+        raise ValueError(
+            "schedule='step' needs lr_milestones: the epochs after which the learning rate is multiplied by "
+            "lr_factor (e.g. --lr-milestones 100,150)"
+        )
+    return out
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``: bfloat16 for ``"bf16"``, and for
+    ``"auto"`` on a CUDA device that supports bfloat16; None (float32) otherwise."""
+    check_choice("precision", precision, PRECISIONS)
+    device = torch.device(device)
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 # --------------------------------------------------------------------------- checks
@@ -256,9 +321,12 @@ def check_class_ids(labels: np.ndarray | torch.Tensor, num_classes: int, *, name
 def check_mix_layers(value: Any) -> tuple[str, ...]:
     """Manifold Mixup's layers: module names (and/or ``"input"``), a comma-separated string or a sequence."""
     if value is None:
+        suggested = "; ".join(
+            f"--mix-layers {','.join(model_mix_layers(m))} for {m}" for m in available_models() if model_mix_layers(m)
+        )
         raise ValueError(
             "method='manifold' needs mix_layers: the modules whose outputs may be mixed, and/or 'input' "
-            "(e.g. --mix-layers input,blocks.0,blocks.1,blocks.2 for preact-resnet-small)"
+            f"(e.g. {suggested})"
         )
     layers = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
     if not layers or not all(isinstance(v, str) and v for v in layers):
@@ -323,18 +391,61 @@ def _method_defaults(option: str) -> str:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam as Keras configures it by default; ``schedule="cosine"`` anneals the learning
-    rate per step from ``lr`` to 0 over the whole run."""
+    """The optimizer and its learning-rate schedule, validated on construction.
 
-    lr: float = 1e-3
+    ``optimizer="adam"``: Adam as Keras configures it by default (``betas``, ``eps``);
+    ``"sgd"``: SGD with ``momentum`` (Nesterov's with ``nesterov``), as the CIFAR tables
+    train. ``weight_decay`` is the L2 penalty both add to the gradient (PyTorch's
+    ``weight_decay``). Schedules, per step: ``"constant"``; ``"cosine"`` anneals from
+    ``lr`` to 0 over the whole run; ``"step"`` multiplies the rate by ``lr_factor``
+    after each epoch of ``lr_milestones`` (``(100, 150)`` with 0.1: the mixup paper's
+    "divided by 10 at epochs 100 and 150"). Options a choice doesn't use are ignored;
+    :meth:`RunSpec.optim` builds this from a run's resolved options.
+    """
+
+    optimizer: str = "adam"
+    lr: float = OPTIM_DEFAULTS["adam"]["lr"]
+    momentum: float = OPTIM_DEFAULTS["sgd"]["momentum"]
+    nesterov: bool = OPTIM_DEFAULTS["sgd"]["nesterov"]
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    lr_milestones: tuple[int, ...] = ()
+    lr_factor: float = SCHEDULE_DEFAULTS["step"]["lr_factor"]
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-7
-    schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_real_range("lr", self.lr, low=0.0, high=None, low_open=True)
+        check_real_range("weight_decay", self.weight_decay, low=0.0, high=None)
+        if self.optimizer == "sgd":
+            check_real_range("momentum", self.momentum, low=0.0, high=1.0)
+            if self.momentum >= 1:
+                raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            if not isinstance(self.nesterov, bool):
+                raise TypeError(f"nesterov must be a bool, got {type(self.nesterov).__name__}")
+            if self.nesterov and self.momentum == 0:
+                raise ValueError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD)")
+        if self.schedule == "step":
+            check_lr_milestones(self.lr_milestones)
+            check_real_range("lr_factor", self.lr_factor, low=0.0, high=1.0, low_open=True)
+
+
+def check_lr_milestones(value: Any) -> tuple[int, ...]:
+    """The step schedule's milestones: epochs >= 1, increasing, as a tuple (a comma-separated string or a sequence)."""
+    raw = value.split(",") if isinstance(value, str) else value
+    try:
+        epochs = tuple(int(v) if isinstance(v, str) else v for v in raw)
+    except (TypeError, ValueError):
+        epochs = ()
+    if (
+        not epochs
+        or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in epochs)
+        or list(epochs) != sorted(set(epochs))
+    ):
+        raise ValueError(f"lr_milestones must be increasing epochs >= 1 (e.g. 100,150), got {value!r}")
+    return epochs
 
 
 @dataclass(frozen=True)
@@ -395,21 +506,24 @@ class RunSpec:
 
     dataset: str = _option(
         "fashion-mnist",
-        "'fashion-mnist', 'mnist', a .npz file with x and y arrays, or a folder with one "
-        "sub-folder of images per class (default: %(default)s)",
+        "a dataset by name (fashion-mnist, mnist, cifar10, cifar100, cifar100:coarse, svhn, medmnist:<name>, "
+        "hf:<path>; docs/datasets.md), a .npz file with x and y arrays, or a folder with one sub-folder of "
+        "images per class (default: %(default)s)",
         "data",
     )
     data_dir: str | None = _option(
         None,
-        "folder holding the dataset's four IDX files (.gz or not). Searched otherwise, in order: "
-        "$VICINAL_DATA_DIR, /usr/share/datasets/<name>/ (Debian's dataset-fashion-mnist), the user "
-        "cache, then a download from the official mirrors into the cache",
+        "folder holding the dataset's official files, or a <name>/ sub-folder of them (the only place "
+        "searched when given). Searched otherwise, in order: $VICINAL_DATA_DIR, /usr/share/datasets/<name>/ "
+        "(Debian's dataset-fashion-mnist), the user cache, then a checksum-verified download from the official "
+        "mirror into the cache",
         "data",
     )
     model: str | None = _option(
         None,
-        "registered model name (default: the one for the data: reference-cnn for images (N, C, H, W), "
-        "mlp for features (N, F), gru for sequences (N, T, F))",
+        f"a registered model ({', '.join(available_models())}) or your own as package.module:factory, "
+        "called as factory(num_classes, input_shape) (default: the one for the data: reference-cnn for images "
+        "(N, C, H, W), mlp for features (N, F), gru for sequences (N, T, F))",
         "run",
     )
     epochs: int = _option(10, "epochs per arm (default: %(default)s)", "run")
@@ -459,7 +573,8 @@ class RunSpec:
     mix_layers: tuple[str, ...] | None = _option(
         None,
         "under --method manifold: comma-separated module names of the model (and/or 'input'), one chosen "
-        "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small",
+        "per step, e.g. input,blocks.0,blocks.1,blocks.2 for preact-resnet-small, input,layer1,layer2 for "
+        "preact-resnet18 (the error without it lists every model's suggestion)",
         "mixing",
         parse=lambda text: tuple(text.split(",")),
     )
@@ -485,6 +600,69 @@ class RunSpec:
         "mixing",
     )
     label_smoothing: float = _option(0.0, "label smoothing epsilon, both arms (default: %(default)s)", "mixing")
+    crop_padding: int = _option(
+        0,
+        "random crop, every arm: pad each training image with N zero pixels on every side and crop it back to "
+        "its size at a random offset (the CIFAR recipe: 4; default: %(default)s, no crop)",
+        "data",
+    )
+    flip: bool = _option(
+        False, "flip each training image left to right with probability 1/2, every arm (the CIFAR recipe)", "data"
+    )
+    normalize: bool = _option(
+        False,
+        "normalise the model's input per channel, (x - mean) / std, with the training split's statistics "
+        "(the CIFAR recipe)",
+        "data",
+    )
+    optimizer: str = _option(
+        "adam",
+        "adam (Keras' defaults, the keras.io reference) or sgd with momentum (the CIFAR tables) (default: %(default)s)",
+        "optim",
+        choices=OPTIMIZERS,
+    )
+    lr: float | None = _option(
+        None,
+        "learning rate (default per optimizer: "
+        + ", ".join(f"{o}: {d['lr']:g}" for o, d in OPTIM_DEFAULTS.items())
+        + ")",
+        "optim",
+    )
+    momentum: float | None = _option(
+        None, f"SGD momentum (default: {OPTIM_DEFAULTS['sgd']['momentum']:g}; sgd only)", "optim"
+    )
+    nesterov: bool | None = _option(None, "Nesterov momentum (sgd only)", "optim")
+    weight_decay: float = _option(
+        0.0,
+        "L2 weight decay added to the gradient of every weight (the CIFAR recipe: 1e-4; default: %(default)s)",
+        "optim",
+    )
+    schedule: str = _option(
+        "constant",
+        "learning-rate schedule, per step: constant; cosine from lr to 0 over the run; step: multiplied by "
+        "--lr-factor after each epoch of --lr-milestones (default: %(default)s)",
+        "optim",
+        choices=SCHEDULES,
+    )
+    lr_milestones: tuple[int, ...] | None = _option(
+        None,
+        "with --schedule step: comma-separated epochs after which the learning rate is multiplied by "
+        "--lr-factor (the mixup paper: 100,150)",
+        "optim",
+        parse=lambda text: tuple(text.split(",")),  # checked with the other options: one clear error
+    )
+    lr_factor: float | None = _option(
+        None,
+        f"with --schedule step: the factor at each milestone (default: {SCHEDULE_DEFAULTS['step']['lr_factor']:g})",
+        "optim",
+    )
+    precision: str = _option(
+        "fp32",
+        "fp32; bf16: bfloat16 autocast of the forward pass (GPUs and AMX CPUs; slower on AVX2-only CPUs); "
+        "auto: bf16 on a CUDA GPU that supports it, fp32 elsewhere (default: %(default)s)",
+        "run",
+        choices=PRECISIONS,
+    )
     val_size: int = _option(
         2000, "the first N training images are held out for validation (default: %(default)s)", "data"
     )
@@ -496,9 +674,30 @@ class RunSpec:
     )
 
     def resolved(self, *, inherited: frozenset[str] = frozenset()) -> Self:
-        """This spec with the method's mixing defaults applied (see :func:`resolve_mixing`)."""
+        """This spec with the method's mixing defaults and the optimizer's and schedule's
+        defaults applied (see :func:`resolve_mixing`, :func:`resolve_optim`)."""
         values = {name: getattr(self, name) for name in MIX_OPTIONS}
-        return replace(self, **resolve_mixing(self.method, values, inherited=inherited))
+        optim = {name: getattr(self, name) for name in OPTIM_OPTIONS}
+        if optim["lr_milestones"] is not None:
+            optim["lr_milestones"] = check_lr_milestones(optim["lr_milestones"])
+        return replace(
+            self,
+            **resolve_mixing(self.method, values, inherited=inherited),
+            **resolve_optim(self.optimizer, self.schedule, optim, inherited=inherited),
+        )
+
+    def optim(self) -> OptimConfig:
+        """The optimizer and schedule of the run (validated)."""
+        spec = self.resolved()
+        given = {name: getattr(spec, name) for name in OPTIM_OPTIONS if getattr(spec, name) is not None}
+        return OptimConfig(optimizer=spec.optimizer, weight_decay=spec.weight_decay, schedule=spec.schedule, **given)
+
+    def crop_flip(self) -> CropFlip | None:
+        """The random crop and flip of the training images (every arm), or None (validated)."""
+        check_int("crop_padding", self.crop_padding, minimum=0)
+        if self.crop_padding == 0 and not self.flip:
+            return None
+        return CropFlip(self.crop_padding, self.flip)
 
     def for_data(self, input_shape: tuple[int, ...]) -> Self:
         """This spec with ``model`` set: the given one, else :func:`model_for_data` of one sample's shape."""
@@ -516,7 +715,10 @@ class RunSpec:
                 check_int(name, getattr(self, name), minimum=1)
         check_probability("label_smoothing", self.label_smoothing)
         if self.model is not None:
-            check_choice("model", self.model, available_models())
+            check_model_name(self.model)
+        check_choice("precision", self.precision, PRECISIONS)
+        self.optim()
+        self.crop_flip()
         self.check_augmentation()
         self.step_loss()  # RegMixup's eta, MIT's margin and pairing
 
@@ -615,12 +817,6 @@ class CompareConfig(RunSpec):
         "run",
         flag="--dist-timeout",
     )
-    precision: str = _option(
-        "fp32",
-        "bf16 autocast of the forward pass: for GPUs and AMX CPUs; slower on AVX2-only CPUs (default: %(default)s)",
-        "run",
-        choices=PRECISIONS,
-    )
 
     def mix_config(self) -> MixConfig:
         """The mixing of the mixed arm (validated)."""
@@ -636,7 +832,6 @@ class CompareConfig(RunSpec):
             check_int("threads", self.threads, minimum=1)
         check_device(self.device)
         check_choice("mix_policy", self.mix_policy, MIX_POLICIES)
-        check_choice("precision", self.precision, PRECISIONS)
         if not self.dist_timeout_s > 0:
             raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         bad = [a for a in self.arms if a not in ARMS]
@@ -672,18 +867,12 @@ class CellSpec(RunSpec):
     model: str | None = "reference-cnn"
     arm: str = "mixup"
     noise: float = 0.0
-    lr: float = 1e-3
-    schedule: str = "constant"
     corruptions: bool = False  # also evaluate on the corrupted test set (vicinal.experiments.corruptions)
     baseline: str | None = None  # arm(s) this one is compared with, comma-separated (default: chosen in the report)
 
     def mix_config(self) -> MixConfig | None:
         """The arm's mixing, or None for ``method="none"``."""
         return self.mixing()
-
-    def optim(self) -> OptimConfig:
-        """The optimizer of the cell (validated)."""
-        return OptimConfig(lr=self.lr, schedule=self.schedule)
 
     def validate(self, *, inherited: frozenset[str] = frozenset()) -> CellSpec:
         """Check every field; returns the resolved spec (see :meth:`RunSpec.resolved`)."""
@@ -693,7 +882,6 @@ class CellSpec(RunSpec):
         resolved.check_common()
         if not 0 <= self.noise < 1:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
-        self.optim()
         resolved.mixing()
         return resolved
 
@@ -704,7 +892,7 @@ def cell_dir(study_dir: Path, cell: CellSpec) -> Path:
 
 
 #: The :class:`RunSpec` fields ``vicinal study`` can override in every arm of a study.
-STUDY_OVERRIDES: tuple[str, ...] = ("epochs", "data_dir", "train_limit", "test_limit", "val_size")
+STUDY_OVERRIDES: tuple[str, ...] = ("epochs", "data_dir", "train_limit", "test_limit", "val_size", "precision")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from vicinal.experiments.data import (
     load_npz,
 )
 from vicinal.experiments.distributed import SINGLE, DistContext
-from vicinal.experiments.loader import InMemoryLoader, check_data_fits
-from vicinal.experiments.models import build_model
+from vicinal.experiments.loader import InMemoryLoader, check_data_fits, to_model_input
+from vicinal.experiments.models import build_model, check_model_on_batch, is_user_model
 from vicinal.experiments.spec import RunSpec
 from vicinal.torch.manifold import ManifoldMixup
 
@@ -35,6 +35,7 @@ __all__ = [
     "FIRST_IMAGES_DATASETS",
     "SPLITS_CACHE_SIZE",
     "SPLIT_SEED",
+    "USER_MODEL_CHECK_BATCH",
     "SplitKey",
     "Splits",
     "check_fits",
@@ -161,6 +162,9 @@ class SplitKey:
         return cls(spec.dataset, spec.data_dir, spec.val_size, spec.train_limit, spec.test_limit)
 
 
+#: Training samples :func:`check_fits` runs your own model on before a run starts.
+USER_MODEL_CHECK_BATCH = 4
+
 #: How many splits :func:`load_splits` keeps per process (a study rarely uses more than one dataset).
 SPLITS_CACHE_SIZE = 2
 
@@ -181,14 +185,19 @@ def load_splits(spec: RunSpec) -> Splits:
 def check_fits(spec: RunSpec, splits: Splits) -> None:
     """Refuse a spec whose model or mixing can't take the data, before anything is written.
 
-    The model takes the samples, the mixing applies to them (no CutMix on features),
-    and a Manifold Mixup arm's layers are modules of the model. ``spec.model`` must be
-    set (see :meth:`RunSpec.for_data`).
+    The model takes the samples (your own ``package.module:factory`` model is built and
+    run on a batch of the training images: finite logits of shape (B, classes)), the
+    mixing applies to them (no CutMix on features), the crop, flip and normalisation to
+    images only, and a Manifold Mixup arm's layers are modules of the model.
+    ``spec.model`` must be set (see :meth:`RunSpec.for_data`).
 
     Raises:
         ValueError: naming the mismatch (see :func:`~vicinal.experiments.loader.check_data_fits`).
     """
-    check_data_fits(splits.train[0], model=spec.model, mix=spec.loader_mixing())
+    x = splits.train[0]
+    check_data_fits(x, model=spec.model, mix=spec.loader_mixing(), crop=spec.crop_flip(), normalize=spec.normalize)
+    if spec.model is not None and is_user_model(spec.model):
+        check_model_on_batch(spec.model, to_model_input(x[:USER_MODEL_CHECK_BATCH]), splits.num_classes)
     manifold = spec.manifold()
     if manifold is not None:
         assert spec.model is not None
@@ -209,8 +218,9 @@ def training_batches(
     policy: str = "independent",
 ) -> InMemoryLoader:
     """The training batches of ``spec`` on ``splits.train``: its seed's order and plans, its
-    mixing and AugMix (with ``mixed``; plain batches otherwise), its label smoothing; for
-    RegMixup and MIT plain batches carrying the step's :class:`~vicinal.experiments.spec.StepLoss`.
+    mixing and AugMix (with ``mixed``; plain batches otherwise), its label smoothing, and
+    (every arm) its crop, flip and normalisation statistics; for RegMixup and MIT plain
+    batches carrying the step's :class:`~vicinal.experiments.spec.StepLoss`.
 
     Args:
         labels: the training labels to use instead of ``splits.train``'s (e.g. noisy ones).
@@ -229,6 +239,8 @@ def training_batches(
         augmix=spec.augmix_config() if mixed else None,
         jsd=spec.jsd and mixed,
         step_loss=spec.step_loss() if mixed else None,
+        crop=spec.crop_flip(),
+        normalize=spec.normalize,
         label_smoothing=spec.label_smoothing,
         channels_last=spec.channels_last if channels_last is None else channels_last,
         device=device,

@@ -289,6 +289,7 @@ def cell_train_options(root: Path, cell: CellSpec, splits: Splits, device: str =
         "epochs": cell.epochs,
         "out_dir": cell_dir(root, cell),
         "optim": cell.optim(),
+        "precision": cell.precision,
         "resume": True,
         "channels_last": cell.channels_last,
         "on_epoch": epoch_hooks(cell.arm),

@@ -61,7 +61,7 @@ from vicinal.experiments.loader import InMemoryLoader
 from vicinal.experiments.models import build_model, describe_input
 from vicinal.experiments.report.plots import learning_curves, write_preview
 from vicinal.experiments.runs.processes import stop_on_signals, worker_pool
-from vicinal.experiments.spec import CompareConfig, OptimConfig
+from vicinal.experiments.spec import CompareConfig
 from vicinal.experiments.splits import Splits, check_fits, load_any, make_splits, training_batches
 from vicinal.experiments.testing import epoch_hooks
 from vicinal.experiments.training.loop import (
@@ -192,7 +192,7 @@ def train_one_arm(
             test=test,
             epochs=cfg.epochs,
             out_dir=Path(run_dir) / arm,
-            optim=OptimConfig(),
+            optim=cfg.optim(),
             resume=resume,
             channels_last=cfg.channels_last,
             progress=progress_bars(position, arm) if progress and dist.is_main else None,

@@ -37,7 +37,7 @@ from vicinal.experiments.runs.cells import (
     train_recorded,
     write_cell_record,
 )
-from vicinal.experiments.spec import CellSpec
+from vicinal.experiments.spec import CellSpec, autocast_dtype
 from vicinal.experiments.splits import Splits, load_splits
 from vicinal.experiments.testing import epoch_hooks
 from vicinal.experiments.training.batched import BatchSeedsUnsupported, SeedMember, train_stacked, try_batched_step
@@ -66,6 +66,11 @@ def check_batch_seeds(cells: Sequence[CellSpec]) -> None:
             raise BatchSeedsUnsupported(
                 f"arm {cell.arm!r}: --batch-seeds does not run Manifold Mixup (it mixes hidden states inside the "
                 "model through hooks, with a layer drawn per step): train this study without --batch-seeds"
+            )
+        if autocast_dtype(cell.precision, "cpu") is not None:
+            raise BatchSeedsUnsupported(
+                f"arm {cell.arm!r}: --batch-seeds trains in float32; precision={cell.precision!r} autocasts to "
+                "bfloat16: train this study without --batch-seeds, or with --precision fp32"
             )
         if cell.augmix_config() is not None or cell.jsd:
             raise BatchSeedsUnsupported(

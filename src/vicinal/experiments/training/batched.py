@@ -15,9 +15,11 @@ keeps everything that makes it that seed's run:
   its own seeded the same way, with the same op (``uniform_`` for ``torch.rand_like``,
   ``bernoulli_`` for ``F.dropout``), shape and memory layout, in the same order. The
   masks are *equal*, bit for bit, to those of one-by-one training;
-* its Adam state: one fused Adam over the stacked weights is elementwise, so it is
-  each seed's own Adam (the step count and the learning-rate schedule are shared: the
-  cells of one arm have the same number of steps);
+* its optimizer state: one Adam (or SGD with momentum) over the stacked weights is
+  elementwise, so it is each seed's own (the step count and the learning-rate schedule
+  are shared: the cells of one arm have the same number of steps);
+* its crops and flips (drawn by its loader) and its input normalisation (the statistics
+  of the training split, the same for every seed).
 * for RegMixup and MIT arms, its own library piece (built from its loader as a cell
   alone builds it): its mixing, λ draws, solve and loss, with the forward passes of a
   step (RegMixup: one of 2B; MIT: two of B) stacked over the seeds in the plain order,
@@ -45,6 +47,7 @@ rule for ``aten::gru``); see :func:`try_batched_step`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -56,6 +59,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.overrides import TorchFunctionMode
 
+from vicinal.experiments.augment import Normalizer
 from vicinal.experiments.loader import InMemoryLoader
 from vicinal.experiments.spec import OptimConfig
 from vicinal.experiments.training.loop import (
@@ -357,21 +361,25 @@ class SeedMember:
 
 
 def stacked_optimizer_state(optimizer: torch.optim.Optimizer, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The stacked Adam's state dict made of each seed's plain Adam state dict (``states``, in seed order)."""
+    """The stacked optimizer's state dict made of each seed's plain state dict (``states``, in seed order)."""
     stacked: dict[int, dict[str, Any]] = {}
     for i in states[0]["state"]:
+        # "step" is Adam's shared count; SGD without momentum keeps momentum_buffer None.
         stacked[i] = {
-            key: (value if key == "step" else torch.stack([s["state"][i][key] for s in states]))
+            key: (value if key == "step" or value is None else torch.stack([s["state"][i][key] for s in states]))
             for key, value in states[0]["state"][i].items()
         }
     return {"state": stacked, "param_groups": optimizer.state_dict()["param_groups"]}
 
 
 def seed_optimizer_state(optimizer: torch.optim.Optimizer, seed: int) -> dict[str, Any]:
-    """Seed ``seed``'s part of the stacked Adam, as a state dict of the plain model's Adam."""
+    """Seed ``seed``'s part of the stacked optimizer, as a state dict of the plain model's optimizer."""
     full = optimizer.state_dict()
     state = {
-        i: {key: (value.clone() if key == "step" else value[seed].clone()) for key, value in entry.items()}
+        i: {
+            key: (value if value is None else value.clone() if key == "step" else value[seed].clone())
+            for key, value in entry.items()
+        }
         for i, entry in full["state"].items()
     }
     return {"state": state, "param_groups": full["param_groups"]}
@@ -386,7 +394,8 @@ class StackedSeeds:
         batch: the stacked weights.
         loaders: each seed's training batches (the same number of steps).
         seeds: each seed (its dropout generator).
-        optimizer: the Adam over ``batch.params``.
+        optimizer: the optimizer over ``batch.params``.
+        normalize: the input normalisation of every seed's batches, or None.
     """
 
     def __init__(
@@ -396,8 +405,10 @@ class StackedSeeds:
         loaders: Sequence[InMemoryLoader],
         seeds: Sequence[int],
         optimizer: torch.optim.Optimizer,
+        normalize: Normalizer | None = None,
     ) -> None:
         self.module, self.batch, self.loaders, self.seeds, self.optimizer = module, batch, loaders, seeds, optimizer
+        self.normalize = normalize
         self.loss_shape: tuple[int, ...] = (len(loaders),)
         self.steps = len(loaders[0])
         self.device = next(module.parameters()).device
@@ -416,7 +427,7 @@ class StackedSeeds:
     def loss(
         self, step: int, epoch: int, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xs = [b[0] for b in batch]
+        xs = [b[0] if self.normalize is None else self.normalize(b[0]) for b in batch]
         targets = torch.stack([b[1] for b in batch])
         if self.step_losses:
             return self._step_loss(step, epoch, xs, [b[1] for b in batch])
@@ -474,6 +485,8 @@ def train_stacked(
 
     Every seed's test metrics are tracked per epoch and its best weights kept, as a
     study cell does; each seed's checkpoint and metrics are written after every epoch.
+    With the loaders' normalisation statistics the stacked forward and the evaluation
+    normalise their input (``module`` carries the hook while this runs).
 
     Args:
         module: a fresh model of the members' architecture (its weights are not used),
@@ -483,7 +496,8 @@ def train_stacked(
     """
     batch = SeedBatch(module, [m.state for m in members], forward=forward)
     optimizer = make_optimizer(batch.params.values(), optim)
-    schedule = make_schedule(optimizer, optim, max(1, epochs * len(members[0].loader)))
+    steps = len(members[0].loader)
+    schedule = make_schedule(optimizer, optim, max(1, epochs * steps), steps_per_epoch=steps)
     first = members[0].checkpoint
     if first is not None:
         optimizer.load_state_dict(stacked_optimizer_state(optimizer, [m.checkpoint.optimizer for m in members]))  # type: ignore[union-attr]
@@ -491,16 +505,21 @@ def train_stacked(
             schedule.load_state_dict(first.scheduler)  # type: ignore[arg-type]
     for m in members:
         restart_metrics(m.run.out, m.run.history)
-    trainer = StackedSeeds(module, batch, [m.loader for m in members], [m.seed for m in members], optimizer)
-    fit(
-        trainer,
-        [m.run for m in members],
-        optimizer=optimizer,
-        schedule=schedule,
-        epochs=epochs,
-        val=val,
-        test=test,
-        channels_last=channels_last,
-        track_test=True,
-        keep_best=True,
-    )
+    stats = members[0].loader.normalization
+    normalize = None if stats is None else Normalizer(stats)
+    trainer = StackedSeeds(module, batch, [m.loader for m in members], [m.seed for m in members], optimizer, normalize)
+    # The hook goes on after SeedBatch copied the module: the stacked forward normalises
+    # explicitly (the grouped forward of the reference CNN runs no hooks).
+    with contextlib.nullcontext() if stats is None else stats.attach(module):
+        fit(
+            trainer,
+            [m.run for m in members],
+            optimizer=optimizer,
+            schedule=schedule,
+            epochs=epochs,
+            val=val,
+            test=test,
+            channels_last=channels_last,
+            track_test=True,
+            keep_best=True,
+        )

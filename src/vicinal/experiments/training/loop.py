@@ -99,22 +99,51 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, 0x64726F70]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def make_optimizer(params: Iterable[torch.Tensor], optim: OptimConfig) -> torch.optim.Adam:
-    """``optim``'s Adam over ``params``, fused (elementwise, so stacked weights get each model's own Adam)."""
+def make_optimizer(params: Iterable[torch.Tensor], optim: OptimConfig) -> torch.optim.Optimizer:
+    """``optim``'s optimizer over ``params``: Adam (fused) or SGD with momentum.
+
+    Both are elementwise (so stacked weights get each model's own optimizer state), and
+    ``weight_decay`` adds ``weight_decay * w`` to every gradient, as PyTorch defines it.
+    """
+    params = list(params)
+    if optim.optimizer == "sgd":
+        # foreach: one kernel per op over all parameters instead of one per parameter.
+        return torch.optim.SGD(
+            params,
+            lr=optim.lr,
+            momentum=optim.momentum,
+            nesterov=optim.nesterov,
+            weight_decay=optim.weight_decay,
+            foreach=True,
+        )
     # fused: one kernel per step instead of several per parameter, faster for small models.
-    return torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+    return torch.optim.Adam(
+        params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, fused=True
+    )
 
 
 def make_schedule(
-    optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int, *, steps_per_epoch: int | None = None
 ) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """The per-step learning-rate schedule of ``optim``: cosine from ``lr`` to 0 over
-    ``total_steps`` (>= 1), or None for a constant rate."""
-    if optim.schedule != "cosine":
-        return None
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
+    """The per-step learning-rate schedule of ``optim``, or None for a constant rate.
+
+    ``"cosine"``: from ``lr`` to 0 over ``total_steps`` (>= 1). ``"step"``: ``lr`` times
+    ``lr_factor ** m`` in epoch ``e``, where ``m`` counts the milestones ``<= e`` (epoch
+    ``e`` is steps ``[e * steps_per_epoch, (e + 1) * steps_per_epoch)``; needs
+    ``steps_per_epoch`` >= 1).
+    """
+    if optim.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+    if optim.schedule == "step":
+        if steps_per_epoch is None or steps_per_epoch < 1:
+            raise ValueError(f"schedule='step' needs steps_per_epoch >= 1, got {steps_per_epoch}")
+        milestones, factor = optim.lr_milestones, optim.lr_factor
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: factor ** sum(step // steps_per_epoch >= m for m in milestones)
+        )
+    return None
 
 
 @dataclass
@@ -342,7 +371,7 @@ class Trainer(Protocol):
         ...
 
     def optimizer_state_of(self, index: int) -> dict[str, Any]:
-        """Model ``index``'s part of the optimizer, as the state dict of a plain model's Adam."""
+        """Model ``index``'s part of the optimizer, as the state dict of a plain model's optimizer."""
         ...
 
 

@@ -8,6 +8,7 @@ wrote it (the stacked-seeds trainer ends its cells this way).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +26,7 @@ from vicinal.experiments.atomic import atomic_write_json, check_fields, read_jso
 from vicinal.experiments.distributed import SINGLE, DistContext, barrier
 from vicinal.experiments.loader import InMemoryLoader
 from vicinal.experiments.metrics import evaluate_all
-from vicinal.experiments.spec import PRECISIONS, OptimConfig
+from vicinal.experiments.spec import PRECISIONS, OptimConfig, autocast_dtype
 from vicinal.experiments.testing import EpochHook
 from vicinal.experiments.training.loop import (
     CHECKPOINT,
@@ -91,8 +92,9 @@ class SingleModel:
         model: the plain model (weights, checkpoints, evaluation).
         net: what the step runs: ``model``, or its DistributedDataParallel wrapper.
         loader: the training batches.
-        optimizer: the model's Adam.
-        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass.
+        optimizer: the model's optimizer.
+        precision: ``"fp32"``, ``"bf16"`` for bfloat16 autocast of the forward pass, or
+            ``"auto"``: bf16 on a CUDA GPU that supports it, else fp32 (:func:`autocast_dtype`).
         manifold: Manifold Mixup of ``net`` (the batches are then plain), or None.
         jsd_weight: > 0 with a loader that yields (3B, ...) AugMix views for B targets.
         rank: this process's rank (its own dropout masks).
@@ -123,7 +125,7 @@ class SingleModel:
             self.step_loss = loader.step_loss.build(seed=loader.seed, rank=step_rank, num_classes=loader.num_classes)
         self.device = next(model.parameters()).device
         self.steps = len(loader)
-        self.autocast = precision == "bf16"
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         self.manifold, self.jsd_weight, self.rank = manifold, jsd_weight, rank
 
     def start_epoch(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -135,11 +137,12 @@ class SingleModel:
         self, step: int, epoch: int, batch: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, target = batch
+        dtype = self.autocast_dtype
         if self.step_loss is not None:  # RegMixup or MIT: the step mixes and runs the model itself
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 out = self.step_loss(self.net, x, target, step=step, epoch=epoch)
             return out.loss, out.logits, out.targets  # the clean (MIT: recovered) logits
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             if self.manifold is not None:
                 logits, target = self.manifold(x, target, step=step, epoch=epoch)
             else:
@@ -186,10 +189,13 @@ def train_arm(
 
     Args:
         loader: the training batches (mixed or plain; plain ones carrying RegMixup or MIT,
-            ``loader.step_loss``, are mixed by the step: :class:`SingleModel`).
+            ``loader.step_loss``, are mixed by the step: :class:`SingleModel`). With its
+            normalisation statistics (:attr:`InMemoryLoader.normalization`) the model
+            normalises its input while it trains and is evaluated here (the hook is
+            removed before returning).
         val, test: uint8 images (N, C, H, W) or float features, and int64 labels (N,).
         out_dir: the arm's folder (created).
-        optim: Adam and its schedule (default: :class:`OptimConfig`'s defaults).
+        optim: the optimizer and its schedule (default: :class:`OptimConfig`'s defaults: Adam).
         resume: continue from ``out_dir/checkpoint.pt`` if present; a finished arm
             (``result.json``) is returned as it is.
         progress: ``progress(epoch, steps)`` returns an object with ``update(n)``,
@@ -200,8 +206,9 @@ def train_arm(
         full_metrics: at the end, compute :func:`vicinal.experiments.metrics.evaluate_all` on the test
             set for the last epoch's weights and for the best validation epoch's weights,
             with the temperature fitted on ``val`` and the ECE after scaling.
-        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass
-            (see docs/results.md for which CPUs it pays on).
+        precision: ``"fp32"``, ``"bf16"`` for bfloat16 autocast of the forward pass
+            (see docs/results.md for which CPUs it pays on), or ``"auto"`` (bf16 on a
+            CUDA GPU that supports it, fp32 elsewhere).
         manifold: ``(config, layers)``: Manifold Mixup, mixing the plain batches of
             ``loader`` inside the model at one of ``layers`` per step
             (:class:`vicinal.torch.manifold.ManifoldMixup`, plans of ``(loader.seed, epoch,
@@ -226,64 +233,66 @@ def train_arm(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optim = optim or OptimConfig()
-    optimizer = make_optimizer(model.parameters(), optim)
-    schedule = make_schedule(optimizer, optim, max(1, epochs * len(loader)))
-    checkpoint = Checkpoint.load(out / CHECKPOINT) if resume else None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint.model)
-        optimizer.load_state_dict(checkpoint.optimizer)
-        if schedule is not None:
-            schedule.load_state_dict(checkpoint.scheduler)  # type: ignore[arg-type]
-    run = ModelRun.resume(f"arm {name!r}", out, checkpoint, on_epoch)
-    if dist.is_main:
-        restart_metrics(out, run.history)
-    net: nn.Module = DistributedDataParallel(model) if dist.enabled else model
-    mixer = None
-    if manifold is not None:
-        mixer = ManifoldMixup(net, manifold[1], manifold[0], seed=loader.seed, rank=dist.rank)
-    trainer = SingleModel(
-        model, net, loader, optimizer, precision=precision, manifold=mixer, jsd_weight=jsd_weight, rank=dist.rank
-    )
-    fit(
-        trainer,
-        [run],
-        optimizer=optimizer,
-        schedule=schedule,
-        epochs=epochs,
-        val=val,
-        test=test,
-        channels_last=channels_last,
-        track_test=track_test,
-        keep_best=full_metrics,
-        progress=progress,
-        dist=dist,
-    )
+    # The model normalises its input while it trains and is evaluated here, not after.
+    with contextlib.nullcontext() if loader.normalization is None else loader.normalization.attach(model):
+        optimizer = make_optimizer(model.parameters(), optim)
+        schedule = make_schedule(optimizer, optim, max(1, epochs * len(loader)), steps_per_epoch=len(loader))
+        checkpoint = Checkpoint.load(out / CHECKPOINT) if resume else None
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint.model)
+            optimizer.load_state_dict(checkpoint.optimizer)
+            if schedule is not None:
+                schedule.load_state_dict(checkpoint.scheduler)  # type: ignore[arg-type]
+        run = ModelRun.resume(f"arm {name!r}", out, checkpoint, on_epoch)
+        if dist.is_main:
+            restart_metrics(out, run.history)
+        net: nn.Module = DistributedDataParallel(model) if dist.enabled else model
+        mixer = None
+        if manifold is not None:
+            mixer = ManifoldMixup(net, manifold[1], manifold[0], seed=loader.seed, rank=dist.rank)
+        trainer = SingleModel(
+            model, net, loader, optimizer, precision=precision, manifold=mixer, jsd_weight=jsd_weight, rank=dist.rank
+        )
+        fit(
+            trainer,
+            [run],
+            optimizer=optimizer,
+            schedule=schedule,
+            epochs=epochs,
+            val=val,
+            test=test,
+            channels_last=channels_last,
+            track_test=track_test,
+            keep_best=full_metrics,
+            progress=progress,
+            dist=dist,
+        )
 
-    test_loss, test_acc = evaluate(model, *test, channels_last=channels_last, dist=dist)
-    history = run.history
-    best = max(history, key=lambda h: h["val_acc"]) if history else {"val_acc": math.nan, "epoch": -1}
-    metrics = None
-    if full_metrics:
-        metrics = {"last": evaluate_all(model, *test, channels_last=channels_last, val=val)}
-        if extra_metrics is not None:
-            metrics["last"].update(extra_metrics(model))
-        if run.best_state is not None:
-            last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(run.best_state)
-            metrics["best"] = evaluate_all(model, *test, channels_last=channels_last, val=val)
-            metrics["best"]["epoch"] = int(best["epoch"])
-            model.load_state_dict(last_state)
-    result = ArmResult(
-        name=name,
-        test_acc=test_acc,
-        test_loss=test_loss,
-        best_val_acc=best["val_acc"],
-        best_epoch=int(best["epoch"]),
-        wall_s=run.elapsed,
-        history=history,
-        metrics=metrics,
-    )
-    if dist.is_main:
-        atomic_write_json(out / RESULT, asdict(result), checksum=True)
-    barrier(dist)  # no rank moves on (e.g. to the next arm) before the result is on disk
-    return result
+        test_loss, test_acc = evaluate(model, *test, channels_last=channels_last, dist=dist)
+        history = run.history
+        best = max(history, key=lambda h: h["val_acc"]) if history else {"val_acc": math.nan, "epoch": -1}
+        metrics = None
+        if full_metrics:
+            metrics = {"last": evaluate_all(model, *test, channels_last=channels_last, val=val)}
+            if extra_metrics is not None:
+                metrics["last"].update(extra_metrics(model))
+            if run.best_state is not None:
+                last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(run.best_state)
+                metrics["best"] = evaluate_all(model, *test, channels_last=channels_last, val=val)
+                metrics["best"]["epoch"] = int(best["epoch"])
+                model.load_state_dict(last_state)
+        result = ArmResult(
+            name=name,
+            test_acc=test_acc,
+            test_loss=test_loss,
+            best_val_acc=best["val_acc"],
+            best_epoch=int(best["epoch"]),
+            wall_s=run.elapsed,
+            history=history,
+            metrics=metrics,
+        )
+        if dist.is_main:
+            atomic_write_json(out / RESULT, asdict(result), checksum=True)
+        barrier(dist)  # no rank moves on (e.g. to the next arm) before the result is on disk
+        return result
