@@ -257,3 +257,11 @@ def test_label_weight_distributions_follow_the_papers() -> None:
     assert stats.kstest(fmix, "uniform").pvalue > 1e-3
     grid = sample_plan(MixConfig("gridmix"), n, seed=4, image_size=(24, 24)).weights[:, 1]
     assert abs(grid.mean() - 0.5) < 5 * grid.std() / np.sqrt(n)
+
+
+@pytest.mark.parametrize("cls", ["CutMix", "FMix", "GridMix", "SaliencyMix"])
+def test_a_bad_alpha_is_named_as_the_user_wrote_it(cls: str) -> None:
+    import vicinal.transforms as transforms
+
+    with pytest.raises(ValueError, match=r"^alpha must be a finite real number >= 0, got -1.0"):
+        getattr(transforms, cls)(alpha=-1.0, num_classes=3)

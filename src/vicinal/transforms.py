@@ -342,7 +342,7 @@ class CutMix(Mixer):
     """CutMix (Yun et al. 2019): paste a box of the partner; λ is the exact kept area."""
 
     def __init__(self, alpha: float = 1.0, **options: Unpack[MixOptions]) -> None:
-        super().__init__(**self._from_options("cutmix", {"cutmix_alpha": alpha}, options))
+        super().__init__(**self._from_options("cutmix", {"cutmix_alpha": check_concentration("alpha", alpha)}, options))
 
 
 class MixUpOrCutMix(Mixer):
@@ -375,7 +375,7 @@ class FMix(Mixer):
     def __init__(
         self, alpha: float = 1.0, *, decay: float = 3.0, max_soft: float = 0.0, **options: Unpack[MixOptions]
     ) -> None:
-        params = {"mask_alpha": alpha, "fmix_decay": decay, "fmix_max_soft": max_soft}
+        params = {"mask_alpha": check_concentration("alpha", alpha), "fmix_decay": decay, "fmix_max_soft": max_soft}
         super().__init__(**self._from_options("fmix", params, options))
 
 
@@ -392,7 +392,8 @@ class GridMix(Mixer):
     (:func:`vicinal.masks.gridmix_masks`); label weight: the realised share."""
 
     def __init__(self, alpha: float = 1.0, *, grid: tuple[int, int] = (2, 6), **options: Unpack[MixOptions]) -> None:
-        super().__init__(**self._from_options("gridmix", {"mask_alpha": alpha, "grid": grid}, options))
+        params = {"mask_alpha": check_concentration("alpha", alpha), "grid": grid}
+        super().__init__(**self._from_options("gridmix", params, options))
 
 
 class SmoothMix(Mixer):
@@ -414,7 +415,8 @@ class SaliencyMix(Mixer):
     spectral-residual saliency peak (placed from the images each call)."""
 
     def __init__(self, alpha: float = 1.0, **options: Unpack[MixOptions]) -> None:
-        super().__init__(**self._from_options("saliencymix", {"mask_alpha": alpha}, options))
+        params = {"mask_alpha": check_concentration("alpha", alpha)}
+        super().__init__(**self._from_options("saliencymix", params, options))
 
 
 class RandomMethod(Mixer):
@@ -467,7 +469,8 @@ def cutmix(
     **options: Any,
 ) -> tuple[Any, Any]:
     """One-call CutMix of a batch; see :func:`mixup` for ``step`` and ``options``."""
-    return _one_call("cutmix", x, y, {"cutmix_alpha": alpha}, num_classes, seed, epoch, step, options)
+    params = {"cutmix_alpha": check_concentration("alpha", alpha)}
+    return _one_call("cutmix", x, y, params, num_classes, seed, epoch, step, options)
 
 
 _CALL_KEYS = frozenset({"x_partner", "y_partner", "out"})
