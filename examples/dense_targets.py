@@ -98,28 +98,18 @@ def _draw_boxes(ax, boxes, labels, weights=None, sources=None) -> None:  # type:
     for n, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels)):
         dashed = sources is not None and sources[n] != 0
         colour = CLASS_COLOURS[int(label)]
-        ax.add_patch(
-            Rectangle(
-                (x1 - 0.5, y1 - 0.5),
-                x2 - x1,
-                y2 - y1,
-                fill=False,
-                edgecolor="white",
-                linewidth=2.4,
-                linestyle="--" if dashed else "-",
+        for edge, width in (("white", 2.4), (colour, 1.2)):  # a white halo under the class colour
+            ax.add_patch(
+                Rectangle(
+                    (x1 - 0.5, y1 - 0.5),
+                    x2 - x1,
+                    y2 - y1,
+                    fill=False,
+                    edgecolor=edge,
+                    linewidth=width,
+                    linestyle="--" if dashed else "-",
+                )
             )
-        )
-        ax.add_patch(
-            Rectangle(
-                (x1 - 0.5, y1 - 0.5),
-                x2 - x1,
-                y2 - y1,
-                fill=False,
-                edgecolor=colour,
-                linewidth=1.2,
-                linestyle="--" if dashed else "-",
-            )
-        )
         if weights is not None:
             ax.text(x1 + 0.5, y1 + 0.5, f"{weights[n]:.2f}", color="white", fontsize=6, va="top", clip_on=True)
 

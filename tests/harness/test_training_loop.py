@@ -64,15 +64,16 @@ def test_checkpoint_round_trip_and_resume_point(tmp_path: Path) -> None:
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     history = [{"epoch": 0, "val_acc": 0.5}, {"epoch": 1, "val_acc": 0.75}]
-    Checkpoint(model.state_dict(), optimizer.state_dict(), 1, history, 3.5, None, model.state_dict()).save(
+    stored_seconds = 3.5  # a recorded field round-tripped, not a measured time
+    Checkpoint(model.state_dict(), optimizer.state_dict(), 1, history, stored_seconds, None, model.state_dict()).save(
         tmp_path / "checkpoint.pt"
     )
     loaded = Checkpoint.load(tmp_path / "checkpoint.pt")
     assert loaded is not None and Checkpoint.load(tmp_path / "missing.pt") is None
-    assert loaded.epoch == 1 and loaded.history == history and loaded.elapsed == 3.5 and loaded.scheduler is None
+    assert (loaded.epoch, loaded.history, loaded.elapsed, loaded.scheduler) == (1, history, stored_seconds, None)
     assert all(torch.equal(loaded.model[k], v) for k, v in model.state_dict().items())
     run = ModelRun.resume("arm 'x'", tmp_path, loaded)
-    assert (run.start_epoch, run.history, run.elapsed) == (2, history, 3.5)
+    assert (run.start_epoch, run.history, run.elapsed) == (2, history, stored_seconds)
     assert ModelRun.resume("arm 'x'", tmp_path, None).start_epoch == 0
 
 

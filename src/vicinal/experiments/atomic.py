@@ -59,6 +59,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
+    "check_arms",
     "check_fields",
     "check_free_space",
     "check_type",
@@ -495,6 +496,16 @@ def check_type(value: Any, hint: Any, name: str) -> None:
         if len(shown) > 60:
             shown = shown[:57] + "..."
         raise TypeError(f"{name} must be {_describe(hint)}, got {shown}")
+
+
+def check_arms(cls: type[Any], arms: Any, *, what: str) -> None:
+    """:func:`check_fields` of ``cls`` on each entry of a record's ``arms`` list, the
+    error prefixed with the arm's 1-based position."""
+    for i, arm in enumerate(arms):
+        try:
+            check_fields(cls, arm, what=what)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"arm {i + 1}: {exc}") from None
 
 
 def check_fields(cls: type[Any], data: Any, *, extra: Collection[str] = (), what: str | None = None) -> None:

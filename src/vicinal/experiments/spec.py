@@ -37,7 +37,7 @@ import torch
 
 from vicinal import MixConfig
 from vicinal._checks import check_choice, check_int, check_probability, check_real_range
-from vicinal.experiments.atomic import check_fields, check_type, read_json
+from vicinal.experiments.atomic import check_arms, check_fields, check_type, read_json
 from vicinal.experiments.augment import CropFlip
 from vicinal.experiments.errors import FAILED, CellFailure
 from vicinal.experiments.models import available_models, check_model_name, model_for_data, model_mix_layers
@@ -1062,11 +1062,7 @@ class _StudyRecord:
 def check_study_record(data: Any) -> None:
     """Raise ValueError or TypeError unless ``data`` is ``study.json``'s content."""
     check_fields(_StudyRecord, data, what="a study's fields")
-    for i, arm in enumerate(data["arms"]):
-        try:
-            check_fields(CellSpec, arm, what="a study arm's fields")
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"arm {i + 1}: {exc}") from None
+    check_arms(CellSpec, data["arms"], what="a study arm's fields")
 
 
 def read_study(path: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, TypeAlias
 import jinja2
 import numpy as np
 
-from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json, check_fields, read_json
+from vicinal.experiments.atomic import atomic_write_bytes, atomic_write_json, check_arms, check_fields, read_json
 from vicinal.experiments.corruptions import corruption_errors, mean_corruption_error
 from vicinal.experiments.errors import CellFailure
 from vicinal.experiments.report.plots import corruption_heatmap, pyplot, save_figure, write_preview
@@ -156,11 +156,7 @@ class _CompareResults:
 
 def _check_compare_results(data: Any) -> None:
     check_fields(_CompareResults, data, what="a compare run's results")
-    for i, arm in enumerate(data["arms"]):
-        try:
-            check_fields(ArmResult, arm, what="an arm's result")
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"arm {i + 1}: {exc}") from None
+    check_arms(ArmResult, data["arms"], what="an arm's result")
 
 
 def _load_any(path: Path) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
